@@ -1,0 +1,6 @@
+"""Prefect flows over the library: ingest, curate, materialize and whole recipes."""
+
+from gristmill.flows.run import run_recipe_flow
+from gristmill.flows.tasks import curate_flow, ingest_flow, materialize_flow, task_runner
+
+__all__ = ["curate_flow", "ingest_flow", "materialize_flow", "run_recipe_flow", "task_runner"]

@@ -1,0 +1,159 @@
+"""Recipes: YAML files that chain ingest, selector steps and materialisation, validated up front."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gristmill.errors import InputError
+from gristmill.selectors import registry
+from gristmill.selectors.base import describe_validation_error
+from gristmill.selectors.budget import Budget
+from gristmill.selectors.selection import SelectOptions
+from gristmill.storage.exporters import ExportFormat
+from gristmill.storage.readers import IngestOptions
+from gristmill.storage.workspace import validate_name
+
+
+class IngestStep(IngestOptions):
+    """Ingest files into a corpus (all reader options apply)."""
+
+    corpus: str
+    paths: list[str] = Field(min_length=1)
+
+    @field_validator("corpus")
+    @classmethod
+    def _corpus_name(cls, value: str) -> str:
+        return _checked_name("corpus", value)
+
+
+class SelectStep(SelectOptions):
+    """One selector step; it sees only what the previous step on its corpus kept."""
+
+    name: str
+    selector: str
+    corpus: str | None = Field(None, description="default: the previous step's corpus")
+    input: str | None = Field(
+        None, description="a selection (or the corpus itself) to select from; default: previous"
+    )
+    params: dict[str, Any] = Field(default_factory=dict)
+    budget: str | None = None
+    target: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _selection_name(cls, value: str) -> str:
+        return _checked_name("selection", value)
+
+    @field_validator("budget", mode="before")
+    @classmethod
+    def _budget(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        try:
+            Budget.parse(value)
+        except InputError as error:
+            raise ValueError(str(error)) from None
+        return str(value)
+
+    @model_validator(mode="after")
+    def _selector(self) -> SelectStep:
+        try:
+            registry.get(self.selector).from_params(self.params)
+        except InputError as error:
+            raise ValueError(str(error)) from None
+        return self
+
+    def select_options(self) -> SelectOptions:
+        """The selection options of this step."""
+        return SelectOptions(**{k: getattr(self, k) for k in SelectOptions.model_fields})
+
+
+class MaterializeStep(BaseModel):
+    """Write a selection out."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    selection: str
+    out: str
+    format: ExportFormat = "parquet"
+    overwrite: bool = True
+
+
+class Recipe(BaseModel):
+    """A whole curation recipe."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "recipe"
+    workspace: str | None = None
+    ingest: list[IngestStep] = Field(default_factory=list)
+    select: list[SelectStep] = Field(default_factory=list)
+    materialize: list[MaterializeStep] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _chain(self) -> Recipe:
+        corpora = [step.corpus for step in self.ingest]
+        names = set(corpora)
+        previous: SelectStep | None = None
+        for index, step in enumerate(self.select):
+            if step.corpus is None:
+                step.corpus = previous.corpus if previous else (corpora[0] if corpora else None)
+            if step.corpus is None:
+                raise ValueError(f"select[{index}].corpus: no corpus given and none ingested")
+            if step.input is None and previous is not None and previous.corpus == step.corpus:
+                step.input = previous.name
+            if step.name in names:
+                raise ValueError(f"select[{index}].name: {step.name!r} is already used")
+            names.add(step.name)
+            previous = step
+        selections = {s.name for s in self.select}
+        for index, out in enumerate(self.materialize):
+            if out.selection not in selections:
+                raise ValueError(
+                    f"materialize[{index}].selection: {out.selection!r} is no step of this recipe"
+                )
+        return self
+
+    def resolve_paths(self, base: Path) -> Recipe:
+        """Make relative paths relative to the recipe file's directory."""
+        for step in self.ingest:
+            step.paths = [_resolved(p, base) for p in step.paths]
+        for out in self.materialize:
+            out.out = _resolved(out.out, base)
+        if self.workspace is not None:
+            self.workspace = _resolved(self.workspace, base)
+        return self
+
+
+def _checked_name(kind: str, value: str) -> str:
+    try:
+        return validate_name(kind, value)
+    except InputError as error:
+        raise ValueError(str(error)) from None
+
+
+def _resolved(path: str, base: Path) -> str:
+    expanded = Path(path).expanduser()
+    return str(expanded if expanded.is_absolute() else (base / expanded).resolve())
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a recipe file; InputError naming the file and each bad key."""
+    file = Path(path)
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise InputError(f"{file}: cannot read recipe ({error.strerror})") from None
+    except yaml.YAMLError as error:
+        raise InputError(f"{file}: not valid YAML ({error})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{file}: a recipe is a mapping with ingest, select and materialize")
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as error:
+        raise InputError(describe_validation_error(error, f"{file}: ")) from None
+    return recipe.resolve_paths(file.resolve().parent)

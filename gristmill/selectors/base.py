@@ -1,0 +1,111 @@
+"""The selector interface: a config, an optional global prepare, per-shard scores, a select."""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+import xxhash
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from gristmill.errors import InputError
+from gristmill.selectors.selection import Mode, SelectOptions, select
+from gristmill.storage.workspace import Workspace
+
+
+class SelectorConfig(BaseModel):
+    """Base of every selector's config: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass
+class SelectorContext:
+    """What a selector may look at while preparing: the workspace, the pool and the target."""
+
+    workspace: Workspace
+    corpus: str
+    target: str | None = None
+    seed: int = 0
+    target_version: str | None = None
+
+
+def describe_validation_error(error: ValidationError, where: str) -> str:
+    """One line per problem, each naming the offending key."""
+    lines = []
+    for problem in error.errors():
+        key = ".".join(str(p) for p in problem["loc"]) or "(top level)"
+        lines.append(f"{where}{key}: {problem['msg']}")
+    return "\n".join(lines)
+
+
+class Scorer(ABC):
+    """Something that scores documents shard by shard, with results stored as a signal."""
+
+    name: ClassVar[str]
+    version: ClassVar[str] = "1"
+
+    def config_dict(self) -> dict[str, Any]:
+        """The settings that determine the scores."""
+        return {}
+
+    def cache_key(self, context: SelectorContext | None = None) -> str:
+        """Hash of everything that determines the scores: name, version, config, target."""
+        target = context.target_version if context else None
+        payload = [self.name, self.version, self.config_dict(), target]
+        return xxhash.xxh3_64_hexdigest(json.dumps(payload, sort_keys=True, default=str).encode())
+
+    @abstractmethod
+    def score(self, documents: pa.Table) -> pa.Table:
+        """Scores for a shard's documents: at least doc_id and score (higher = keep)."""
+
+
+class Selector(Scorer):
+    """Base class of selectors; subclasses set name, Config and implement score."""
+
+    Config: ClassVar[type[SelectorConfig]] = SelectorConfig
+    default_mode: ClassVar[Mode] = "topk"
+    default_threshold: ClassVar[float | None] = None
+    requires_target: ClassVar[bool] = False
+
+    def __init__(self, config: SelectorConfig) -> None:
+        self.config = config
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> Selector:
+        """Build from user parameters; InputError naming each bad key."""
+        try:
+            return cls(cls.Config(**params))
+        except ValidationError as error:
+            raise InputError(describe_validation_error(error, f"selector {cls.name}: ")) from None
+
+    def config_dict(self) -> dict[str, Any]:
+        """The config as plain data."""
+        return self.config.model_dump(mode="json")
+
+    def prepare(self, context: SelectorContext) -> None:
+        """Global fitting before scoring (target statistics, reference models); default none."""
+
+    def select(
+        self,
+        candidates: pa.Table,
+        units: float | None,
+        options: SelectOptions,
+    ) -> np.ndarray:
+        """Indices of `candidates` (doc_id, score, domain, size) to keep, in rank order."""
+        mode = options.mode or self.default_mode
+        if mode == "threshold" and options.threshold is None:
+            options = options.model_copy(update={"threshold": self.default_threshold})
+        return select(
+            candidates["score"].to_numpy(zero_copy_only=False).astype(np.float64),
+            candidates["doc_id"].to_numpy(),
+            candidates["size"].to_numpy(zero_copy_only=False).astype(np.float64),
+            candidates["domain"].to_numpy(zero_copy_only=False).astype(str),
+            units,
+            mode,
+            options,
+        )

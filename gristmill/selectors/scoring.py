@@ -1,0 +1,266 @@
+"""Library steps of curation: score shards into the signal store, then select under a budget.
+
+Flows schedule these; a notebook or a test can call them directly. `score_shard` is the
+per-shard worker (writes one Parquet file, returns metadata); the rest run in the flow process.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+import gristmill
+from gristmill.errors import InputError
+from gristmill.selectors.base import Scorer, Selector, SelectorContext
+from gristmill.selectors.budget import Budget
+from gristmill.selectors.selection import SelectOptions
+from gristmill.selectors.tokens import TokenCounter
+from gristmill.storage import catalog
+from gristmill.storage.files import write_parquet_atomic
+from gristmill.storage.workspace import Workspace, validate_name
+
+
+@dataclass
+class SignalInfo:
+    """A stored per-shard signal file."""
+
+    shard_hash: str
+    path: str
+    rows: int
+
+
+@dataclass
+class ScoringPlan:
+    """Which shards of a corpus still need scores for a (signal, config hash)."""
+
+    corpus: str
+    signal: str
+    config_hash: str
+    todo: list[dict]
+    stored: dict[str, str]
+
+
+def plan_scoring(
+    workspace: Workspace, corpus: str, scorer: Scorer, context: SelectorContext | None = None
+) -> ScoringPlan:
+    """Find the shards whose scores are not stored yet ("score once, select many times")."""
+    config_hash = scorer.cache_key(context)
+    with workspace.catalog(read_only=True) as con:
+        catalog.require_corpus(con, corpus)
+        shards = catalog.shards(con, corpus)
+        stored = catalog.signal_files(con, corpus, scorer.name, config_hash)
+    stored = {h: p for h, p in stored.items() if workspace.absolute(p).exists()}
+    todo = [s for s in shards if s["content_hash"] not in stored]
+    return ScoringPlan(corpus, scorer.name, config_hash, todo, stored)
+
+
+def score_shard(
+    workspace_root: str, corpus: str, shard: dict, scorer: Scorer, config_hash: str
+) -> SignalInfo:
+    """Score one shard and store the result; the worker side of scoring."""
+    workspace = Workspace(workspace_root)
+    documents = pq.read_table(workspace.absolute(shard["path"]))
+    scores = scorer.score(documents)
+    if scores.num_rows != documents.num_rows or "score" not in scores.column_names:
+        raise RuntimeError(
+            f"scorer {scorer.name} returned {scores.num_rows} rows for {documents.num_rows} "
+            "documents (it must return doc_id and score for every document)"
+        )
+    path = (
+        workspace.signal_dir(corpus, scorer.name, config_hash) / f"{shard['content_hash']}.parquet"
+    )
+    write_parquet_atomic(scores, path)
+    return SignalInfo(shard["content_hash"], workspace.relative(path), scores.num_rows)
+
+
+def record_scores(
+    workspace: Workspace, plan: ScoringPlan, infos: list[SignalInfo], config: dict[str, Any]
+) -> None:
+    """Record finished shard scores in the catalog (flow process only)."""
+    with workspace.catalog() as con:
+        for info in infos:
+            catalog.record_signal(
+                con, plan.corpus, plan.signal, plan.config_hash, info.shard_hash, info.path,
+                info.rows, config,
+            )  # fmt: skip
+
+
+def _paths_sql(paths: list[Path]) -> str:
+    # File paths are workspace-generated, never user text; still quote them safely.
+    return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
+
+
+def load_candidates(
+    workspace: Workspace,
+    corpus: str,
+    signal_files: list[str],
+    parent: str | None,
+    size_signal_files: list[str] | None,
+) -> pa.Table:
+    """doc_id, score, domain, size (bytes or tokens) and reasons (if any) of the candidates."""
+    with workspace.catalog(read_only=True) as con:
+        shards = [workspace.absolute(s["path"]) for s in catalog.shards(con, corpus)]
+        parent_path = None
+        if parent is not None:
+            catalog.get_selection(con, parent)
+            parent_path = workspace.selection_dir(parent) / "members.parquet"
+    if not shards:
+        raise InputError(f"corpus {corpus!r} has no documents")
+    signals = [workspace.absolute(p) for p in signal_files]
+    con = duckdb.connect()
+    try:
+        has_reasons = "reasons" in pq.read_schema(signals[0]).names if signals else False
+        reasons = ", s.reasons" if has_reasons else ""
+        size = "d.n_bytes"
+        joins = ""
+        if size_signal_files:
+            tokens = [workspace.absolute(p) for p in size_signal_files]
+            joins += f" join read_parquet({_paths_sql(tokens)}) t on t.doc_id = d.doc_id"
+            size = "t.score"
+        if parent_path is not None:
+            joins += (
+                f" semi join read_parquet({_paths_sql([parent_path])}) p on p.doc_id = d.doc_id"
+            )
+        query = (
+            f"select d.doc_id, s.score, d.domain, d.n_bytes, {size} as size{reasons} "
+            f"from read_parquet({_paths_sql(shards)}) d "
+            f"join read_parquet({_paths_sql(signals)}) s on s.doc_id = d.doc_id{joins}"
+        )
+        table = con.sql(query).to_arrow_table()
+    finally:
+        con.close()
+    return table
+
+
+def _code_version() -> str:
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(gristmill.__file__).parent,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"gristmill {gristmill.__version__}" + (f" ({sha})" if sha else "")
+
+
+def summarize(candidates: pa.Table, chosen: np.ndarray) -> dict[str, Any]:
+    """Per-domain kept/dropped counts and bytes, and the top reasons among dropped documents."""
+    domains = candidates["domain"].to_numpy(zero_copy_only=False).astype(str)
+    sizes = candidates["n_bytes"].to_numpy(zero_copy_only=False).astype(np.float64)
+    kept = np.zeros(len(domains), bool)
+    kept[chosen] = True
+    rows = []
+    for domain in np.unique(domains):
+        mask = domains == domain
+        rows.append(
+            {
+                "domain": str(domain),
+                "candidates": int(mask.sum()),
+                "kept": int((mask & kept).sum()),
+                "dropped": int((mask & ~kept).sum()),
+                "kept_bytes": int(sizes[mask & kept].sum()),
+                "candidate_bytes": int(sizes[mask].sum()),
+            }
+        )
+    reasons: Counter[str] = Counter()
+    if "reasons" in candidates.column_names:
+        dropped = candidates["reasons"].take(pa.array(np.flatnonzero(~kept))).to_pylist()
+        for failed in dropped:
+            reasons.update(failed or [])
+    return {"domains": rows, "top_reasons": reasons.most_common(10)}
+
+
+def build_selection(
+    workspace: Workspace,
+    name: str,
+    corpus: str,
+    selector: Selector,
+    plan: ScoringPlan,
+    budget: Budget | None,
+    options: SelectOptions,
+    parent: str | None = None,
+    size_plan: ScoringPlan | None = None,
+    recipe: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Select from the scored candidates, write the members and record the selection."""
+    validate_name("selection", name)
+    signal_files = sorted(plan.stored.values())
+    size_files = sorted(size_plan.stored.values()) if size_plan else None
+    candidates = load_candidates(workspace, corpus, signal_files, parent, size_files)
+    counts = budget.counts if budget else "docs"
+    if counts == "docs":  # a document budget counts every document as one unit
+        ones = pa.array(np.ones(candidates.num_rows), pa.float64())
+        candidates = candidates.set_column(candidates.schema.get_field_index("size"), "size", ones)
+    units = budget.units(candidates.num_rows) if budget else None
+    try:
+        chosen = selector.select(candidates, units, options)
+    except ValueError as error:
+        raise InputError(f"selection {name!r}: {error}") from None
+    members = pa.table(
+        {
+            "doc_id": candidates["doc_id"].take(pa.array(chosen, pa.int64())),
+            "rank": pa.array(np.arange(len(chosen)), pa.int64()),
+            "weight": pa.array(np.ones(len(chosen)), pa.float64()),
+        }
+    )
+    write_parquet_atomic(members, workspace.selection_dir(name) / "members.parquet")
+    summary = summarize(candidates, chosen)
+    picked = pa.array(chosen, pa.int64())
+    sizes = candidates["size"].to_numpy(zero_copy_only=False).astype(np.float64)
+    pool, used = float(sizes.sum()), float(sizes[chosen].sum())
+    summary["budget"] = {
+        "budget": budget.text if budget else None,
+        "counts": counts,
+        "allowed": units,
+        "used": used,
+        "pool": pool,
+        "exceeds_pool": bool(units is not None and units >= pool),
+    }
+    bytes_selected = int(pc.sum(candidates["n_bytes"].take(picked)).as_py() or 0)
+    with workspace.catalog() as con:
+        record = {
+            "name": name,
+            "corpus": corpus,
+            "parent": parent,
+            "selector": selector.name,
+            "signal": plan.signal,
+            "config_hash": plan.config_hash,
+            "config": json.dumps(selector.config_dict(), sort_keys=True),
+            "budget": budget.text if budget else None,
+            "mode": options.mode or selector.default_mode,
+            "seed": options.seed,
+            "n_candidates": candidates.num_rows,
+            "n_selected": len(chosen),
+            "bytes_selected": bytes_selected,
+            "corpus_version": catalog.corpus_version(con, corpus),
+            "code_version": _code_version(),
+            "recipe": json.dumps(recipe, default=str) if recipe else None,
+            "summary": json.dumps(summary),
+            "created_at": datetime.now(UTC).replace(tzinfo=None),
+        }
+        catalog.record_selection(con, record)
+    return {**record, "summary": summary}
+
+
+def token_plan(
+    workspace: Workspace, corpus: str, budget: Budget | None, options: SelectOptions
+) -> tuple[TokenCounter | None, ScoringPlan | None]:
+    """The token-count scorer and its plan, when the budget counts tokens."""
+    if budget is None or budget.counts != "tokens":
+        return None, None
+    counter = TokenCounter(options.tokenizer)
+    return counter, plan_scoring(workspace, corpus, counter)

@@ -1,0 +1,245 @@
+"""The DuckDB catalog: schema and the few statements that read and write it.
+
+Only the flow process calls the writing functions; workers write Parquet files and return
+metadata. Values always go in as parameters, never formatted into SQL.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import duckdb
+
+from gristmill.errors import InputError, NotFoundError
+
+SCHEMA_VERSION = "1"
+
+_SCHEMA = """
+create table if not exists meta (key varchar primary key, value varchar);
+create table if not exists corpora (
+    name varchar primary key, created_at timestamp default current_timestamp);
+create table if not exists sources (
+    corpus varchar, source varchar, fingerprint varchar, options_hash varchar,
+    primary key (corpus, source));
+create table if not exists chunks (
+    corpus varchar, chunk_key varchar, source varchar, records_read bigint, documents bigint,
+    rejected bigint, rejects_path varchar, done_at timestamp default current_timestamp,
+    primary key (corpus, chunk_key));
+create table if not exists shards (
+    corpus varchar, path varchar, chunk_key varchar, rows bigint, text_bytes bigint,
+    file_bytes bigint, content_hash varchar, primary key (corpus, path));
+create table if not exists rejects (
+    corpus varchar, chunk_key varchar, source varchar, reason varchar, count bigint);
+create table if not exists signals (
+    corpus varchar, signal varchar, config_hash varchar, shard_hash varchar, path varchar,
+    rows bigint, config varchar, created_at timestamp default current_timestamp,
+    primary key (corpus, signal, config_hash, shard_hash));
+create table if not exists selections (
+    name varchar primary key, corpus varchar, parent varchar, selector varchar, signal varchar,
+    config_hash varchar, config varchar, budget varchar, mode varchar, seed bigint,
+    n_candidates bigint, n_selected bigint, bytes_selected bigint, corpus_version varchar,
+    code_version varchar, recipe varchar, summary varchar,
+    created_at timestamp default current_timestamp);
+create table if not exists runs (
+    run_id varchar primary key, kind varchar, params varchar, status varchar, metrics varchar,
+    created_at timestamp default current_timestamp, finished_at timestamp);
+"""
+
+
+def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+    """Create the catalog tables if they are missing."""
+    con.execute(_SCHEMA)
+    con.execute(
+        "insert into meta values ('schema_version', ?) on conflict do nothing", [SCHEMA_VERSION]
+    )
+
+
+def rows(con: duckdb.DuckDBPyConnection, query: str, params: list[Any] | None = None) -> list[dict]:
+    """Run a query and return its rows as dicts (read to the end, so the connection is free)."""
+    cursor = con.execute(query, params or [])
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+# -- corpora and ingest ------------------------------------------------------------------------
+@dataclass
+class ShardInfo:
+    """A document shard written by a worker."""
+
+    path: str
+    rows: int
+    text_bytes: int
+    file_bytes: int
+    content_hash: str
+
+
+@dataclass
+class ChunkResult:
+    """What an ingest worker returns for one chunk of one input."""
+
+    chunk_key: str
+    source: str
+    records_read: int = 0
+    documents: int = 0
+    rejected: int = 0
+    reject_counts: dict[str, int] = field(default_factory=dict)
+    shards: list[ShardInfo] = field(default_factory=list)
+    rejects_path: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form (for logs and JSON output)."""
+        return asdict(self)
+
+
+def corpus_names(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Names of all corpora, sorted."""
+    return [r[0] for r in con.execute("select name from corpora order by name").fetchall()]
+
+
+def require_corpus(con: duckdb.DuckDBPyConnection, corpus: str) -> None:
+    """Raise NotFoundError unless the corpus exists."""
+    if not con.execute("select 1 from corpora where name = ?", [corpus]).fetchall():
+        known = ", ".join(corpus_names(con)) or "none yet"
+        raise NotFoundError(f"no corpus named {corpus!r} in this workspace (corpora: {known})")
+
+
+def check_sources(
+    con: duckdb.DuckDBPyConnection, corpus: str, sources: dict[str, tuple[str, str]]
+) -> None:
+    """Record each source's fingerprint and options; refuse a source that changed since."""
+    con.execute("insert into corpora (name) values (?) on conflict do nothing", [corpus])
+    for source, (fingerprint, options_hash) in sources.items():
+        known = con.execute(
+            "select fingerprint, options_hash from sources where corpus = ? and source = ?",
+            [corpus, source],
+        ).fetchall()
+        if not known:
+            con.execute(
+                "insert into sources values (?, ?, ?, ?)",
+                [corpus, source, fingerprint, options_hash],
+            )
+        elif known[0][0] != fingerprint:
+            raise InputError(
+                f"{source}: the file changed since it was ingested into corpus {corpus!r}; "
+                "ingest it into a new corpus (documents keep stable ids per corpus)"
+            )
+        elif known[0][1] != options_hash:
+            raise InputError(
+                f"{source}: already ingested into corpus {corpus!r} with different options "
+                "(fields, format or limits); use the same options or a new corpus"
+            )
+
+
+def done_chunks(con: duckdb.DuckDBPyConnection, corpus: str) -> set[str]:
+    """Keys of the chunks already ingested into a corpus."""
+    found = con.execute("select chunk_key from chunks where corpus = ?", [corpus]).fetchall()
+    return {r[0] for r in found}
+
+
+def record_chunk(con: duckdb.DuckDBPyConnection, corpus: str, result: ChunkResult) -> None:
+    """Record a finished chunk, its shards and its reject counts in one transaction."""
+    con.execute("begin transaction")
+    try:
+        con.execute(
+            "insert into chunks (corpus, chunk_key, source, records_read, documents, rejected, "
+            "rejects_path) values (?, ?, ?, ?, ?, ?, ?)",
+            [
+                corpus,
+                result.chunk_key,
+                result.source,
+                result.records_read,
+                result.documents,
+                result.rejected,
+                result.rejects_path,
+            ],
+        )
+        for shard in result.shards:
+            con.execute(
+                "insert into shards values (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    corpus,
+                    shard.path,
+                    result.chunk_key,
+                    shard.rows,
+                    shard.text_bytes,
+                    shard.file_bytes,
+                    shard.content_hash,
+                ],
+            )
+        for reason, count in sorted(result.reject_counts.items()):
+            con.execute(
+                "insert into rejects values (?, ?, ?, ?, ?)",
+                [corpus, result.chunk_key, result.source, reason, count],
+            )
+        con.execute("commit")
+    except Exception:
+        con.execute("rollback")
+        raise
+
+
+def shards(con: duckdb.DuckDBPyConnection, corpus: str) -> list[dict]:
+    """The corpus's shards in a stable order."""
+    return rows(con, "select * from shards where corpus = ? order by path", [corpus])
+
+
+def corpus_version(con: duckdb.DuckDBPyConnection, corpus: str) -> str:
+    """A hash naming the exact set of shards a corpus has now."""
+    import xxhash
+
+    hashes = sorted(s["content_hash"] for s in shards(con, corpus))
+    return xxhash.xxh3_64_hexdigest("\n".join(hashes).encode())
+
+
+# -- signals -----------------------------------------------------------------------------------
+def signal_files(
+    con: duckdb.DuckDBPyConnection, corpus: str, signal: str, config_hash: str
+) -> dict[str, str]:
+    """shard content hash -> signal file path, for the shards already scored with this config."""
+    found = con.execute(
+        "select shard_hash, path from signals where corpus = ? and signal = ? and config_hash = ?",
+        [corpus, signal, config_hash],
+    ).fetchall()
+    return dict(found)
+
+
+def record_signal(
+    con: duckdb.DuckDBPyConnection,
+    corpus: str,
+    signal: str,
+    config_hash: str,
+    shard_hash: str,
+    path: str,
+    n_rows: int,
+    config: dict[str, Any],
+) -> None:
+    """Record one shard's stored scores for a (signal, config hash)."""
+    con.execute(
+        "insert or replace into signals (corpus, signal, config_hash, shard_hash, path, rows, "
+        "config) values (?, ?, ?, ?, ?, ?, ?)",
+        [corpus, signal, config_hash, shard_hash, path, n_rows, json.dumps(config, default=str)],
+    )
+
+
+# -- selections --------------------------------------------------------------------------------
+def record_selection(con: duckdb.DuckDBPyConnection, record: dict[str, Any]) -> None:
+    """Insert or replace a selection's record."""
+    columns = list(record)
+    placeholders = ", ".join("?" for _ in columns)
+    con.execute(
+        f"insert or replace into selections ({', '.join(columns)}) values ({placeholders})",
+        [record[c] for c in columns],
+    )
+
+
+def get_selection(con: duckdb.DuckDBPyConnection, name: str) -> dict[str, Any]:
+    """A selection's record; NotFoundError if there is none."""
+    found = rows(con, "select * from selections where name = ?", [name])
+    if not found:
+        known = [r[0] for r in con.execute("select name from selections order by 1").fetchall()]
+        raise NotFoundError(
+            f"no selection named {name!r} in this workspace "
+            f"(selections: {', '.join(known) or 'none yet'})"
+        )
+    return found[0]

@@ -1,0 +1,92 @@
+"""Exporters: write a selection's documents as Parquet, JSONL or a Hugging Face dataset."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+import duckdb
+
+from gristmill.errors import InputError
+from gristmill.storage import catalog
+from gristmill.storage.workspace import Workspace
+
+ExportFormat = Literal["parquet", "jsonl", "hf"]
+EXPORT_FORMATS = ("parquet", "jsonl", "hf")
+
+
+def _file_list(paths: list[Path]) -> str:
+    return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
+
+
+def _quoted(path: Path) -> str:
+    return "'" + str(path).replace("'", "''") + "'"
+
+
+def materialize(
+    workspace: Workspace,
+    selection: str,
+    out: str | os.PathLike[str],
+    fmt: ExportFormat = "parquet",
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Write the selected documents in rank order to `out`; returns the files and counts."""
+    if fmt not in EXPORT_FORMATS:
+        raise InputError(f"unknown export format {fmt!r} (use one of {', '.join(EXPORT_FORMATS)})")
+    out_dir = Path(out).expanduser().resolve()
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise InputError(f"{out_dir}: output directory is not empty (pass --overwrite to replace)")
+    with workspace.catalog(read_only=True) as con:
+        record = catalog.get_selection(con, selection)
+        shards = [workspace.absolute(s["path"]) for s in catalog.shards(con, record["corpus"])]
+    members = workspace.selection_dir(selection) / "members.parquet"
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Build next to the destination, then swap it in, so a failed export leaves nothing half-done.
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        query = (
+            "select d.doc_id, d.text, d.domain, d.source, d.source_line, "
+            + ("json(d.meta) as meta" if fmt == "jsonl" else "d.meta")
+            + ", d.n_bytes, m.rank, m.weight "
+            f"from read_parquet({_file_list([members])}) m "
+            f"join read_parquet({_file_list(shards)}) d using (doc_id) order by m.rank"
+        )
+        with duckdb.connect() as con:
+            if fmt == "jsonl":
+                target = staging / "data.jsonl"
+                con.execute(f"copy ({query}) to {_quoted(target)} (format json)")
+            else:
+                target = staging / "data.parquet"
+                con.execute(
+                    f"copy ({query}) to {_quoted(target)} "
+                    "(format parquet, compression zstd, row_group_size 50000)"
+                )
+            rows = con.sql(f"select count(*) from read_parquet({_file_list([members])})").fetchall()
+        if fmt == "hf":
+            _parquet_to_hf(target, staging)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    files = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file())
+    return {"selection": selection, "format": fmt, "out": str(out_dir), "documents": rows[0][0],
+            "files": files}  # fmt: skip
+
+
+def _parquet_to_hf(parquet: Path, staging: Path) -> None:
+    """Turn the staged Parquet file into a `save_to_disk` dataset in the staging directory."""
+    import datasets
+
+    with tempfile.TemporaryDirectory(dir=staging.parent) as cache:
+        dataset = datasets.Dataset.from_parquet(str(parquet), cache_dir=cache)
+        hf_dir = Path(cache) / "dataset"
+        dataset.save_to_disk(str(hf_dir))
+        del dataset
+        parquet.unlink()
+        for item in hf_dir.iterdir():
+            shutil.move(str(item), staging / item.name)

@@ -1,0 +1,196 @@
+"""Read-only questions about a workspace: corpora, stats, selections, samples and SQL."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from gristmill.errors import InputError
+from gristmill.storage import catalog
+from gristmill.storage.workspace import Workspace
+
+
+def _file_list(paths: list[Path]) -> str:
+    # Paths come from the catalog, never from user text; quoted for safety all the same.
+    return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def list_corpora(workspace: Workspace) -> list[dict[str, Any]]:
+    """One row per corpus: documents, text bytes, shards, rejects."""
+    with workspace.catalog(read_only=True) as con:
+        return catalog.rows(
+            con,
+            """
+            select c.name as corpus,
+                   coalesce(sum(k.documents), 0)::bigint as documents,
+                   coalesce((select sum(text_bytes) from shards s where s.corpus = c.name),
+                            0)::bigint as text_bytes,
+                   (select count(*) from shards s where s.corpus = c.name)::bigint as shards,
+                   coalesce(sum(k.rejected), 0)::bigint as rejected,
+                   c.created_at
+            from corpora c left join chunks k on k.corpus = c.name
+            group by c.name, c.created_at order by c.name
+            """,
+        )
+
+
+def corpus_stats(workspace: Workspace, corpus: str, top_domains: int = 20) -> dict[str, Any]:
+    """Documents, bytes, domains and rejects of a corpus; read = ingested + rejected."""
+    with workspace.catalog(read_only=True) as con:
+        catalog.require_corpus(con, corpus)
+        totals = catalog.rows(
+            con,
+            "select coalesce(sum(records_read), 0)::bigint as records_read, "
+            "coalesce(sum(documents), 0)::bigint as documents, "
+            "coalesce(sum(rejected), 0)::bigint as rejected, count(*) as chunks, "
+            "count(distinct source) as sources from chunks where corpus = ?",
+            [corpus],
+        )[0]
+        rejects = catalog.rows(
+            con,
+            "select reason, sum(count)::bigint as count from rejects where corpus = ? "
+            "group by reason order by count desc, reason",
+            [corpus],
+        )
+        shards = catalog.shards(con, corpus)
+    totals["shards"] = len(shards)
+    totals["text_bytes"] = sum(s["text_bytes"] for s in shards)
+    totals["file_bytes"] = sum(s["file_bytes"] for s in shards)
+    totals["reconciles"] = totals["records_read"] == totals["documents"] + totals["rejected"]
+    totals["rejects_by_reason"] = {r["reason"]: r["count"] for r in rejects}
+    totals["domains"] = []
+    if shards:
+        files = [workspace.absolute(s["path"]) for s in shards]
+        with duckdb.connect() as con:
+            totals["domains"] = catalog.rows(
+                con,
+                f"select domain, count(*) as documents, sum(n_bytes)::bigint as text_bytes "
+                f"from read_parquet({_file_list(files)}) group by domain "
+                f"order by documents desc, domain limit ?",
+                [top_domains],
+            )
+            totals["n_domains"] = con.sql(
+                f"select count(distinct domain) from read_parquet({_file_list(files)})"
+            ).fetchall()[0][0]
+    return {"corpus": corpus, **totals}
+
+
+def list_selections(workspace: Workspace) -> list[dict[str, Any]]:
+    """One row per selection, newest last."""
+    with workspace.catalog(read_only=True) as con:
+        found = catalog.rows(
+            con,
+            "select name, corpus, parent, selector, budget, mode, n_candidates, n_selected, "
+            "bytes_selected, created_at, summary from selections order by created_at, name",
+        )
+    for row in found:
+        summary = json.loads(row.pop("summary") or "{}")
+        row["domains"] = len(summary.get("domains", []))
+    return found
+
+
+def selection_record(workspace: Workspace, name: str) -> dict[str, Any]:
+    """A selection's full record with its summary decoded."""
+    with workspace.catalog(read_only=True) as con:
+        record = catalog.get_selection(con, name)
+    record["summary"] = json.loads(record["summary"] or "{}")
+    record["config"] = json.loads(record["config"] or "{}")
+    return record
+
+
+def inspect_selection(
+    workspace: Workspace, name: str, sample: int = 5, seed: int = 0, max_chars: int = 300
+) -> dict[str, Any]:
+    """The selection's record plus random kept and dropped documents with scores and reasons."""
+    record = selection_record(workspace, name)
+    with workspace.catalog(read_only=True) as con:
+        shards = [workspace.absolute(s["path"]) for s in catalog.shards(con, record["corpus"])]
+        signals = catalog.signal_files(
+            con, record["corpus"], record["signal"], record["config_hash"]
+        )
+    members = workspace.selection_dir(name) / "members.parquet"
+    parent = (
+        workspace.selection_dir(record["parent"]) / "members.parquet" if record["parent"] else None
+    )
+    signal_paths = [workspace.absolute(p) for p in signals.values()]
+    with duckdb.connect() as con:
+        names = con.sql(f"select * from read_parquet({_file_list(signal_paths)}) limit 0").columns
+        reasons = "s.reasons" if "reasons" in names else "null"
+        candidates = f"read_parquet({_file_list(shards)}) d"
+        if parent is not None:
+            candidates += f" semi join read_parquet({_file_list([parent])}) p using (doc_id)"
+        base = (
+            f"select d.doc_id, d.domain, left(d.text, ?) as text, s.score, {reasons} as reasons "
+            f"from {candidates} join read_parquet({_file_list(signal_paths)}) s using (doc_id) "
+        )
+        kept_filter = f"d.doc_id in (select doc_id from read_parquet({_file_list([members])}))"
+        order = "order by hash(d.doc_id + ?) limit ?"
+        kept = catalog.rows(con, f"{base} where {kept_filter} {order}", [max_chars, seed, sample])
+        dropped = catalog.rows(
+            con, f"{base} where not {kept_filter} {order}", [max_chars, seed, sample]
+        )
+    return {"selection": record, "kept": kept, "dropped": dropped}
+
+
+def _views(con: duckdb.DuckDBPyConnection, workspace: Workspace) -> list[str]:
+    """Temporary views: each corpus, each signal (latest config), each selection, rejects."""
+    created = []
+    for corpus in catalog.corpus_names(con):
+        files = [workspace.absolute(s["path"]) for s in catalog.shards(con, corpus)]
+        if files:
+            source = f"read_parquet({_file_list(files)})"
+            con.execute(f"create temp view {_ident(corpus)} as select * from {source}")
+            created.append(corpus)
+        rejects = sorted(workspace.rejects_dir(corpus).glob("*.parquet"))
+        if rejects:
+            view = f"{corpus}__rejects"
+            con.execute(
+                f"create temp view {_ident(view)} as "
+                f"select * from read_parquet({_file_list(rejects)})"
+            )
+            created.append(view)
+    latest = catalog.rows(
+        con,
+        "select corpus, signal, arg_max(config_hash, created_at) as config_hash "
+        "from signals group by corpus, signal",
+    )
+    for row in latest:
+        files = catalog.signal_files(con, row["corpus"], row["signal"], row["config_hash"])
+        view = f"{row['corpus']}__{row['signal']}"
+        paths = [workspace.absolute(p) for p in files.values()]
+        con.execute(
+            f"create temp view {_ident(view)} as select * from read_parquet({_file_list(paths)})"
+        )
+        created.append(view)
+    for (name,) in con.execute("select name from selections").fetchall():
+        path = workspace.selection_dir(name) / "members.parquet"
+        if path.exists():
+            view = f"selection__{name}"
+            con.execute(
+                f"create temp view {_ident(view)} as "
+                f"select * from read_parquet({_file_list([path])})"
+            )
+            created.append(view)
+    return created
+
+
+def run_sql(workspace: Workspace, query: str, limit: int | None = None) -> dict[str, Any]:
+    """Run a read-only query over the catalog and views of every corpus, signal and selection."""
+    with workspace.catalog(read_only=True) as con:
+        views = _views(con, workspace)
+        try:
+            result = con.sql(query)
+        except duckdb.Error as error:
+            raise InputError(f"SQL error: {error}\n(views: {', '.join(views) or 'none'})") from None
+        if result is None:
+            return {"columns": [], "rows": []}
+        columns = result.columns
+        data = result.fetchmany(limit) if limit else result.fetchall()
+    return {"columns": columns, "rows": [list(r) for r in data]}

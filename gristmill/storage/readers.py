@@ -1,0 +1,921 @@
+"""Streaming readers: JSONL, Parquet, CSV/TSV, plain text and Hugging Face datasets.
+
+Every reader yields `Parsed` batches of bounded size: a table with the columns
+(line, text, id, domain, meta) and the records it could not use (`Reject`), each with its
+file, line and reason. Nothing is read whole into memory except a single document.
+"""
+
+from __future__ import annotations
+
+import bz2
+import codecs
+import csv
+import io
+import json
+import lzma
+import os
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import duckdb
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pa_json
+import pyarrow.parquet as pq
+import xxhash
+import zstandard
+from pydantic import BaseModel, ConfigDict, Field
+
+from gristmill.errors import InputError
+
+Format = Literal["jsonl", "parquet", "csv", "tsv", "txt", "hf"]
+FORMATS: tuple[str, ...] = ("jsonl", "parquet", "csv", "tsv", "txt", "hf")
+_COMPRESSED = (".gz", ".zst", ".zstd", ".bz2", ".xz")
+_EXTENSIONS = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".txt": "txt",
+    ".text": "txt",
+    ".md": "txt",
+}
+_READ_SIZE = 1 << 20
+EXTRACTED_SCHEMA = pa.schema(
+    [
+        ("line", pa.int64()),
+        ("text", pa.string()),
+        ("id", pa.string()),
+        ("domain", pa.string()),
+        ("meta", pa.string()),
+    ]
+)
+
+
+class IngestOptions(BaseModel):
+    """How to read raw records into documents."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Format | None = Field(None, description="input format; default: from the extension")
+    text_field: str = Field("text", description="field holding the text (dotted for nested)")
+    id_field: str | None = Field(None, description="field giving a stable record id")
+    domain_field: str | None = Field(None, description="field giving the domain")
+    url_field: str | None = Field(None, description="URL field whose host becomes the domain")
+    domain: str | None = Field(None, description="constant domain (default: the corpus name)")
+    txt_unit: Literal["file", "line", "paragraph"] = Field(
+        "file", description="plain text: one document per file, per line or per paragraph"
+    )
+    separator: str | None = Field(None, description="plain text: documents end at this string")
+    csv_header: bool = Field(True, description="CSV/TSV: the first row names the columns")
+    csv_quoting: Literal["auto", "minimal", "none"] = Field(
+        "auto", description="CSV/TSV quoting; auto = minimal for CSV, none for TSV"
+    )
+    hf_split: str | None = Field(None, description="Hugging Face: only this split")
+    max_doc_bytes: int = Field(5_000_000, gt=0, description="longer documents are rejected")
+    chunk_bytes: int = Field(64 << 20, gt=0, description="split large files into chunks")
+    shard_bytes: int = Field(128 << 20, gt=0, description="text bytes per output shard")
+
+    def options_hash(self) -> str:
+        """Hash of the options that change which documents come out (not chunking)."""
+        relevant = self.model_dump(exclude={"chunk_bytes", "shard_bytes"})
+        return xxhash.xxh3_64_hexdigest(json.dumps(relevant, sort_keys=True).encode())
+
+
+@dataclass
+class Reject:
+    """A record that could not become a document, and why."""
+
+    source: str
+    line: int
+    reason: str
+    detail: str
+    raw: bytes | None = None
+
+
+@dataclass
+class Parsed:
+    """A batch of extracted records and the rejects found while extracting them."""
+
+    table: pa.Table
+    rejects: list[Reject] = field(default_factory=list)
+    records: int = 0  # records read, rejected ones included
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One unit of ingest work: a whole input or a range of it."""
+
+    path: str
+    source: str
+    format: str
+    fingerprint: str
+    start: int = 0
+    end: int | None = None
+    first_line: int = 1
+    split: str | None = None
+
+    def key(self, corpus: str, options_hash: str) -> str:
+        """Stable identity of this chunk's work (same input and options -> same key)."""
+        parts = [corpus, self.source, self.fingerprint, options_hash, self.start, self.end]
+        return xxhash.xxh3_64_hexdigest(json.dumps([*parts, self.split]).encode())
+
+
+# -- planning ------------------------------------------------------------------------------------
+def detect_format(path: Path) -> str:
+    """The format of a file from its extension, or InputError naming it."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in _COMPRESSED:
+        suffixes = suffixes[:-1]
+    if suffixes and suffixes[-1] in _EXTENSIONS:
+        return _EXTENSIONS[suffixes[-1]]
+    raise InputError(
+        f"{path}: unknown format (extension {''.join(path.suffixes) or 'none'}); "
+        f"pass --format with one of {', '.join(FORMATS)}"
+    )
+
+
+def _is_hf_dataset_dir(path: Path) -> bool:
+    return (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()
+
+
+def _fingerprint(path: Path) -> str:
+    """Size plus a hash of the first and last MiB: cheap, and changes when the file does."""
+    size = path.stat().st_size
+    digest = xxhash.xxh3_64()
+    with open(path, "rb") as handle:
+        digest.update(handle.read(_READ_SIZE))
+        if size > 2 * _READ_SIZE:
+            handle.seek(size - _READ_SIZE)
+            digest.update(handle.read(_READ_SIZE))
+    return f"{size}:{digest.hexdigest()}"
+
+
+def expand_inputs(paths: list[str], options: IngestOptions) -> list[tuple[str, str, str]]:
+    """(path, source key, format) for every input file; InputError for unreadable or unknown."""
+    found: list[tuple[str, str, str]] = []
+    for given in paths:
+        path = Path(given).expanduser()
+        if options.format == "hf" or (path.is_dir() and _is_hf_dataset_dir(path)):
+            source = path.name if path.exists() else given
+            found.append((str(path.resolve()) if path.exists() else given, source, "hf"))
+            continue
+        if not path.exists():
+            raise InputError(f"{given}: no such file or directory")
+        if path.is_dir():
+            files = sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file() and not any(part.startswith(".") for part in p.parts[-1:])
+            )
+            if not files:
+                raise InputError(f"{given}: directory has no files")
+            for file in files:
+                source = f"{path.resolve().name}/{file.relative_to(path).as_posix()}"
+                found.append((str(file.resolve()), source, options.format or detect_format(file)))
+        else:
+            found.append((str(path.resolve()), path.name, options.format or detect_format(path)))
+    for file, _source, _fmt in found:
+        if Path(file).exists() and not os.access(file, os.R_OK):
+            raise InputError(f"{file}: not readable (permission denied)")
+    return found
+
+
+def plan_chunks(paths: list[str], options: IngestOptions) -> list[Chunk]:
+    """Split inputs into chunks: big plain JSONL/text files by byte range, Parquet by row group."""
+    chunks: list[Chunk] = []
+    for path, source, fmt in expand_inputs(paths, options):
+        if fmt == "hf":
+            chunks.extend(_plan_hf(path, source, options))
+            continue
+        fingerprint = _fingerprint(Path(path))
+        splittable = fmt == "jsonl" or (fmt == "txt" and options.txt_unit == "line")
+        compressed = Path(path).suffix.lower() in _COMPRESSED
+        if fmt == "parquet":
+            chunks.extend(_plan_parquet(path, source, fingerprint, options))
+        elif splittable and not compressed and options.id_field is None:
+            chunks.extend(_plan_byte_ranges(path, source, fmt, fingerprint, options.chunk_bytes))
+        else:
+            chunks.append(Chunk(path, source, fmt, fingerprint))
+    return chunks
+
+
+def _plan_byte_ranges(path: str, source: str, fmt: str, fingerprint: str, size: int) -> list[Chunk]:
+    """Cut a file at line boundaries near every `size` bytes, counting lines to keep numbering."""
+    total = os.path.getsize(path)
+    if total <= size:
+        return [Chunk(path, source, fmt, fingerprint)]
+    chunks = []
+    with open(path, "rb") as handle:
+        start, line = 0, 1
+        while start < total:
+            handle.seek(min(start + size, total))
+            handle.readline()
+            end = min(handle.tell(), total)
+            chunks.append(Chunk(path, source, fmt, fingerprint, start, end, line))
+            handle.seek(start)
+            remaining = end - start
+            while remaining > 0:
+                block = handle.read(min(_READ_SIZE * 16, remaining))
+                line += block.count(b"\n")
+                remaining -= len(block)
+            start = end
+    return chunks
+
+
+def _plan_parquet(path: str, source: str, fingerprint: str, options: IngestOptions) -> list[Chunk]:
+    try:
+        meta = pq.ParquetFile(path).metadata
+    except (pa.ArrowInvalid, OSError) as error:
+        raise InputError(f"{path}: not a readable Parquet file ({error})") from None
+    chunks, start, size, first = [], 0, 0, 0
+    for group in range(meta.num_row_groups):
+        size += meta.row_group(group).total_byte_size
+        if size >= options.chunk_bytes or group == meta.num_row_groups - 1:
+            chunks.append(Chunk(path, source, "parquet", fingerprint, start, group + 1, first + 1))
+            first += sum(meta.row_group(g).num_rows for g in range(start, group + 1))
+            start, size = group + 1, 0
+    return chunks or [Chunk(path, source, "parquet", fingerprint)]
+
+
+def _hub_offline() -> bool:
+    flags = (os.environ.get(k, "") for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    return any(v.strip().lower() in {"1", "true", "yes", "on"} for v in flags)
+
+
+def _plan_hf(path: str, source: str, options: IngestOptions) -> list[Chunk]:
+    import datasets
+
+    if not Path(path).exists():
+        if _hub_offline():
+            raise InputError(
+                f"{path}: not a local dataset directory, and the Hugging Face Hub is offline "
+                "(HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set); save the dataset with "
+                "`save_to_disk` and ingest that directory"
+            )
+        splits = [options.hf_split] if options.hf_split else ["train"]
+        return [Chunk(path, f"{source}/{s}", "hf", f"hub:{path}", split=s) for s in splits]
+    try:
+        loaded = datasets.load_from_disk(path)
+    except Exception as error:  # datasets raises several types for a bad directory
+        message = f"{path}: not a Hugging Face dataset saved with save_to_disk ({error})"
+        raise InputError(message) from None
+    if isinstance(loaded, datasets.DatasetDict):
+        splits = [options.hf_split] if options.hf_split else list(loaded)
+        missing = [s for s in splits if s not in loaded]
+        if missing:
+            raise InputError(f"{path}: no split {missing[0]!r} (splits: {', '.join(loaded)})")
+    else:
+        splits = [None]
+    fingerprint = f"hf:{loaded.fingerprint if splits == [None] else ''}"
+    if splits != [None]:
+        fingerprint += ",".join(f"{s}={loaded[s]._fingerprint}" for s in splits)
+    return [
+        Chunk(path, f"{source}/{s}" if s else source, "hf", fingerprint, split=s) for s in splits
+    ]
+
+
+# -- raw byte streams ----------------------------------------------------------------------------
+class _Decompressor:
+    """Incremental decompression that recovers every byte before a truncation."""
+
+    def __init__(self, suffix: str) -> None:
+        self.suffix = suffix
+        self._new()
+
+    def _new(self) -> None:
+        if self.suffix == ".gz":
+            self.obj = zlib.decompressobj(wbits=47)  # 32 + 15: gzip or zlib header
+        elif self.suffix in (".zst", ".zstd"):
+            self.obj = zstandard.ZstdDecompressor().decompressobj()
+        elif self.suffix == ".bz2":
+            self.obj = bz2.BZ2Decompressor()
+        else:
+            self.obj = lzma.LZMADecompressor()
+
+    def feed(self, data: bytes) -> bytes:
+        out = []
+        while data:
+            out.append(self.obj.decompress(data))
+            if not self.obj.eof:
+                break
+            data = self.obj.unused_data  # the next member of a multi-member stream
+            if data:
+                self._new()
+        return b"".join(out)
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.obj.eof)
+
+
+@dataclass
+class StreamState:
+    """What a raw stream learned about its end: complete, truncated or corrupt."""
+
+    problem: str | None = None
+
+
+def raw_chunks(
+    path: str, start: int = 0, end: int | None = None
+) -> tuple[Iterator[bytes], StreamState]:
+    """Decompressed bytes of a file (or a byte range of an uncompressed one) in pieces."""
+    state = StreamState()
+    suffix = Path(path).suffix.lower()
+
+    def generate() -> Iterator[bytes]:
+        with open(path, "rb") as handle:
+            if suffix not in _COMPRESSED:
+                handle.seek(start)
+                remaining = None if end is None else end - start
+                while remaining is None or remaining > 0:
+                    piece = handle.read(
+                        _READ_SIZE if remaining is None else min(_READ_SIZE, remaining)
+                    )
+                    if not piece:
+                        return
+                    if remaining is not None:
+                        remaining -= len(piece)
+                    yield piece
+                return
+            decompressor = _Decompressor(suffix)
+            saw_input = False
+            while piece := handle.read(_READ_SIZE):
+                saw_input = True
+                try:
+                    out = decompressor.feed(piece)
+                except (zlib.error, zstandard.ZstdError, OSError, lzma.LZMAError, EOFError) as e:
+                    state.problem = f"corrupt compressed stream ({e})"
+                    return
+                if out:
+                    yield out
+            if saw_input and not decompressor.complete:
+                state.problem = "truncated compressed stream (the file ends before its end marker)"
+
+    return generate(), state
+
+
+@dataclass
+class LineBlock:
+    """Whole lines of input and the number of the first one."""
+
+    data: bytes
+    first_line: int
+
+
+def line_blocks(
+    path: str,
+    start: int,
+    end: int | None,
+    first_line: int,
+    block_size: int,
+    max_line: int,
+    on_oversize: Callable[[int, bytes], None],
+    state_out: list[StreamState],
+) -> Iterator[LineBlock]:
+    """Newline-aligned blocks of about `block_size` bytes; lines over `max_line` are cut out."""
+    pieces, state = raw_chunks(path, start, end)
+    state_out.append(state)
+    buffer = bytearray()
+    line = first_line
+    skipping: int | None = None  # line number of an oversize line being skipped
+    for piece in pieces:
+        if skipping is not None:
+            cut = piece.find(b"\n")
+            if cut < 0:
+                continue
+            piece = piece[cut + 1 :]
+            line += 1
+            skipping = None
+        buffer += piece
+        if len(buffer) >= block_size:
+            cut = buffer.rfind(b"\n") + 1
+            if cut:
+                block = bytes(buffer[:cut])
+                del buffer[:cut]
+                yield LineBlock(block, line)
+                line += block.count(b"\n")
+            elif len(buffer) > max_line:
+                on_oversize(line, bytes(buffer[:65536]))
+                buffer.clear()
+                skipping = line
+    if skipping is None and buffer:
+        yield LineBlock(bytes(buffer), line)
+
+
+# -- extraction helpers --------------------------------------------------------------------------
+def _get_path(record: dict, dotted: str) -> Any:
+    value: Any = record
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def _column(table: pa.Table, dotted: str) -> pa.ChunkedArray | None:
+    """A (possibly nested, dotted) field of a table, or None when absent."""
+    head, *rest = dotted.split(".")
+    if head not in table.column_names:
+        return None
+    column = table[head]
+    for part in rest:
+        if not pa.types.is_struct(column.type) or column.type.get_field_index(part) < 0:
+            return None
+        column = pc.struct_field(column, part)
+    return column
+
+
+def _url_host(url: Any) -> str | None:
+    if not isinstance(url, str):
+        return None
+    try:
+        return urlsplit(url.strip()).hostname
+    except ValueError:
+        return None
+
+
+def _as_str(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def _has_timestamp(dtype: pa.DataType) -> bool:
+    if pa.types.is_timestamp(dtype) or pa.types.is_date(dtype) or pa.types.is_time(dtype):
+        return True
+    if pa.types.is_struct(dtype):
+        return any(_has_timestamp(dtype.field(i).type) for i in range(dtype.num_fields))
+    if pa.types.is_list(dtype) or pa.types.is_large_list(dtype):
+        return _has_timestamp(dtype.value_type)
+    return False
+
+
+def _meta_json(table: pa.Table, exclude: str) -> pa.Array:
+    """JSON object of every column except `exclude`, one string per row."""
+    keep = [name for name in table.column_names if name != exclude]
+    if not keep:
+        return pa.array(["{}"] * table.num_rows, pa.string())
+    rest = table.select(keep)  # noqa: F841 - read by DuckDB through its replacement scan
+    quoted = ", ".join('"' + name.replace('"', '""') + '"' for name in keep)
+    with duckdb.connect(config={"threads": 1}) as con:
+        query = f"select to_json(t)::varchar as meta from (select {quoted} from rest) t"
+        return con.sql(query).to_arrow_table()["meta"].combine_chunks()
+
+
+class Extractor:
+    """Turns parsed records (dicts or Arrow tables) into the extracted columns plus rejects."""
+
+    def __init__(self, options: IngestOptions, source: str) -> None:
+        self.options = options
+        self.source = source
+
+    def reject(self, line: int, reason: str, detail: str, raw: bytes | None) -> Reject:
+        """A reject of this source."""
+        return Reject(self.source, line, reason, detail, raw)
+
+    def from_dicts(self, records: list[tuple[int, Any, bytes]]) -> Parsed:
+        """Extract from (line, parsed value, raw bytes) triples."""
+        o = self.options
+        lines, texts, ids, domains, metas, rejects = [], [], [], [], [], []
+        top_level_text = "." not in o.text_field
+        for line, record, raw in records:
+            if not isinstance(record, dict):
+                kind = type(record).__name__
+                rejects.append(self.reject(line, "not_an_object", f"record is a JSON {kind}", raw))
+                continue
+            text = _get_path(record, o.text_field)
+            if text is None:
+                detail = f"no {o.text_field!r} field (or it is null)"
+                rejects.append(self.reject(line, "missing_text", detail, raw))
+                continue
+            if not isinstance(text, str):
+                detail = f"{o.text_field!r} is of type {type(text).__name__}, not a string"
+                rejects.append(self.reject(line, "non_string_text", detail, raw))
+                continue
+            lines.append(line)
+            texts.append(text)
+            ids.append(_as_str(_get_path(record, o.id_field)) if o.id_field else None)
+            if o.url_field:
+                domains.append(_url_host(_get_path(record, o.url_field)))
+            elif o.domain_field:
+                domains.append(_as_str(_get_path(record, o.domain_field)))
+            else:
+                domains.append(None)
+            rest = {k: v for k, v in record.items() if not (top_level_text and k == o.text_field)}
+            metas.append(orjson.dumps(rest, default=str).decode() if rest else "{}")
+        table = pa.table([lines, texts, ids, domains, metas], schema=EXTRACTED_SCHEMA)
+        return Parsed(table, rejects, records=len(records))
+
+    def from_table(self, table: pa.Table, lines: np.ndarray) -> Parsed:
+        """Extract from an Arrow table whose row i came from line (or row) lines[i]."""
+        o = self.options
+        n = table.num_rows
+        text = _column(table, o.text_field)
+        is_string = text is not None and (
+            pa.types.is_string(text.type) or pa.types.is_large_string(text.type)
+        )
+        present = np.zeros(n, bool) if text is None else np.asarray(pc.is_valid(text))
+        keep = present if is_string else np.zeros(n, bool)
+        rejects: list[Reject] = []
+        if not keep.all():
+            bad = np.flatnonzero(~keep)
+            for index, row in zip(bad, table.take(pa.array(bad)).to_pylist(), strict=True):
+                if present[index]:
+                    reason = "non_string_text"
+                    detail = f"{o.text_field!r} is {text.type}, not a string"
+                else:
+                    reason, detail = "missing_text", f"no {o.text_field!r} field (or it is null)"
+                raw = orjson.dumps(row, default=str)
+                rejects.append(self.reject(int(lines[index]), reason, detail, raw))
+            table, lines = table.filter(pa.array(keep)), lines[keep]
+            text = _column(table, o.text_field) if is_string else pa.chunked_array([], pa.string())
+        text = pc.cast(text, pa.string())
+        ids = _column(table, o.id_field) if o.id_field else None
+        ids = (
+            pc.cast(ids, pa.string()) if ids is not None else pa.nulls(table.num_rows, pa.string())
+        )
+        if o.url_field:
+            urls = _column(table, o.url_field)
+            hosts = [_url_host(u) for u in urls.to_pylist()] if urls is not None else None
+            domain = pa.array(hosts or [None] * table.num_rows, pa.string())
+        elif o.domain_field and _column(table, o.domain_field) is not None:
+            domain = pc.cast(_column(table, o.domain_field), pa.string())
+        else:
+            domain = pa.nulls(table.num_rows, pa.string())
+        exclude = o.text_field if "." not in o.text_field else ""
+        meta = _meta_json(table, exclude)
+        out = pa.table(
+            [pa.array(lines, pa.int64()), text, ids, domain, meta], schema=EXTRACTED_SCHEMA
+        )
+        return Parsed(out, rejects, records=n)
+
+
+# -- format readers ------------------------------------------------------------------------------
+def read_chunk(chunk: Chunk, options: IngestOptions) -> Iterator[Parsed]:
+    """Parsed batches of one chunk, whatever its format."""
+    extractor = Extractor(options, chunk.source)
+    readers = {
+        "jsonl": _read_jsonl,
+        "csv": _read_csv,
+        "tsv": _read_csv,
+        "txt": _read_txt,
+        "parquet": _read_parquet,
+        "hf": _read_hf,
+    }
+    if chunk.format not in readers:
+        raise InputError(f"{chunk.path}: unknown format {chunk.format!r}")
+    yield from readers[chunk.format](chunk, options, extractor)
+
+
+def _max_line(options: IngestOptions) -> int:
+    # JSON escaping can double a text's size; past this a line is surely an oversize document.
+    return max(4 * options.max_doc_bytes, 16 << 20)
+
+
+def _truncation(extractor: Extractor, state: StreamState, line: int, raw: bytes) -> Parsed:
+    reject = extractor.reject(line, "truncated", state.problem or "truncated", raw)
+    return Parsed(pa.Table.from_pylist([], EXTRACTED_SCHEMA), [reject], records=1)
+
+
+def _read_jsonl(chunk: Chunk, options: IngestOptions, extractor: Extractor) -> Iterator[Parsed]:
+    oversize: list[Reject] = []
+    states: list[StreamState] = []
+
+    def on_oversize(line: int, head: bytes) -> None:
+        detail = f"line longer than {_max_line(options)} bytes (first 64 KiB kept)"
+        oversize.append(extractor.reject(line, "oversize", detail, head))
+
+    blocks = line_blocks(
+        chunk.path, chunk.start, chunk.end, chunk.first_line, 16 << 20,
+        _max_line(options), on_oversize, states,
+    )  # fmt: skip
+    next_line = chunk.first_line
+    cut_record: bytes | None = None
+    for block in blocks:
+        data = block.data
+        next_line = block.first_line + data.count(b"\n")
+        # The stream's problem is known once it is exhausted, i.e. by the last block; a
+        # truncated stream's last line (no newline) is the record that was cut off.
+        if states[0].problem and not data.endswith(b"\n"):
+            cut = data.rfind(b"\n") + 1
+            data, cut_record = data[:cut], data[cut:]
+        parsed = _parse_jsonl_block(data, block.first_line, extractor)
+        parsed.rejects.extend(oversize)
+        parsed.records += len(oversize)
+        oversize.clear()
+        yield parsed
+    if oversize:
+        yield Parsed(pa.Table.from_pylist([], EXTRACTED_SCHEMA), oversize, len(oversize))
+    if states[0].problem:
+        yield _truncation(extractor, states[0], next_line, cut_record or b"")
+
+
+def _line_spans(data: bytes, first_line: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Start, end and line number of every line in a block (end excludes the newline)."""
+    arr = np.frombuffer(data, dtype=np.uint8)
+    newlines = np.flatnonzero(arr == 10)
+    starts = np.concatenate(([0], newlines + 1))
+    ends = np.concatenate((newlines, [len(data)]))
+    if len(data) and data.endswith(b"\n"):
+        starts, ends = starts[:-1], ends[:-1]
+    numbers = first_line + np.arange(len(starts), dtype=np.int64)
+    return starts, ends, numbers
+
+
+def _parse_jsonl_block(data: bytes, first_line: int, extractor: Extractor) -> Parsed:
+    """Parse a block with Arrow's JSON reader; fall back to line-by-line on any problem."""
+    if not data:
+        return Parsed(pa.Table.from_pylist([], EXTRACTED_SCHEMA))
+    starts, ends, numbers = _line_spans(data, first_line)
+    arr = np.frombuffer(data, dtype=np.uint8)
+    lengths = ends - starts
+    # Blank lines are not records; a line holding only "\r" is blank too.
+    carriage = lengths == 1
+    if carriage.any():
+        carriage[carriage] = arr[starts[carriage]] == 13
+    nonblank = (lengths > 0) & ~carriage
+    try:
+        data.decode("utf-8")  # Arrow would silently replace invalid UTF-8
+        table = pa_json.read_json(
+            io.BytesIO(data), read_options=pa_json.ReadOptions(block_size=4 << 20)
+        )
+        # Whitespace-only lines shift rows against lines; parsed dates would be re-formatted.
+        dated = any(_has_timestamp(f.type) for f in table.schema)
+        if table.num_rows != int(nonblank.sum()) or dated:
+            raise ValueError("rows differ from lines, or dates were parsed")
+    except (pa.ArrowInvalid, UnicodeDecodeError, ValueError):
+        return _parse_jsonl_lines(data, starts, ends, numbers, nonblank, extractor)
+    return extractor.from_table(table, numbers[nonblank])
+
+
+def _parse_jsonl_lines(
+    data: bytes,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    numbers: np.ndarray,
+    nonblank: np.ndarray,
+    extractor: Extractor,
+) -> Parsed:
+    records: list[tuple[int, Any, bytes]] = []
+    rejects: list[Reject] = []
+    for start, end, number in zip(starts[nonblank], ends[nonblank], numbers[nonblank], strict=True):
+        raw = data[start:end]
+        if not raw.strip():
+            continue
+        line = int(number)
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            rejects.append(extractor.reject(line, "invalid_utf8", str(error), raw))
+            continue
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            try:
+                value = json.loads(raw)  # orjson refuses integers beyond 64 bits; json does not
+            except ValueError as error:
+                rejects.append(extractor.reject(line, "malformed_json", str(error), raw))
+                continue
+        records.append((line, value, raw))
+    parsed = extractor.from_dicts(records)
+    parsed.rejects[:0] = rejects
+    parsed.records += len(rejects)
+    return parsed
+
+
+class _IterStream(io.RawIOBase):
+    """A readable file object over an iterator of byte pieces."""
+
+    def __init__(self, pieces: Iterator[bytes]) -> None:
+        self._pieces = pieces
+        self._rest = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._rest:
+            try:
+                self._rest = next(self._pieces)
+            except StopIteration:
+                return 0
+        n = min(len(buffer), len(self._rest))
+        buffer[:n] = self._rest[:n]
+        self._rest = self._rest[n:]
+        return n
+
+
+def _has_surrogates(values: list[str]) -> bool:
+    return any(any("\udc80" <= ch <= "\udcff" for ch in v) for v in values if not v.isascii())
+
+
+def _read_csv(chunk: Chunk, options: IngestOptions, extractor: Extractor) -> Iterator[Parsed]:
+    pieces, state = raw_chunks(chunk.path)
+    text = io.TextIOWrapper(
+        io.BufferedReader(_IterStream(pieces)), encoding="utf-8", errors="surrogateescape",
+        newline="",
+    )  # fmt: skip
+    delimiter = "\t" if chunk.format == "tsv" else ","
+    quoting = options.csv_quoting
+    if quoting == "auto":
+        quoting = "none" if chunk.format == "tsv" else "minimal"
+    csv.field_size_limit(max(options.max_doc_bytes * 2, 1 << 20))
+    reader = csv.reader(
+        text,
+        delimiter=delimiter,
+        quoting=csv.QUOTE_NONE if quoting == "none" else csv.QUOTE_MINIMAL,
+    )
+    header: list[str] | None = None
+    batch: list[tuple[int, Any, bytes]] = []
+    rejects: list[Reject] = []
+    last_line = 0
+    pending: tuple[int, list[str]] | None = None  # held back: the last row may be truncated
+
+    def flush() -> Parsed:
+        parsed = extractor.from_dicts(batch)
+        parsed.rejects[:0] = rejects
+        parsed.records += len(rejects)
+        batch.clear()
+        rejects.clear()
+        return parsed
+
+    def handle(line: int, row: list[str]) -> None:
+        nonlocal header
+        raw = delimiter.join(row).encode("utf-8", "surrogateescape")
+        if _has_surrogates(row):
+            rejects.append(extractor.reject(line, "invalid_utf8", "bytes are not UTF-8", raw))
+            return
+        if header is None and options.csv_header:
+            header = row
+            return
+        names = header or [str(i) for i in range(len(row))]
+        if header is not None and len(row) != len(header):
+            detail = f"{len(row)} fields, the header has {len(header)}"
+            rejects.append(extractor.reject(line, "bad_row", detail, raw))
+            return
+        if not any(row):
+            return  # a blank line is not a record
+        batch.append((line, dict(zip(names, row, strict=True)), raw))
+
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as error:
+            line = last_line + 1
+            rejects.append(extractor.reject(line, "bad_row", str(error), None))
+            last_line = reader.line_num
+            continue
+        if pending is not None:
+            handle(*pending)
+        pending = (last_line + 1, row)
+        last_line = reader.line_num
+        if len(batch) >= 10_000:
+            yield flush()
+    if pending is not None:
+        if state.problem:
+            raw = delimiter.join(pending[1]).encode("utf-8", "surrogateescape")
+            rejects.append(extractor.reject(pending[0], "truncated", state.problem, raw))
+        else:
+            handle(*pending)
+    elif state.problem:
+        rejects.append(extractor.reject(last_line + 1, "truncated", state.problem, b""))
+    yield flush()
+
+
+def _read_txt(chunk: Chunk, options: IngestOptions, extractor: Extractor) -> Iterator[Parsed]:
+    if options.txt_unit == "file" and options.separator is None:
+        yield _read_txt_file(chunk, options, extractor)
+        return
+    pieces, state = raw_chunks(chunk.path, chunk.start, chunk.end)
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
+    docs: list[tuple[int, Any, bytes]] = []
+    rejects: list[Reject] = []
+    limit = options.max_doc_bytes
+
+    def emit(line: int, text: str) -> None:
+        if options.txt_unit != "line" or options.separator is not None:
+            text = text.strip("\n")
+        if not text.strip():
+            return
+        if _has_surrogates([text]):
+            raw = text.encode("utf-8", "surrogateescape")
+            rejects.append(extractor.reject(line, "invalid_utf8", "bytes are not UTF-8", raw))
+        else:
+            docs.append((line, {"text": text}, b""))
+
+    def take() -> Parsed:
+        parsed = Extractor(options.model_copy(update={"text_field": "text"}), chunk.source)
+        out = parsed.from_dicts(list(docs))
+        out.rejects[:0] = rejects
+        out.records += len(rejects)
+        docs.clear()
+        rejects.clear()
+        return out
+
+    if options.separator is not None:
+        sep_kind = options.separator
+    elif options.txt_unit == "paragraph":
+        sep_kind = "\n\n"
+    else:
+        sep_kind = "\n"
+    buffer = ""
+    line = chunk.first_line
+    first = True
+    for piece in pieces:
+        buffer += decoder.decode(piece)
+        if first:
+            buffer = buffer.removeprefix("\ufeff")
+            first = False
+        while True:
+            cut = buffer.find(sep_kind)
+            if cut < 0:
+                break
+            doc, buffer = buffer[:cut], buffer[cut + len(sep_kind) :]
+            emit(line + (len(doc) - len(doc.lstrip("\n"))), doc)
+            line += doc.count("\n") + sep_kind.count("\n")
+        if len(buffer.encode("utf-8", "surrogateescape")) > limit * 2:
+            detail = f"document longer than {limit} bytes without a separator (first 64 KiB kept)"
+            raw = buffer[:65536].encode("utf-8", "surrogateescape")
+            rejects.append(extractor.reject(line, "oversize", detail, raw))
+            line += buffer.count("\n")
+            buffer = ""
+        if len(docs) >= 10_000:
+            yield take()
+    buffer += decoder.decode(b"", final=True)
+    if state.problem:
+        raw = buffer.encode("utf-8", "surrogateescape")
+        rejects.append(extractor.reject(line, "truncated", state.problem, raw))
+    elif buffer.strip():
+        emit(line, buffer.rstrip("\r\n") if sep_kind == "\n" else buffer)
+    yield take()
+
+
+def _read_txt_file(chunk: Chunk, options: IngestOptions, extractor: Extractor) -> Parsed:
+    limit = options.max_doc_bytes
+    size = os.path.getsize(chunk.path)
+    empty = pa.Table.from_pylist([], EXTRACTED_SCHEMA)
+    compressed = Path(chunk.path).suffix.lower() in _COMPRESSED
+    if not compressed and size > limit:
+        detail = f"file is {size} bytes, over the {limit}-byte limit (the file itself is kept)"
+        return Parsed(empty, [extractor.reject(1, "oversize", detail, None)], records=1)
+    pieces, state = raw_chunks(chunk.path)
+    data = bytearray()
+    for piece in pieces:
+        data += piece
+        if len(data) > limit:
+            detail = f"document over the {limit}-byte limit (the file itself is kept)"
+            return Parsed(empty, [extractor.reject(1, "oversize", detail, None)], records=1)
+    if state.problem:
+        return Parsed(empty, [extractor.reject(1, "truncated", state.problem, bytes(data))], 1)
+    try:
+        text = bytes(data).decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        reject = extractor.reject(1, "invalid_utf8", str(error), bytes(data))
+        return Parsed(empty, [reject], records=1)
+    plain = Extractor(options.model_copy(update={"text_field": "text"}), chunk.source)
+    return plain.from_dicts([(1, {"text": text}, b"")])
+
+
+def _read_parquet(chunk: Chunk, options: IngestOptions, extractor: Extractor) -> Iterator[Parsed]:
+    file = pq.ParquetFile(chunk.path)
+    groups = list(range(chunk.start, chunk.end if chunk.end is not None else file.num_row_groups))
+    row = chunk.first_line
+    for batch in file.iter_batches(batch_size=16_384, row_groups=groups):
+        table = pa.Table.from_batches([batch])
+        lines = np.arange(row, row + table.num_rows, dtype=np.int64)
+        row += table.num_rows
+        yield extractor.from_table(table, lines)
+
+
+def _read_hf(chunk: Chunk, options: IngestOptions, extractor: Extractor) -> Iterator[Parsed]:
+    import datasets
+
+    if chunk.fingerprint.startswith("hub:"):
+        stream = datasets.load_dataset(chunk.path, split=chunk.split, streaming=True)
+        batch: list[tuple[int, Any, bytes]] = []
+        for number, record in enumerate(stream, start=1):
+            batch.append((number, record, b""))
+            if len(batch) >= 10_000:
+                yield extractor.from_dicts(batch)
+                batch = []
+        yield extractor.from_dicts(batch)
+        return
+    loaded = datasets.load_from_disk(chunk.path)
+    dataset = loaded[chunk.split] if chunk.split is not None else loaded
+    row = 1
+    for table in dataset.with_format("arrow").iter(batch_size=16_384):
+        lines = np.arange(row, row + table.num_rows, dtype=np.int64)
+        row += table.num_rows
+        yield extractor.from_table(table, lines)

@@ -1,0 +1,177 @@
+"""The workspace: one directory with the DuckDB catalog, Parquet shards, signals and selections."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+
+from gristmill.errors import InputError, NotFoundError, WorkspaceBusyError
+from gristmill.storage import catalog
+
+DEFAULT_WORKSPACE = "gristmill-workspace"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def lock_timeout() -> float:
+    """Seconds a process waits for a busy workspace before giving up (GRISTMILL_LOCK_TIMEOUT)."""
+    return float(os.environ.get("GRISTMILL_LOCK_TIMEOUT", "10"))
+
+
+def validate_name(kind: str, name: str) -> str:
+    """Return `name` if it is safe as a file name and SQL view name, else raise InputError."""
+    if not isinstance(name, str) or not _NAME_RE.match(name) or ".." in name:
+        raise InputError(
+            f"invalid {kind} name {name!r}: use letters, digits, '_', '-' and '.', "
+            "starting with a letter or digit (at most 128 characters, no '..')"
+        )
+    return name
+
+
+# flock conflicts between two descriptors of one process too, so nested flows in one process
+# (run -> ingest) share the lock through this per-process count instead of deadlocking.
+_held_locks: dict[Path, tuple[int, int]] = {}
+_held_guard = threading.Lock()
+
+
+class Workspace:
+    """A gristmill workspace directory; cheap to construct, opens nothing until asked."""
+
+    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+        root = root or os.environ.get("GRISTMILL_WORKSPACE") or DEFAULT_WORKSPACE
+        self.root = Path(root).expanduser().resolve()
+
+    def __repr__(self) -> str:
+        return f"Workspace({str(self.root)!r})"
+
+    # -- paths -------------------------------------------------------------------------------
+    @property
+    def catalog_path(self) -> Path:
+        """Path of the DuckDB catalog file."""
+        return self.root / "catalog.duckdb"
+
+    def corpus_dir(self, corpus: str) -> Path:
+        """Directory of a corpus's document shards."""
+        return self.root / "corpora" / validate_name("corpus", corpus)
+
+    def rejects_dir(self, corpus: str) -> Path:
+        """Directory of a corpus's rejected records."""
+        return self.root / "rejects" / validate_name("corpus", corpus)
+
+    def signal_dir(self, corpus: str, signal: str, config_hash: str) -> Path:
+        """Directory of one signal's per-shard files for one config."""
+        return (
+            self.root
+            / "signals"
+            / validate_name("corpus", corpus)
+            / validate_name("signal", signal)
+            / config_hash
+        )
+
+    def selection_dir(self, name: str) -> Path:
+        """Directory of a selection's members."""
+        return self.root / "selections" / validate_name("selection", name)
+
+    def relative(self, path: Path) -> str:
+        """Path relative to the workspace root, as stored in the catalog."""
+        return path.resolve().relative_to(self.root).as_posix()
+
+    def absolute(self, relative: str) -> Path:
+        """Absolute path of a catalog-relative path."""
+        return self.root / relative
+
+    def exists(self) -> bool:
+        """True when the workspace has a catalog."""
+        return self.catalog_path.exists()
+
+    # -- locking -----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def write_lock(self, command: str, timeout: float | None = None) -> Iterator[None]:
+        """Hold the workspace for writing; raise WorkspaceBusyError if another process holds it."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        lock_path = self.root / ".lock"
+        with _held_guard:
+            held = _held_locks.get(lock_path)
+            if held is not None:
+                _held_locks[lock_path] = (held[0], held[1] + 1)
+        if held is not None:
+            try:
+                yield
+            finally:
+                self._release(lock_path)
+            return
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + (lock_timeout() if timeout is None else timeout)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+                    os.close(fd)
+                    raise WorkspaceBusyError(
+                        f"workspace busy: {self.root} is being written by another process "
+                        f"({holder or 'unknown holder'}); try again when it has finished"
+                    ) from None
+                time.sleep(0.1)
+        info = json.dumps({"pid": os.getpid(), "command": command, "since": time.time()})
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, info.encode(), 0)
+        with _held_guard:
+            _held_locks[lock_path] = (fd, 1)
+        try:
+            yield
+        finally:
+            self._release(lock_path)
+
+    @staticmethod
+    def _release(lock_path: Path) -> None:
+        with _held_guard:
+            fd, count = _held_locks[lock_path]
+            if count > 1:
+                _held_locks[lock_path] = (fd, count - 1)
+                return
+            del _held_locks[lock_path]
+        os.ftruncate(fd, 0)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+    # -- catalog -----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def catalog(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """Open the catalog briefly; waits while another process has it open, then fails clearly."""
+        if read_only and not self.exists():
+            raise NotFoundError(
+                f"no gristmill workspace at {self.root} (run `gristmill ingest` first, "
+                "or pass --workspace)"
+            )
+        self.root.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + lock_timeout()
+        while True:
+            try:
+                con = duckdb.connect(str(self.catalog_path), read_only=read_only)
+                break
+            except duckdb.IOException as error:
+                if "lock" not in str(error).lower():
+                    raise
+                if time.monotonic() >= deadline:
+                    raise WorkspaceBusyError(
+                        f"workspace busy: the catalog {self.catalog_path} is held by another "
+                        "process; try again when it has finished"
+                    ) from None
+                time.sleep(0.05)
+        try:
+            if not read_only:
+                catalog.ensure_schema(con)
+            yield con
+        finally:
+            con.close()

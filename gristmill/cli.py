@@ -59,7 +59,7 @@ def handle_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except GristmillError as error:
-            err.print(f"[bold red]error:[/] {error}", highlight=False, markup=True)
+            err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
             raise typer.Exit(error.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
@@ -140,6 +140,8 @@ def ingest(
     csv_quoting: Annotated[str, typer.Option(help="auto, minimal or none")] = "auto",
     hf_split: Annotated[str | None, typer.Option(help="HF dataset split")] = None,
     max_doc_bytes: Annotated[int, typer.Option(help="reject longer documents")] = 5_000_000,
+    chunk_mb: Annotated[float, typer.Option(help="split big files into tasks of this size")] = 64,
+    shard_mb: Annotated[float, typer.Option(help="text megabytes per output shard")] = 128,
     runner: RunnerOption = "threads",
     workers: WorkersOption = None,
     json_output: JsonOption = False,
@@ -156,7 +158,8 @@ def ingest(
             format=format, text_field=text_field, id_field=id_field, domain_field=domain_field,
             url_field=url_field, domain=domain, txt_unit=txt_unit, separator=separator,
             csv_header=csv_header, csv_quoting=csv_quoting, hf_split=hf_split,
-            max_doc_bytes=max_doc_bytes,
+            max_doc_bytes=max_doc_bytes, chunk_bytes=int(chunk_mb * 2**20),
+            shard_bytes=int(shard_mb * 2**20),
         )  # fmt: skip
     except ValidationError as error:
         raise InputError(describe_validation_error(error, "--")) from None

@@ -46,7 +46,8 @@ class Budget:
         if unit == "%":
             budget = cls("fraction", number / 100, raw)
         elif unit == "":
-            is_fraction = number <= 1 and ("." in match["number"] or number < 1)
+            # A bare decimal is a fraction of the pool; a bare integer counts documents.
+            is_fraction = not match["number"].isdigit()
             budget = cls("fraction" if is_fraction else "docs", number, raw)
         elif lowered in _BYTE_SCALE:
             budget = cls("bytes", number * _BYTE_SCALE[lowered], raw)

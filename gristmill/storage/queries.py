@@ -186,11 +186,12 @@ def run_sql(workspace: Workspace, query: str, limit: int | None = None) -> dict[
     with workspace.catalog(read_only=True) as con:
         views = _views(con, workspace)
         try:
-            result = con.sql(query)
+            cursor = con.execute(query)
+            if cursor.description is None:
+                return {"columns": [], "rows": []}
+            columns = [d[0] for d in cursor.description]
+            data = cursor.fetchmany(limit) if limit else cursor.fetchall()
+            cursor.fetchall()  # read to the end so the connection is free
         except duckdb.Error as error:
             raise InputError(f"SQL error: {error}\n(views: {', '.join(views) or 'none'})") from None
-        if result is None:
-            return {"columns": [], "rows": []}
-        columns = result.columns
-        data = result.fetchmany(limit) if limit else result.fetchall()
     return {"columns": columns, "rows": [list(r) for r in data]}

@@ -1,0 +1,223 @@
+"""The CLI end to end through Prefect: ingest -> score -> select -> inspect -> materialize."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import good_text, write_jsonl
+from typer.testing import CliRunner
+
+from gristmill.cli import app
+from gristmill.selectors.quality import QualitySelector
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+runner = CliRunner()
+
+
+def cli(*args: str, code: int = 0) -> str:
+    """Run the CLI in-process and check its exit code; returns stdout."""
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == code, (result.output, result.stderr, result.exception)
+    return result.stdout if code == 0 else result.output
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> tuple[Path, Path]:
+    """A workspace with corpus `pool`: 40 good documents in two domains, 10 junk, 2 broken lines."""
+    records = [
+        {
+            "text": good_text(i),
+            "site": "https://news.example.org/a" if i % 2 else "https://wiki.example.com/b",
+        }
+        for i in range(40)
+    ]
+    records += [{"text": "buy now " * 3, "site": "https://spam.example.net/"} for _ in range(10)]
+    path = write_jsonl(tmp_path / "raw" / "pool.jsonl", records)
+    with path.open("a") as handle:
+        handle.write('{"text": "broken\n{"no_text": 1}\n')
+    ws = tmp_path / "ws"
+    cli("ingest", str(path), "--corpus", "pool", "--url-field", "site", "-w", str(ws))
+    return ws, path
+
+
+def test_ingest_stats_and_corpora(corpus: tuple[Path, Path]) -> None:
+    ws, _ = corpus
+    stats = json.loads(cli("stats", "pool", "-w", str(ws), "--json"))
+    assert stats["records_read"] == 52
+    assert stats["documents"] == 50 and stats["rejected"] == 2
+    assert stats["reconciles"] is True
+    assert stats["rejects_by_reason"] == {"malformed_json": 1, "missing_text": 1}
+    domains = {d["domain"]: d["documents"] for d in stats["domains"]}
+    assert domains == {"news.example.org": 20, "wiki.example.com": 20, "spam.example.net": 10}
+    listed = json.loads(cli("corpora", "-w", str(ws), "--json"))
+    assert [(c["corpus"], c["documents"], c["rejected"]) for c in listed] == [("pool", 50, 2)]
+
+
+def test_reingest_same_input_adds_nothing_and_keeps_ids(corpus: tuple[Path, Path]) -> None:
+    ws, path = corpus
+    before = json.loads(
+        cli("sql", "select doc_id from pool order by doc_id", "-w", str(ws), "--json")
+    )
+    again = json.loads(
+        cli("ingest", str(path), "--corpus", "pool", "--url-field", "site", "-w", str(ws), "--json")
+    )
+    assert again["added"]["documents"] == 0 and again["chunks_skipped"] == again["chunks"]
+    after = json.loads(
+        cli("sql", "select doc_id from pool order by doc_id", "-w", str(ws), "--json")
+    )
+    assert before == after
+    other = ws.parent / "ws2"
+    cli("ingest", str(path), "--corpus", "pool", "--url-field", "site", "-w", str(other))
+    fresh = json.loads(
+        cli("sql", "select doc_id from pool order by doc_id", "-w", str(other), "--json")
+    )
+    assert fresh == before
+
+
+def test_select_inspect_materialize(corpus: tuple[Path, Path], tmp_path: Path) -> None:
+    ws, _ = corpus
+    result = json.loads(
+        cli("select", "pool", "--selector", "quality", "--name", "clean", "-w", str(ws), "--json")
+    )
+    record = result["selection"]
+    assert record["n_candidates"] == 50 and record["n_selected"] == 40
+    per_domain = {d["domain"]: (d["kept"], d["dropped"]) for d in record["summary"]["domains"]}
+    assert per_domain["spam.example.net"] == (0, 10)
+    assert dict(record["summary"]["top_reasons"])["min_words"] == 10
+
+    shown = json.loads(cli("inspect", "clean", "--sample", "3", "-w", str(ws), "--json"))
+    assert len(shown["kept"]) == 3 and len(shown["dropped"]) == 3
+    assert all("min_words" in d["reasons"] for d in shown["dropped"])
+    assert all(d["score"] == 1.0 and not d["reasons"] for d in shown["kept"])
+
+    # A chained step with a byte budget sees only what `clean` kept.
+    half = json.loads(
+        cli("select", "pool", "--selector", "quality", "--name", "half", "--input", "clean",
+            "--budget", "5000B", "--mode", "topk", "-w", str(ws), "--json")
+    )["selection"]  # fmt: skip
+    assert half["n_candidates"] == 40
+    assert 0 < half["bytes_selected"] <= 5000
+
+    for fmt in ("parquet", "jsonl", "hf"):
+        out = tmp_path / f"out-{fmt}"
+        done = json.loads(
+            cli("materialize", "clean", "--out", str(out), "--format", fmt, "-w", str(ws), "--json")
+        )
+        assert done["documents"] == 40
+    table = pq.read_table(tmp_path / "out-parquet" / "data.parquet")
+    assert table.num_rows == 40 and table["rank"].to_pylist() == list(range(40))
+    lines = (tmp_path / "out-jsonl" / "data.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    assert first["meta"]["site"].startswith("https://") and first["text"]
+    import datasets
+
+    assert len(datasets.load_from_disk(str(tmp_path / "out-hf"))) == 40
+    cli("materialize", "clean", "--out", str(tmp_path / "out-parquet"), "-w", str(ws), code=2)
+
+    listed = json.loads(cli("selections", "-w", str(ws), "--json"))
+    assert [s["name"] for s in listed] == ["clean", "half"]
+
+
+def test_second_score_reads_stored_signal(corpus: tuple[Path, Path], monkeypatch) -> None:
+    ws, _ = corpus
+    first = json.loads(cli("score", "pool", "--selector", "quality", "-w", str(ws), "--json"))
+    assert first["shards_scored"] >= 1 and first["shards_reused"] == 0
+    calls = []
+    original = QualitySelector.score
+    monkeypatch.setattr(
+        QualitySelector, "score", lambda self, d: calls.append(1) or original(self, d)
+    )
+    second = json.loads(cli("score", "pool", "--selector", "quality", "-w", str(ws), "--json"))
+    assert second["shards_scored"] == 0 and second["shards_reused"] == first["shards_scored"]
+    assert second["config_hash"] == first["config_hash"]
+    assert calls == []
+    changed = json.loads(
+        cli(
+            "score",
+            "pool",
+            "--selector",
+            "quality",
+            "--param",
+            "min_words=10",
+            "-w",
+            str(ws),
+            "--json",
+        )
+    )
+    assert changed["config_hash"] != first["config_hash"] and changed["shards_scored"] >= 1
+    assert calls
+    rows = json.loads(
+        cli(
+            "sql",
+            "select count(*) as n, min(score) as low from pool__quality",
+            "-w",
+            str(ws),
+            "--json",
+        )
+    )
+    assert rows[0]["n"] == 50
+
+
+def test_token_budget(corpus: tuple[Path, Path]) -> None:
+    ws, _ = corpus
+    record = json.loads(
+        cli("select", "pool", "--selector", "quality", "--name", "t", "--budget", "500tokens",
+            "--mode", "topk", "-w", str(ws), "--json")
+    )["selection"]  # fmt: skip
+    budget = record["summary"]["budget"]
+    assert budget["counts"] == "tokens" and 0 < budget["used"] <= 500
+    assert record["n_selected"] >= 2
+
+
+def test_bad_usage_exits_2(corpus: tuple[Path, Path], tmp_path: Path) -> None:
+    ws, _ = corpus
+    assert "no corpus named 'nope'" in cli("stats", "nope", "-w", str(ws), code=2)
+    assert "unknown selector" in cli(
+        "select", "pool", "--selector", "x", "--name", "a", "-w", str(ws), code=2
+    )
+    out = cli(
+        "select",
+        "pool",
+        "--selector",
+        "quality",
+        "--name",
+        "a",
+        "--param",
+        "min_wrds=3",
+        "-w",
+        str(ws),
+        code=2,
+    )
+    assert "min_wrds" in out
+    assert "invalid budget" in cli(
+        "select",
+        "pool",
+        "--selector",
+        "quality",
+        "--name",
+        "a",
+        "--budget",
+        "lots",
+        "-w",
+        str(ws),
+        code=2,
+    )
+    assert "invalid selection name" in cli(
+        "select", "pool", "--selector", "quality", "--name", "../up", "-w", str(ws), code=2
+    )
+    missing = tmp_path / "missing.jsonl"
+    assert str(missing) in cli("ingest", str(missing), "--corpus", "c", "-w", str(ws), code=2)
+    odd = tmp_path / "data.xyz"
+    odd.write_text("hi")
+    assert "unknown format" in cli("ingest", str(odd), "--corpus", "c", "-w", str(ws), code=2)
+    assert "SQL error" in cli("sql", "select nope from pool", "-w", str(ws), code=2)
+    assert "no gristmill workspace" in cli("corpora", "-w", str(tmp_path / "empty"), code=2)
+
+
+def test_sql_cannot_write(corpus: tuple[Path, Path]) -> None:
+    ws, _ = corpus
+    out = cli("sql", "drop table corpora", "-w", str(ws), code=2)
+    assert "read-only" in out.lower() or "read only" in out.lower()

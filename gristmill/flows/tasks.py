@@ -61,25 +61,24 @@ def task_runner(runner: str = "threads", workers: int | None = None) -> Any:
     raise InputError(f"unknown runner {runner!r} (use one of {', '.join(RUNNERS)})")
 
 
-@task(
-    name="ingest-chunk",
-    retries=2,
-    retry_delay_seconds=[1, 5],
-    retry_condition_fn=_retry_on_io,
-    cache_policy=NO_CACHE,
-)
+def _worker_task(name: str) -> Any:
+    """A per-chunk or per-shard task: retried on I/O errors; the catalog is its cache."""
+    return task(
+        name=name,
+        retries=2,
+        retry_delay_seconds=[1, 5],
+        retry_condition_fn=_retry_on_io,
+        cache_policy=NO_CACHE,
+    )
+
+
+@_worker_task("ingest-chunk")
 def ingest_chunk_task(root: str, corpus: str, chunk: Chunk, options: IngestOptions) -> ChunkResult:
     """Read one chunk into shards and rejects."""
     return ingest_chunk(root, corpus, chunk, options)
 
 
-@task(
-    name="score-shard",
-    retries=2,
-    retry_delay_seconds=[1, 5],
-    retry_condition_fn=_retry_on_io,
-    cache_policy=NO_CACHE,
-)
+@_worker_task("score-shard")
 def score_shard_task(
     root: str, corpus: str, shard: dict, scorer: Scorer, config_hash: str
 ) -> SignalInfo:

@@ -27,7 +27,7 @@ from gristmill.selectors.budget import Budget
 from gristmill.selectors.selection import SelectOptions
 from gristmill.selectors.tokens import TokenCounter
 from gristmill.storage import catalog
-from gristmill.storage.files import write_parquet_atomic
+from gristmill.storage.files import sql_files, write_parquet_atomic
 from gristmill.storage.workspace import Workspace, validate_name
 
 
@@ -96,11 +96,6 @@ def record_scores(
             )  # fmt: skip
 
 
-def _paths_sql(paths: list[Path]) -> str:
-    # File paths are workspace-generated, never user text; still quote them safely.
-    return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
-
-
 def load_candidates(
     workspace: Workspace,
     corpus: str,
@@ -126,16 +121,14 @@ def load_candidates(
         joins = ""
         if size_signal_files:
             tokens = [workspace.absolute(p) for p in size_signal_files]
-            joins += f" join read_parquet({_paths_sql(tokens)}) t on t.doc_id = d.doc_id"
+            joins += f" join read_parquet({sql_files(tokens)}) t on t.doc_id = d.doc_id"
             size = "t.score"
         if parent_path is not None:
-            joins += (
-                f" semi join read_parquet({_paths_sql([parent_path])}) p on p.doc_id = d.doc_id"
-            )
+            joins += f" semi join read_parquet({sql_files([parent_path])}) p on p.doc_id = d.doc_id"
         query = (
             f"select d.doc_id, s.score, d.domain, d.n_bytes, {size} as size{reasons} "
-            f"from read_parquet({_paths_sql(shards)}) d "
-            f"join read_parquet({_paths_sql(signals)}) s on s.doc_id = d.doc_id{joins}"
+            f"from read_parquet({sql_files(shards)}) d "
+            f"join read_parquet({sql_files(signals)}) s on s.doc_id = d.doc_id{joins}"
         )
         table = con.sql(query).to_arrow_table()
     finally:

@@ -12,14 +12,11 @@ import duckdb
 
 from gristmill.errors import InputError
 from gristmill.storage import catalog
+from gristmill.storage.files import sql_files
 from gristmill.storage.workspace import Workspace
 
 ExportFormat = Literal["parquet", "jsonl", "hf"]
 EXPORT_FORMATS = ("parquet", "jsonl", "hf")
-
-
-def _file_list(paths: list[Path]) -> str:
-    return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
 
 
 def _quoted(path: Path) -> str:
@@ -51,8 +48,8 @@ def materialize(
             "select d.doc_id, d.text, d.domain, d.source, d.source_line, "
             + ("json(d.meta) as meta" if fmt == "jsonl" else "d.meta")
             + ", d.n_bytes, m.rank, m.weight "
-            f"from read_parquet({_file_list([members])}) m "
-            f"join read_parquet({_file_list(shards)}) d using (doc_id) order by m.rank"
+            f"from read_parquet({sql_files([members])}) m "
+            f"join read_parquet({sql_files(shards)}) d using (doc_id) order by m.rank"
         )
         with duckdb.connect() as con:
             if fmt == "jsonl":
@@ -64,7 +61,7 @@ def materialize(
                     f"copy ({query}) to {_quoted(target)} "
                     "(format parquet, compression zstd, row_group_size 50000)"
                 )
-            rows = con.sql(f"select count(*) from read_parquet({_file_list([members])})").fetchall()
+            rows = con.sql(f"select count(*) from read_parquet({sql_files([members])})").fetchall()
         if fmt == "hf":
             _parquet_to_hf(target, staging)
         if out_dir.exists():

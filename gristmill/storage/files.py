@@ -12,6 +12,11 @@ import xxhash
 PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 3}
 
 
+def sql_files(paths: list[Path]) -> str:
+    """A DuckDB list literal of file paths (workspace-generated paths, quoted all the same)."""
+    return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
+
+
 def file_hash(path: Path) -> str:
     """Content hash of a file (xxh3-128, hex)."""
     digest = xxhash.xxh3_128()

@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import duckdb
 
 from gristmill.errors import InputError
 from gristmill.storage import catalog
+from gristmill.storage.files import sql_files
 from gristmill.storage.workspace import Workspace
-
-
-def _file_list(paths: list[Path]) -> str:
-    # Paths come from the catalog, never from user text; quoted for safety all the same.
-    return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
 
 
 def _ident(name: str) -> str:
@@ -72,12 +67,12 @@ def corpus_stats(workspace: Workspace, corpus: str, top_domains: int = 20) -> di
             totals["domains"] = catalog.rows(
                 con,
                 f"select domain, count(*) as documents, sum(n_bytes)::bigint as text_bytes "
-                f"from read_parquet({_file_list(files)}) group by domain "
+                f"from read_parquet({sql_files(files)}) group by domain "
                 f"order by documents desc, domain limit ?",
                 [top_domains],
             )
             totals["n_domains"] = con.sql(
-                f"select count(distinct domain) from read_parquet({_file_list(files)})"
+                f"select count(distinct domain) from read_parquet({sql_files(files)})"
             ).fetchall()[0][0]
     return {"corpus": corpus, **totals}
 
@@ -121,16 +116,16 @@ def inspect_selection(
     )
     signal_paths = [workspace.absolute(p) for p in signals.values()]
     with duckdb.connect() as con:
-        names = con.sql(f"select * from read_parquet({_file_list(signal_paths)}) limit 0").columns
+        names = con.sql(f"select * from read_parquet({sql_files(signal_paths)}) limit 0").columns
         reasons = "s.reasons" if "reasons" in names else "null"
-        candidates = f"read_parquet({_file_list(shards)}) d"
+        candidates = f"read_parquet({sql_files(shards)}) d"
         if parent is not None:
-            candidates += f" semi join read_parquet({_file_list([parent])}) p using (doc_id)"
+            candidates += f" semi join read_parquet({sql_files([parent])}) p using (doc_id)"
         base = (
             f"select d.doc_id, d.domain, left(d.text, ?) as text, s.score, {reasons} as reasons "
-            f"from {candidates} join read_parquet({_file_list(signal_paths)}) s using (doc_id) "
+            f"from {candidates} join read_parquet({sql_files(signal_paths)}) s using (doc_id) "
         )
-        kept_filter = f"d.doc_id in (select doc_id from read_parquet({_file_list([members])}))"
+        kept_filter = f"d.doc_id in (select doc_id from read_parquet({sql_files([members])}))"
         order = "order by hash(d.doc_id + ?) limit ?"
         kept = catalog.rows(con, f"{base} where {kept_filter} {order}", [max_chars, seed, sample])
         dropped = catalog.rows(
@@ -145,7 +140,7 @@ def _views(con: duckdb.DuckDBPyConnection, workspace: Workspace) -> list[str]:
     for corpus in catalog.corpus_names(con):
         files = [workspace.absolute(s["path"]) for s in catalog.shards(con, corpus)]
         if files:
-            source = f"read_parquet({_file_list(files)})"
+            source = f"read_parquet({sql_files(files)})"
             con.execute(f"create temp view {_ident(corpus)} as select * from {source}")
             created.append(corpus)
         rejects = sorted(workspace.rejects_dir(corpus).glob("*.parquet"))
@@ -153,7 +148,7 @@ def _views(con: duckdb.DuckDBPyConnection, workspace: Workspace) -> list[str]:
             view = f"{corpus}__rejects"
             con.execute(
                 f"create temp view {_ident(view)} as "
-                f"select * from read_parquet({_file_list(rejects)})"
+                f"select * from read_parquet({sql_files(rejects)})"
             )
             created.append(view)
     latest = catalog.rows(
@@ -166,7 +161,7 @@ def _views(con: duckdb.DuckDBPyConnection, workspace: Workspace) -> list[str]:
         view = f"{row['corpus']}__{row['signal']}"
         paths = [workspace.absolute(p) for p in files.values()]
         con.execute(
-            f"create temp view {_ident(view)} as select * from read_parquet({_file_list(paths)})"
+            f"create temp view {_ident(view)} as select * from read_parquet({sql_files(paths)})"
         )
         created.append(view)
     for (name,) in con.execute("select name from selections").fetchall():
@@ -175,7 +170,7 @@ def _views(con: duckdb.DuckDBPyConnection, workspace: Workspace) -> list[str]:
             view = f"selection__{name}"
             con.execute(
                 f"create temp view {_ident(view)} as "
-                f"select * from read_parquet({_file_list([path])})"
+                f"select * from read_parquet({sql_files([path])})"
             )
             created.append(view)
     return created

@@ -50,7 +50,10 @@ def test_chain_defaults_and_paths(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (("    selector: quality\n  - name: top", "    selektor: quality\n  - name: top"), "select.0"),
+        (
+            ("    selector: quality\n  - name: top", "    selektor: quality\n  - name: top"),
+            "select.0",
+        ),
         (("budget: 10docs", "budget: plenty"), "select.1.budget"),
         (("selector: quality\n  - name", "selector: nope\n  - name"), "unknown selector 'nope'"),
         (("mode: topk", "mode: best"), "select.1.mode"),
@@ -58,10 +61,18 @@ def test_chain_defaults_and_paths(tmp_path: Path) -> None:
         (("format: jsonl", "format: xml"), "materialize.0.format"),
         (("domain_field: site", "domain_feld: site"), "ingest.0.domain_feld"),
         (("name: test", "name: test\nextra: 1"), "extra"),
-        (("    selector: quality\n    mode", "    selector: quality\n    params: {min_wrds: 1}\n    mode"), "min_wrds"),
+        (
+            (
+                "    selector: quality\n    mode",
+                "    selector: quality\n    params: {min_wrds: 1}\n    mode",
+            ),
+            "min_wrds",
+        ),
     ],
 )
-def test_validation_errors_name_the_key(tmp_path: Path, change: tuple[str, str], message: str) -> None:
+def test_validation_errors_name_the_key(
+    tmp_path: Path, change: tuple[str, str], message: str
+) -> None:
     text = RECIPE.replace(*change)
     assert text != RECIPE
     with pytest.raises(InputError) as caught:

@@ -150,7 +150,14 @@ class DocumentBuilder:
             lines = lines[keep]
             if ids is not None:
                 ids = [v for v, k in zip(ids, keep, strict=True) if k]
-        keys = [f"id:{v}" for v in ids] if ids is not None else [f"line:{n}" for n in lines]
+        if ids is not None:
+            keys = [f"id:{v}" for v in ids]
+        else:  # readers give an ordinal where several records can share a line
+            ordinals = table["id"].to_pylist()
+            keys = [
+                f"line:{n}" if k is None else f"rec:{k}"
+                for n, k in zip(lines, ordinals, strict=True)
+            ]
         prefix = self._prefix
         hashes = np.fromiter(
             (xxhash.xxh3_64_intdigest((prefix + key).encode()) for key in keys),

@@ -200,7 +200,7 @@ def plan_chunks(paths: list[str], options: IngestOptions) -> list[Chunk]:
         fingerprint = _fingerprint(Path(path))
         splittable = fmt == "jsonl" or (fmt == "txt" and options.txt_unit == "line")
         compressed = Path(path).suffix.lower() in _COMPRESSED
-        if fmt == "parquet":
+        if fmt == "parquet" and options.id_field is None:
             chunks.extend(_plan_parquet(path, source, fingerprint, options))
         elif splittable and not compressed and options.id_field is None:
             chunks.extend(_plan_byte_ranges(path, source, fmt, fingerprint, options.chunk_bytes))
@@ -276,7 +276,7 @@ def _plan_hf(path: str, source: str, options: IngestOptions) -> list[Chunk]:
             raise InputError(f"{path}: no split {missing[0]!r} (splits: {', '.join(loaded)})")
     else:
         splits = [None]
-    fingerprint = f"hf:{loaded.fingerprint if splits == [None] else ''}"
+    fingerprint = f"hf:{loaded._fingerprint if splits == [None] else ''}"
     if splits != [None]:
         fingerprint += ",".join(f"{s}={loaded[s]._fingerprint}" for s in splits)
     return [
@@ -445,9 +445,24 @@ def _url_host(url: Any) -> str | None:
 
 
 def _as_str(value: Any) -> str | None:
-    if value is None:
-        return None
-    return value if isinstance(value, str) else json.dumps(value, default=str)
+    """A field as text, the way Arrow casts it: 2.0 -> "2", objects and lists as JSON."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value, default=str, separators=(",", ":"))
+
+
+def _text_column(column: pa.ChunkedArray) -> pa.ChunkedArray | pa.Array:
+    """A column as strings: scalars cast by Arrow, nested values as compact JSON."""
+    nested = pa.types.is_nested(column.type)
+    return (
+        pa.array([_as_str(v) for v in column.to_pylist()], pa.string())
+        if nested
+        else pc.cast(column, pa.string())
+    )
 
 
 def _has_timestamp(dtype: pa.DataType) -> bool:
@@ -469,7 +484,20 @@ def _meta_json(table: pa.Table, exclude: str) -> pa.Array:
     quoted = ", ".join('"' + name.replace('"', '""') + '"' for name in keep)
     with duckdb.connect(config={"threads": 1}) as con:
         query = f"select to_json(t)::varchar as meta from (select {quoted} from rest) t"
-        return con.sql(query).to_arrow_table()["meta"].combine_chunks()
+        meta = con.sql(query).to_arrow_table()["meta"].combine_chunks()
+    # Arrow fills a key that only other records have with null; drop top-level nulls (the
+    # line-by-line path does too) so a record's meta never depends on its neighbours.
+    nulls = np.zeros(table.num_rows, bool)
+    for name in keep:
+        if table[name].null_count:
+            nulls |= np.asarray(pc.is_null(table[name]))
+    if not nulls.any():
+        return meta
+    values = meta.to_pylist()
+    for row in np.flatnonzero(nulls):
+        fields = orjson.loads(values[row])
+        values[row] = orjson.dumps({k: v for k, v in fields.items() if v is not None}).decode()
+    return pa.array(values, pa.string())
 
 
 class Extractor:
@@ -511,7 +539,11 @@ class Extractor:
                 domains.append(_as_str(_get_path(record, o.domain_field)))
             else:
                 domains.append(None)
-            rest = {k: v for k, v in record.items() if not (top_level_text and k == o.text_field)}
+            rest = {
+                k: v
+                for k, v in record.items()
+                if v is not None and not (top_level_text and k == o.text_field)
+            }
             metas.append(orjson.dumps(rest, default=str).decode() if rest else "{}")
         table = pa.table([lines, texts, ids, domains, metas], schema=EXTRACTED_SCHEMA)
         return Parsed(table, rejects, records=len(records))
@@ -542,14 +574,14 @@ class Extractor:
         text = pc.cast(text, pa.string())
         ids = _column(table, o.id_field) if o.id_field else None
         ids = (
-            pc.cast(ids, pa.string()) if ids is not None else pa.nulls(table.num_rows, pa.string())
+            _text_column(ids) if ids is not None else pa.nulls(table.num_rows, pa.string())
         )
         if o.url_field:
             urls = _column(table, o.url_field)
             hosts = [_url_host(u) for u in urls.to_pylist()] if urls is not None else None
             domain = pa.array(hosts or [None] * table.num_rows, pa.string())
         elif o.domain_field and _column(table, o.domain_field) is not None:
-            domain = pc.cast(_column(table, o.domain_field), pa.string())
+            domain = _text_column(_column(table, o.domain_field))
         else:
             domain = pa.nulls(table.num_rows, pa.string())
         exclude = o.text_field if "." not in o.text_field else ""
@@ -722,7 +754,7 @@ def _has_surrogates(values: list[str]) -> bool:
 def _read_csv(chunk: Chunk, options: IngestOptions, extractor: Extractor) -> Iterator[Parsed]:
     pieces, state = raw_chunks(chunk.path)
     text = io.TextIOWrapper(
-        io.BufferedReader(_IterStream(pieces)), encoding="utf-8", errors="surrogateescape",
+        io.BufferedReader(_IterStream(pieces)), encoding="utf-8-sig", errors="surrogateescape",
         newline="",
     )  # fmt: skip
     delimiter = "\t" if chunk.format == "tsv" else ","
@@ -758,13 +790,13 @@ def _read_csv(chunk: Chunk, options: IngestOptions, extractor: Extractor) -> Ite
         if header is None and options.csv_header:
             header = row
             return
+        if not any(row):
+            return  # a blank line is not a record
         names = header or [str(i) for i in range(len(row))]
         if header is not None and len(row) != len(header):
             detail = f"{len(row)} fields, the header has {len(header)}"
             rejects.append(extractor.reject(line, "bad_row", detail, raw))
             return
-        if not any(row):
-            return  # a blank line is not a record
         batch.append((line, dict(zip(names, row, strict=True)), raw))
 
     while True:
@@ -798,67 +830,76 @@ def _read_txt(chunk: Chunk, options: IngestOptions, extractor: Extractor) -> Ite
     if options.txt_unit == "file" and options.separator is None:
         yield _read_txt_file(chunk, options, extractor)
         return
-    pieces, state = raw_chunks(chunk.path, chunk.start, chunk.end)
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
-    docs: list[tuple[int, Any, bytes]] = []
-    rejects: list[Reject] = []
+    by_line = options.separator is None and options.txt_unit == "line"
+    separator = options.separator or ("\n" if by_line else "\n\n")
+    keep_tail = len(separator) - 1  # a separator may straddle two reads
     limit = options.max_doc_bytes
+    plain = Extractor(options.model_copy(update={"text_field": "text"}), chunk.source)
+    docs: list[tuple[int, Any, bytes]] = []
+    keys: list[str] = []
+    rejects: list[Reject] = []
+    ordinal = 0  # several documents can share a line, so segments are keyed by position
 
-    def emit(line: int, text: str) -> None:
-        if options.txt_unit != "line" or options.separator is not None:
-            text = text.strip("\n")
+    def emit(line: int, segment: str) -> None:
+        nonlocal ordinal
+        ordinal += 1
+        if by_line:
+            text = segment.removesuffix("\r")
+        else:
+            lead = len(segment) - len(segment.lstrip("\r\n"))
+            line += segment.count("\n", 0, lead)
+            text = segment.strip("\r\n")
         if not text.strip():
-            return
+            return  # a blank segment is not a record
         if _has_surrogates([text]):
             raw = text.encode("utf-8", "surrogateescape")
             rejects.append(extractor.reject(line, "invalid_utf8", "bytes are not UTF-8", raw))
         else:
             docs.append((line, {"text": text}, b""))
+            keys.append(str(ordinal))
 
     def take() -> Parsed:
-        parsed = Extractor(options.model_copy(update={"text_field": "text"}), chunk.source)
-        out = parsed.from_dicts(list(docs))
+        out = plain.from_dicts(docs)
+        if not by_line:
+            out.table = out.table.set_column(2, "id", pa.array(keys, pa.string()))
         out.rejects[:0] = rejects
         out.records += len(rejects)
-        docs.clear()
-        rejects.clear()
+        docs.clear(), keys.clear(), rejects.clear()
         return out
 
-    if options.separator is not None:
-        sep_kind = options.separator
-    elif options.txt_unit == "paragraph":
-        sep_kind = "\n\n"
-    else:
-        sep_kind = "\n"
-    buffer = ""
-    line = chunk.first_line
-    first = True
-    for piece in pieces:
+    pieces, state = raw_chunks(chunk.path, chunk.start, chunk.end)
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
+    buffer, line, skipping = "", chunk.first_line, False
+    for number, piece in enumerate(pieces):
         buffer += decoder.decode(piece)
-        if first:
+        if number == 0 and chunk.start == 0:
             buffer = buffer.removeprefix("\ufeff")
-            first = False
-        while True:
-            cut = buffer.find(sep_kind)
-            if cut < 0:
-                break
-            doc, buffer = buffer[:cut], buffer[cut + len(sep_kind) :]
-            emit(line + (len(doc) - len(doc.lstrip("\n"))), doc)
-            line += doc.count("\n") + sep_kind.count("\n")
-        if len(buffer.encode("utf-8", "surrogateescape")) > limit * 2:
-            detail = f"document longer than {limit} bytes without a separator (first 64 KiB kept)"
+        while (cut := buffer.find(separator)) >= 0:
+            segment, buffer = buffer[:cut], buffer[cut + len(separator) :]
+            if skipping:
+                skipping = False  # the oversize record ends here
+            else:
+                emit(line, segment)
+            line += segment.count("\n") + separator.count("\n")
+        if not skipping and len(buffer) > limit:  # more characters than bytes allowed
+            detail = f"document longer than {limit} bytes (first 64 KiB kept)"
             raw = buffer[:65536].encode("utf-8", "surrogateescape")
-            rejects.append(extractor.reject(line, "oversize", detail, raw))
-            line += buffer.count("\n")
-            buffer = ""
+            lead = len(buffer) - len(buffer.lstrip("\r\n")) if not by_line else 0
+            rejects.append(extractor.reject(line + buffer.count("\n", 0, lead), "oversize",
+                                            detail, raw))  # fmt: skip
+            skipping = True
+        if skipping and len(buffer) > keep_tail:
+            dropped = buffer[: len(buffer) - keep_tail]
+            line += dropped.count("\n")
+            buffer = buffer[len(dropped) :]
         if len(docs) >= 10_000:
             yield take()
     buffer += decoder.decode(b"", final=True)
     if state.problem:
         raw = buffer.encode("utf-8", "surrogateescape")
         rejects.append(extractor.reject(line, "truncated", state.problem, raw))
-    elif buffer.strip():
-        emit(line, buffer.rstrip("\r\n") if sep_kind == "\n" else buffer)
+    elif not skipping and buffer.strip():
+        emit(line, buffer.removesuffix("\n") if by_line else buffer)
     yield take()
 
 

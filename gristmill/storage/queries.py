@@ -126,7 +126,7 @@ def inspect_selection(
             f"from {candidates} join read_parquet({sql_files(signal_paths)}) s using (doc_id) "
         )
         kept_filter = f"d.doc_id in (select doc_id from read_parquet({sql_files([members])}))"
-        order = "order by hash(d.doc_id + ?) limit ?"
+        order = "order by hash(d.doc_id, ?) limit ?"
         kept = catalog.rows(con, f"{base} where {kept_filter} {order}", [max_chars, seed, sample])
         dropped = catalog.rows(
             con, f"{base} where not {kept_filter} {order}", [max_chars, seed, sample]

@@ -573,9 +573,7 @@ class Extractor:
             text = _column(table, o.text_field) if is_string else pa.chunked_array([], pa.string())
         text = pc.cast(text, pa.string())
         ids = _column(table, o.id_field) if o.id_field else None
-        ids = (
-            _text_column(ids) if ids is not None else pa.nulls(table.num_rows, pa.string())
-        )
+        ids = _text_column(ids) if ids is not None else pa.nulls(table.num_rows, pa.string())
         if o.url_field:
             urls = _column(table, o.url_field)
             hosts = [_url_host(u) for u in urls.to_pylist()] if urls is not None else None

@@ -408,11 +408,12 @@ def run(
 def _run_recipe(
     loaded: Any, workspace: Path | None, runner: str, workers: int | None, json_output: bool
 ) -> None:
-    from gristmill.flows import run_recipe_flow, task_runner
+    from gristmill.flows import run_recipe_flow
 
     target = str(workspace) if workspace else loaded.workspace
-    flow = run_recipe_flow.with_options(task_runner=task_runner(runner, workers))
-    result = _with_progress(lambda: flow(loaded, str(Workspace(target).root)))
+    result = _with_progress(
+        lambda: run_recipe_flow(loaded, str(Workspace(target).root), runner, workers)
+    )
     if json_output:
         _print_json(result)
         return

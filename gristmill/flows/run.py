@@ -6,25 +6,33 @@ from typing import Any
 
 from prefect import flow
 
-from gristmill.flows.tasks import curate_flow, ingest_flow, materialize_flow
+from gristmill.flows.tasks import curate_flow, ingest_flow, materialize_flow, task_runner
 from gristmill.recipe import Recipe
 from gristmill.storage.readers import IngestOptions
 from gristmill.storage.workspace import Workspace
 
 
 @flow(name="run-recipe")
-def run_recipe_flow(recipe: Recipe, workspace: str | None = None) -> dict[str, Any]:
+def run_recipe_flow(
+    recipe: Recipe,
+    workspace: str | None = None,
+    runner: str = "threads",
+    workers: int | None = None,
+) -> dict[str, Any]:
     """Run a validated recipe; each stage is a sub-flow, so the UI shows them separately."""
     ws = Workspace(workspace or recipe.workspace)
+    # A sub-flow uses its own task runner, so the recipe's choice is passed down explicitly.
+    ingest = ingest_flow.with_options(task_runner=task_runner(runner, workers))
+    curate = curate_flow.with_options(task_runner=task_runner(runner, workers))
     results: dict[str, Any] = {"workspace": str(ws.root), "ingest": [], "select": [], "out": []}
     with ws.write_lock(f"run {recipe.name}"):
         for step in recipe.ingest:
             options = IngestOptions(**step.model_dump(exclude={"corpus", "paths"}))
-            results["ingest"].append(ingest_flow(str(ws.root), step.paths, step.corpus, options))
+            results["ingest"].append(ingest(str(ws.root), step.paths, step.corpus, options))
         for step in recipe.select:
             assert step.corpus is not None
             results["select"].append(
-                curate_flow(
+                curate(
                     str(ws.root),
                     step.corpus,
                     step.selector,

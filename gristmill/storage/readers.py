@@ -675,6 +675,8 @@ def _parse_jsonl_block(data: bytes, first_line: int, extractor: Extractor) -> Pa
         carriage[carriage] = arr[starts[carriage]] == 13
     nonblank = (lengths > 0) & ~carriage
     try:
+        if not data.isascii():
+            data.decode("utf-8")  # Arrow would silently replace invalid UTF-8 with U+FFFD
         table = pa_json.read_json(
             io.BytesIO(data), read_options=pa_json.ReadOptions(block_size=4 << 20)
         )
@@ -682,20 +684,9 @@ def _parse_jsonl_block(data: bytes, first_line: int, extractor: Extractor) -> Pa
         dated = any(_has_timestamp(f.type) for f in table.schema)
         if table.num_rows != int(nonblank.sum()) or dated:
             raise ValueError("rows differ from lines, or dates were parsed")
-    except (pa.ArrowInvalid, ValueError):
+    except (pa.ArrowInvalid, ValueError):  # UnicodeDecodeError is a ValueError
         return _parse_jsonl_lines(data, starts, ends, numbers, nonblank, extractor)
-    parsed = extractor.from_table(table, numbers[nonblank])
-    # Arrow silently turns invalid UTF-8 into U+FFFD; only when one shows up is the (slower)
-    # strict decode worth doing, to tell a real U+FFFD from a replaced byte.
-    replaced = any(
-        pc.any(pc.match_substring(parsed.table[c], "\ufffd")).as_py() for c in ("text", "meta")
-    )
-    if replaced:
-        try:
-            data.decode("utf-8")
-        except UnicodeDecodeError:
-            return _parse_jsonl_lines(data, starts, ends, numbers, nonblank, extractor)
-    return parsed
+    return extractor.from_table(table, numbers[nonblank])
 
 
 def _parse_jsonl_lines(

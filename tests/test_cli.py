@@ -174,46 +174,23 @@ def test_token_budget(corpus: tuple[Path, Path]) -> None:
 
 def test_bad_usage_exits_2(corpus: tuple[Path, Path], tmp_path: Path) -> None:
     ws, _ = corpus
-    assert "no corpus named 'nope'" in cli("stats", "nope", "-w", str(ws), code=2)
-    assert "unknown selector" in cli(
-        "select", "pool", "--selector", "x", "--name", "a", "-w", str(ws), code=2
-    )
-    out = cli(
-        "select",
-        "pool",
-        "--selector",
-        "quality",
-        "--name",
-        "a",
-        "--param",
-        "min_wrds=3",
-        "-w",
-        str(ws),
-        code=2,
-    )
-    assert "min_wrds" in out
-    assert "invalid budget" in cli(
-        "select",
-        "pool",
-        "--selector",
-        "quality",
-        "--name",
-        "a",
-        "--budget",
-        "lots",
-        "-w",
-        str(ws),
-        code=2,
-    )
-    assert "invalid selection name" in cli(
-        "select", "pool", "--selector", "quality", "--name", "../up", "-w", str(ws), code=2
-    )
+    workspace = ["-w", str(ws)]
+
+    def bad_select(*extra: str) -> str:
+        return cli("select", "pool", "--name", "a", *extra, *workspace, code=2)
+
+    assert "no corpus named 'nope'" in cli("stats", "nope", *workspace, code=2)
+    assert "unknown selector" in bad_select("--selector", "x")
+    assert "min_wrds" in bad_select("--selector", "quality", "--param", "min_wrds=3")
+    assert "invalid budget" in bad_select("--selector", "quality", "--budget", "lots")
+    renamed = cli("select", "pool", "--selector", "quality", "--name", "../up", *workspace, code=2)
+    assert "invalid selection name" in renamed
     missing = tmp_path / "missing.jsonl"
-    assert str(missing) in cli("ingest", str(missing), "--corpus", "c", "-w", str(ws), code=2)
+    assert str(missing) in cli("ingest", str(missing), "--corpus", "c", *workspace, code=2)
     odd = tmp_path / "data.xyz"
     odd.write_text("hi")
-    assert "unknown format" in cli("ingest", str(odd), "--corpus", "c", "-w", str(ws), code=2)
-    assert "SQL error" in cli("sql", "select nope from pool", "-w", str(ws), code=2)
+    assert "unknown format" in cli("ingest", str(odd), "--corpus", "c", *workspace, code=2)
+    assert "SQL error" in cli("sql", "select nope from pool", *workspace, code=2)
     assert "no gristmill workspace" in cli("corpora", "-w", str(tmp_path / "empty"), code=2)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import gzip
 import json
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -17,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 from conftest import good_text, write_jsonl
+from ingest_helpers import CORPUS, ingest, read_all
 
-from gristmill.storage.catalog import ChunkResult
 from gristmill.storage.ingest import (
     DOCUMENT_SCHEMA,
     REJECT_SCHEMA,
@@ -28,68 +27,6 @@ from gristmill.storage.ingest import (
 )
 from gristmill.storage.readers import IngestOptions, plan_chunks
 from gristmill.storage.workspace import Workspace
-
-CORPUS = "corp"
-
-
-@dataclass
-class Ingested:
-    """What ingesting some inputs produced: per-chunk results, all documents, all rejects."""
-
-    results: list[ChunkResult]
-    docs: pa.Table
-    rejects: pa.Table
-
-    def rows(self) -> list[dict]:
-        """Documents as dicts, in (source, source_line) order."""
-        return sorted(self.docs.to_pylist(), key=lambda r: (r["source"], r["source_line"]))
-
-    def lines(self) -> list[int]:
-        return [r["source_line"] for r in self.rows()]
-
-    def reject_rows(self) -> list[dict]:
-        return sorted(self.rejects.to_pylist(), key=lambda r: (r["source"], r["line"]))
-
-    def reasons(self) -> list[tuple[int, str]]:
-        return [(r["line"], r["reason"]) for r in self.reject_rows()]
-
-    def records_read(self) -> int:
-        return sum(r.records_read for r in self.results)
-
-
-def read_all(directory: Path, schema: pa.Schema) -> pa.Table:
-    files = sorted(directory.glob("*.parquet")) if directory.exists() else []
-    return pa.concat_tables([schema.empty_table()] + [pq.read_table(p) for p in files])
-
-
-def ingest(
-    root: Path,
-    paths: list[Path | str],
-    options: IngestOptions | None = None,
-    corpus: str = CORPUS,
-    unique_ids: bool = True,
-) -> Ingested:
-    """Ingest every planned chunk of `paths` into the workspace at `root`; check the books."""
-    options = options or IngestOptions()
-    chunks = plan_chunks([str(p) for p in paths], options)
-    results = [ingest_chunk(str(root), corpus, chunk, options) for chunk in chunks]
-    ws = Workspace(root)
-    docs = read_all(ws.corpus_dir(corpus), DOCUMENT_SCHEMA)
-    rejects = read_all(ws.rejects_dir(corpus), REJECT_SCHEMA)
-    assert docs.schema == DOCUMENT_SCHEMA
-    assert rejects.schema == REJECT_SCHEMA
-    for result in results:
-        assert result.records_read == result.documents + result.rejected, result
-        assert sum(s.rows for s in result.shards) == result.documents
-        assert sum(result.reject_counts.values()) == result.rejected
-    assert docs.num_rows == sum(r.documents for r in results)
-    assert rejects.num_rows == sum(r.rejected for r in results)
-    reject_counts = Counter(rejects["reason"].to_pylist())
-    assert reject_counts == sum((Counter(r.reject_counts) for r in results), Counter())
-    if unique_ids:
-        ids = docs["doc_id"].to_pylist()
-        assert len(ids) == len(set(ids))
-    return Ingested(results, docs, rejects)
 
 
 def jsonl_line(record: object) -> bytes:

@@ -7,6 +7,7 @@ file, line and reason. Nothing is read whole into memory except a single documen
 
 from __future__ import annotations
 
+import atexit
 import bz2
 import codecs
 import csv
@@ -14,6 +15,7 @@ import io
 import json
 import lzma
 import os
+import threading
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -475,16 +477,31 @@ def _has_timestamp(dtype: pa.DataType) -> bool:
     return False
 
 
+_meta_db: duckdb.DuckDBPyConnection | None = None
+_meta_db_guard = threading.Lock()
+
+
+def _meta_database() -> duckdb.DuckDBPyConnection:
+    """One in-memory DuckDB per process for JSON encoding; threads each take a cursor."""
+    global _meta_db
+    with _meta_db_guard:
+        if _meta_db is None:
+            _meta_db = duckdb.connect(config={"threads": 1})
+            atexit.register(_meta_db.close)  # close before interpreter teardown
+        return _meta_db
+
+
 def _meta_json(table: pa.Table, exclude: str) -> pa.Array:
     """JSON object of every column except `exclude`, one string per row."""
     keep = [name for name in table.column_names if name != exclude]
     if not keep:
         return pa.array(["{}"] * table.num_rows, pa.string())
-    rest = table.select(keep)  # noqa: F841 - read by DuckDB through its replacement scan
     quoted = ", ".join('"' + name.replace('"', '""') + '"' for name in keep)
-    with duckdb.connect(config={"threads": 1}) as con:
+    with _meta_database().cursor() as con:  # a cursor is cheap; a new database is not
+        con.register("rest", table.select(keep))
         query = f"select to_json(t)::varchar as meta from (select {quoted} from rest) t"
         meta = con.sql(query).to_arrow_table()["meta"].combine_chunks()
+        con.unregister("rest")
     # Arrow fills a key that only other records have with null; drop top-level nulls (the
     # line-by-line path does too) so a record's meta never depends on its neighbours.
     nulls = np.zeros(table.num_rows, bool)

@@ -220,7 +220,12 @@ def _select_options(
     from gristmill.selectors.base import describe_validation_error
     from gristmill.selectors.selection import SelectOptions
 
-    weights = {k: float(v) for k, v in _params(domain_weight).items()} if domain_weight else None
+    try:
+        weights = (
+            {k: float(v) for k, v in _params(domain_weight).items()} if domain_weight else None
+        )
+    except (TypeError, ValueError):
+        raise InputError(f"--domain-weight takes domain=number, got {domain_weight}") from None
     try:
         return SelectOptions(
             mode=mode, threshold=threshold, seed=seed, temperature=temperature,

@@ -129,9 +129,7 @@ def ingest_flow(
 
 
 def _check_unique_ids(ws: Workspace, corpus: str) -> None:
-    duplicates = queries.run_sql(ws, f'select count(*) - count(distinct doc_id) from "{corpus}"')[
-        "rows"
-    ][0][0]
+    duplicates = queries.repeated_doc_ids(ws, corpus)
     if duplicates:
         raise GristmillError(
             f"corpus {corpus!r} has {duplicates} repeated doc_id values (a 64-bit hash "

@@ -108,7 +108,11 @@ def load_candidates(
         shards = [workspace.absolute(s["path"]) for s in catalog.shards(con, corpus)]
         parent_path = None
         if parent is not None:
-            catalog.get_selection(con, parent)
+            parent_corpus = catalog.get_selection(con, parent)["corpus"]
+            if parent_corpus != corpus:
+                raise InputError(
+                    f"selection {parent!r} is from corpus {parent_corpus!r}, not {corpus!r}"
+                )
             parent_path = workspace.selection_dir(parent) / "members.parquet"
     if not shards:
         raise InputError(f"corpus {corpus!r} has no documents")

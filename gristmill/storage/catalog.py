@@ -128,7 +128,7 @@ def check_sources(
         elif known[0][1] != options_hash:
             raise InputError(
                 f"{source}: already ingested into corpus {corpus!r} with different options "
-                "(fields, format or limits); use the same options or a new corpus"
+                "(fields, format, limits or chunk size); use the same options or a new corpus"
             )
 
 

@@ -17,6 +17,8 @@ from gristmill.storage.workspace import Workspace
 
 ExportFormat = Literal["parquet", "jsonl", "hf"]
 EXPORT_FORMATS = ("parquet", "jsonl", "hf")
+# Written into every export; --overwrite only ever replaces a directory that has it.
+MARKER = ".gristmill-export"
 
 
 def _quoted(path: Path) -> str:
@@ -34,8 +36,7 @@ def materialize(
     if fmt not in EXPORT_FORMATS:
         raise InputError(f"unknown export format {fmt!r} (use one of {', '.join(EXPORT_FORMATS)})")
     out_dir = Path(out).expanduser().resolve()
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise InputError(f"{out_dir}: output directory is not empty (pass --overwrite to replace)")
+    _check_destination(workspace, out_dir, overwrite)
     with workspace.catalog(read_only=True) as con:
         record = catalog.get_selection(con, selection)
         shards = [workspace.absolute(s["path"]) for s in catalog.shards(con, record["corpus"])]
@@ -64,6 +65,7 @@ def materialize(
             rows = con.sql(f"select count(*) from read_parquet({sql_files([members])})").fetchall()
         if fmt == "hf":
             _parquet_to_hf(target, staging)
+        (staging / MARKER).write_text(f"gristmill export of selection {selection}\n")
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(staging, out_dir)
@@ -73,6 +75,22 @@ def materialize(
     files = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file())
     return {"selection": selection, "format": fmt, "out": str(out_dir), "documents": rows[0][0],
             "files": files}  # fmt: skip
+
+
+def _check_destination(workspace: Workspace, out_dir: Path, overwrite: bool) -> None:
+    """Refuse destinations whose replacement could destroy anything but an earlier export."""
+    root = workspace.root
+    if out_dir == root or root.is_relative_to(out_dir) or out_dir.is_relative_to(root / "corpora"):
+        raise InputError(f"{out_dir}: refusing to export over or around the workspace {root}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{out_dir}: exists and is not a directory")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise InputError(f"{out_dir}: output directory is not empty (--overwrite replaces it)")
+        if not (out_dir / MARKER).exists():
+            raise InputError(
+                f"{out_dir}: not empty and not an earlier gristmill export; refusing to replace it"
+            )
 
 
 def _parquet_to_hf(parquet: Path, staging: Path) -> None:

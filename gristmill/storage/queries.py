@@ -77,6 +77,17 @@ def corpus_stats(workspace: Workspace, corpus: str, top_domains: int = 20) -> di
     return {"corpus": corpus, **totals}
 
 
+def repeated_doc_ids(workspace: Workspace, corpus: str) -> int:
+    """How many documents of a corpus repeat another's doc_id (0 for a sound corpus)."""
+    with workspace.catalog(read_only=True) as con:
+        files = [workspace.absolute(s["path"]) for s in catalog.shards(con, corpus)]
+    if not files:
+        return 0
+    with duckdb.connect() as con:
+        query = f"select count(*) - count(distinct doc_id) from read_parquet({sql_files(files)})"
+        return int(con.sql(query).fetchall()[0][0])
+
+
 def list_selections(workspace: Workspace) -> list[dict[str, Any]]:
     """One row per selection, newest last."""
     with workspace.catalog(read_only=True) as con:
@@ -143,7 +154,12 @@ def _views(con: duckdb.DuckDBPyConnection, workspace: Workspace) -> list[str]:
             source = f"read_parquet({sql_files(files)})"
             con.execute(f"create temp view {_ident(corpus)} as select * from {source}")
             created.append(corpus)
-        rejects = sorted(workspace.rejects_dir(corpus).glob("*.parquet"))
+        recorded = con.execute(
+            "select rejects_path from chunks where corpus = ? and rejects_path is not null "
+            "order by rejects_path",
+            [corpus],
+        ).fetchall()
+        rejects = [workspace.absolute(r[0]) for r in recorded]
         if rejects:
             view = f"{corpus}__rejects"
             con.execute(
@@ -178,7 +194,15 @@ def _views(con: duckdb.DuckDBPyConnection, workspace: Workspace) -> list[str]:
 
 def run_sql(workspace: Workspace, query: str, limit: int | None = None) -> dict[str, Any]:
     """Run a read-only query over the catalog and views of every corpus, signal and selection."""
-    with workspace.catalog(read_only=True) as con:
+    with duckdb.connect() as con:
+        # Copy the (small) catalog tables and close the file at once: a long query must never
+        # hold the catalog while a flow wants to write it.
+        with workspace.catalog(read_only=True) as source:
+            for (table,) in source.execute("show tables").fetchall():
+                snapshot = source.sql(f"select * from {_ident(table)}").to_arrow_table()
+                con.register(f"snapshot_{table}", snapshot)
+                con.execute(f"create table {_ident(table)} as select * from snapshot_{table}")
+                con.unregister(f"snapshot_{table}")
         views = _views(con, workspace)
         try:
             cursor = con.execute(query)

@@ -88,8 +88,8 @@ class IngestOptions(BaseModel):
     shard_bytes: int = Field(128 << 20, gt=0, description="text bytes per output shard")
 
     def options_hash(self) -> str:
-        """Hash of the options that change which documents come out (not chunking)."""
-        relevant = self.model_dump(exclude={"chunk_bytes", "shard_bytes"})
+        """Hash of the options that decide the documents and the chunks (not shard sizes)."""
+        relevant = self.model_dump(exclude={"shard_bytes"})
         return xxhash.xxh3_64_hexdigest(json.dumps(relevant, sort_keys=True).encode())
 
 
@@ -186,9 +186,16 @@ def expand_inputs(paths: list[str], options: IngestOptions) -> list[tuple[str, s
                 found.append((str(file.resolve()), source, options.format or detect_format(file)))
         else:
             found.append((str(path.resolve()), path.name, options.format or detect_format(path)))
-    for file, _source, _fmt in found:
+    seen: dict[str, str] = {}
+    for file, source, _fmt in found:
         if Path(file).exists() and not os.access(file, os.R_OK):
             raise InputError(f"{file}: not readable (permission denied)")
+        if source in seen and seen[source] != file:
+            raise InputError(
+                f"{file} and {seen[source]} would both be source {source!r} (ids derive from it); "
+                "ingest them in separate commands or pass their common directory instead"
+            )
+        seen[source] = file
     return found
 
 
@@ -200,10 +207,14 @@ def plan_chunks(paths: list[str], options: IngestOptions) -> list[Chunk]:
             chunks.extend(_plan_hf(path, source, options))
             continue
         fingerprint = _fingerprint(Path(path))
-        splittable = fmt == "jsonl" or (fmt == "txt" and options.txt_unit == "line")
+        by_line = fmt == "txt" and options.txt_unit == "line" and options.separator is None
+        splittable = fmt == "jsonl" or by_line
         compressed = Path(path).suffix.lower() in _COMPRESSED
-        if fmt == "parquet" and options.id_field is None:
-            chunks.extend(_plan_parquet(path, source, fingerprint, options))
+        if fmt == "parquet":
+            parquet_chunks = _plan_parquet(path, source, fingerprint, options)
+            # With an id field, one chunk per file, so duplicate ids are caught within it.
+            whole = Chunk(path, source, fmt, fingerprint)
+            chunks.extend(parquet_chunks if options.id_field is None else [whole])
         elif splittable and not compressed and options.id_field is None:
             chunks.extend(_plan_byte_ranges(path, source, fmt, fingerprint, options.chunk_bytes))
         else:
@@ -691,6 +702,10 @@ def _parse_jsonl_block(data: bytes, first_line: int, extractor: Extractor) -> Pa
     if carriage.any():
         carriage[carriage] = arr[starts[carriage]] == 13
     nonblank = (lengths > 0) & ~carriage
+    # Lines of only whitespace are blank too (Arrow skips them); they are rare, so check in Python.
+    for i in np.flatnonzero(nonblank & np.isin(arr[np.minimum(starts, len(arr) - 1)], (9, 13, 32))):
+        if not data[starts[i] : ends[i]].strip():
+            nonblank[i] = False
     try:
         if not data.isascii():
             data.decode("utf-8")  # Arrow would silently replace invalid UTF-8 with U+FFFD
@@ -946,7 +961,10 @@ def _read_txt_file(chunk: Chunk, options: IngestOptions, extractor: Extractor) -
 
 
 def _read_parquet(chunk: Chunk, options: IngestOptions, extractor: Extractor) -> Iterator[Parsed]:
-    file = pq.ParquetFile(chunk.path)
+    try:
+        file = pq.ParquetFile(chunk.path)
+    except (pa.ArrowInvalid, OSError) as error:
+        raise InputError(f"{chunk.path}: not a readable Parquet file ({error})") from None
     groups = list(range(chunk.start, chunk.end if chunk.end is not None else file.num_row_groups))
     row = chunk.first_line
     for batch in file.iter_batches(batch_size=16_384, row_groups=groups):

@@ -74,7 +74,7 @@ class _RichTask:
         self.bar.advance(self.id, amount)
 
     def close(self) -> None:
-        self.bar.update(self.id, visible=True)
+        self.bar.stop_task(self.id)  # freeze its elapsed time
 
 
 def _with_progress(run: Callable[[], Any]) -> Any:

@@ -7,7 +7,7 @@ metadata. Values always go in as parameters, never formatted into SQL.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
@@ -87,10 +87,6 @@ class ChunkResult:
     reject_counts: dict[str, int] = field(default_factory=dict)
     shards: list[ShardInfo] = field(default_factory=list)
     rejects_path: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-dict form (for logs and JSON output)."""
-        return asdict(self)
 
 
 def corpus_names(con: duckdb.DuckDBPyConnection) -> list[str]:

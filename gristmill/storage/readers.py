@@ -498,8 +498,17 @@ def _meta_database() -> duckdb.DuckDBPyConnection:
     with _meta_db_guard:
         if _meta_db is None:
             _meta_db = duckdb.connect(config={"threads": 1})
-            atexit.register(_meta_db.close)  # close before interpreter teardown
+            atexit.register(_drop_meta_database)
         return _meta_db
+
+
+def _drop_meta_database() -> None:
+    """Close and release it before interpreter teardown (else DuckDB reports leaked objects)."""
+    global _meta_db
+    with _meta_db_guard:
+        if _meta_db is not None:
+            _meta_db.close()
+            _meta_db = None
 
 
 def _meta_json(table: pa.Table, exclude: str) -> pa.Array:

@@ -40,6 +40,8 @@ def validate_name(kind: str, name: str) -> str:
 # (run -> ingest) share the lock through this per-process count instead of deadlocking.
 _held_locks: dict[Path, tuple[int, int]] = {}
 _held_guard = threading.Lock()
+# Catalog files whose schema this process has already ensured (once per process is enough).
+_schema_ready: set[Path] = set()
 
 
 class Workspace:
@@ -155,6 +157,8 @@ class Workspace:
                 "or pass --workspace)"
             )
         self.root.mkdir(parents=True, exist_ok=True)
+        if not self.catalog_path.exists():
+            _schema_ready.discard(self.catalog_path)  # a new (or re-created) catalog file
         deadline = time.monotonic() + lock_timeout()
         while True:
             try:
@@ -170,8 +174,9 @@ class Workspace:
                     ) from None
                 time.sleep(0.05)
         try:
-            if not read_only:
+            if not read_only and self.catalog_path not in _schema_ready:
                 catalog.ensure_schema(con)
+                _schema_ready.add(self.catalog_path)
             yield con
         finally:
             con.close()

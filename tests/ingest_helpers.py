@@ -9,6 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from gristmill.storage import catalog
 from gristmill.storage.catalog import ChunkResult
 from gristmill.storage.ingest import DOCUMENT_SCHEMA, REJECT_SCHEMA, ingest_chunk
 from gristmill.storage.readers import IngestOptions, plan_chunks
@@ -97,3 +98,21 @@ def ingest(
         ids = docs["doc_id"].to_pylist()
         assert len(ids) == len(set(ids))
     return Ingested(results, docs, rejects)
+
+
+def ingest_catalogued(
+    root: Path, paths: list[Path | str], corpus: str = CORPUS, options: IngestOptions | None = None
+) -> Workspace:
+    """Ingest through the library and record the chunks in the catalog, as the ingest flow does."""
+    options = options or IngestOptions()
+    ingested = ingest(root, paths, options, corpus)
+    chunks = plan_chunks([str(p) for p in paths], options)
+    options_hash = options.options_hash()
+    ws = Workspace(root)
+    with ws.catalog() as con:
+        catalog.check_sources(
+            con, corpus, {c.source: (c.fingerprint, options_hash) for c in chunks}
+        )
+        for result in ingested.results:
+            catalog.record_chunk(con, corpus, result)
+    return ws

@@ -19,7 +19,7 @@ from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 from gristmill import progress
 from gristmill.errors import GristmillError, InputError
 from gristmill.selectors import registry
-from gristmill.selectors.base import Scorer, SelectorContext
+from gristmill.selectors.base import Scorer, SelectorContext, SetSelector
 from gristmill.selectors.budget import Budget
 from gristmill.selectors.scoring import (
     ScoringPlan,
@@ -27,6 +27,7 @@ from gristmill.selectors.scoring import (
     build_selection,
     plan_scoring,
     record_scores,
+    score_set,
     score_shard,
     token_plan,
 )
@@ -190,6 +191,8 @@ def curate_flow(
         plan = plan_scoring(ws, corpus, chosen, context)
         reused = len(plan.stored)
         scored = _score(ws, plan, chosen, f"score {corpus} with {selector}")
+        if isinstance(chosen, SetSelector):
+            plan = score_set(ws, plan, chosen, context, parent=input_selection)
         counter, size_plan = token_plan(ws, corpus, parsed_budget, options)
         if counter is not None and size_plan is not None:
             _score(ws, size_plan, counter, f"count tokens in {corpus}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -109,3 +110,26 @@ class Selector(Scorer):
             mode,
             options,
         )
+
+
+@dataclass
+class PoolFeatures:
+    """What a set-based selector sees after per-shard scoring: every shard's stored features."""
+
+    files: list[Path]
+    members: Path | None
+    scratch: Path
+
+
+class SetSelector(Selector):
+    """A selector whose scores depend on the whole pool (duplicate clusters, transport potentials).
+
+    `score` stores per-shard features (signatures, embeddings), cached by shard content like any
+    signal; `score_set` then turns the features of the whole pool into doc_id and score (plus any
+    columns worth keeping, such as a cluster id). The set result is cached by the features and the
+    parent selection it was computed over.
+    """
+
+    @abstractmethod
+    def score_set(self, context: SelectorContext, pool: PoolFeatures) -> pa.Table:
+        """Scores for the pool: doc_id and score for each document in `pool` (members if given)."""

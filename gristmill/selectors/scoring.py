@@ -7,6 +7,7 @@ per-shard worker (writes one Parquet file, returns metadata); the rest run in th
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from collections import Counter
 from dataclasses import dataclass
@@ -19,15 +20,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import xxhash
 
 import gristmill
 from gristmill.errors import InputError
-from gristmill.selectors.base import Scorer, Selector, SelectorContext
+from gristmill.selectors.base import PoolFeatures, Scorer, Selector, SelectorContext, SetSelector
 from gristmill.selectors.budget import Budget
 from gristmill.selectors.selection import SelectOptions
 from gristmill.selectors.tokens import TokenCounter
 from gristmill.storage import catalog
-from gristmill.storage.files import sql_files, write_parquet_atomic
+from gristmill.storage.files import file_hash, sql_files, write_parquet_atomic
 from gristmill.storage.workspace import Workspace, validate_name
 
 
@@ -72,7 +74,13 @@ def score_shard(
     workspace = Workspace(workspace_root)
     documents = pq.read_table(workspace.absolute(shard["path"]))
     scores = scorer.score(documents)
-    if scores.num_rows != documents.num_rows or "score" not in scores.column_names:
+    # A set-based selector stores features here (signatures, embeddings); its scores come later.
+    needs_score = not isinstance(scorer, SetSelector)
+    if (
+        scores.num_rows != documents.num_rows
+        or "doc_id" not in scores.column_names
+        or (needs_score and "score" not in scores.column_names)
+    ):
         raise RuntimeError(
             f"scorer {scorer.name} returned {scores.num_rows} rows for {documents.num_rows} "
             "documents (it must return doc_id and score for every document)"
@@ -94,6 +102,78 @@ def record_scores(
                 con, plan.corpus, plan.signal, plan.config_hash, info.shard_hash, info.path,
                 info.rows, config,
             )  # fmt: skip
+
+
+def score_corpus(
+    workspace: Workspace, corpus: str, scorer: Scorer, context: SelectorContext | None = None
+) -> ScoringPlan:
+    """Score a corpus's missing shards in this process (cached); the plan with every shard stored.
+
+    Flows fan shards out as tasks instead; this is for selectors that need another corpus's
+    features while preparing (a target's embeddings, an earlier corpus's signatures), and for
+    notebooks and tests.
+    """
+    plan = plan_scoring(workspace, corpus, scorer, context)
+    infos = [
+        score_shard(str(workspace.root), corpus, shard, scorer, plan.config_hash)
+        for shard in plan.todo
+    ]
+    if infos:
+        record_scores(workspace, plan, infos, scorer.config_dict())
+    plan.stored.update({info.shard_hash: info.path for info in infos})
+    plan.todo = []
+    return plan
+
+
+SET_SHARD = "set"
+
+
+def set_signal_name(selector: Selector) -> str:
+    """The signal under which a set-based selector's pool-level scores are stored."""
+    return f"{selector.name}_set"
+
+
+def score_set(
+    workspace: Workspace,
+    plan: ScoringPlan,
+    selector: SetSelector,
+    context: SelectorContext,
+    parent: str | None = None,
+) -> ScoringPlan:
+    """Run a set-based selector over the whole pool (cached); a plan naming the pool-level scores.
+
+    The cache key covers the per-shard features (config and shard contents) and the parent
+    selection's members, so adding shards or re-running a parent step recomputes it.
+    """
+    members = None
+    if parent is not None:
+        members = workspace.selection_dir(parent) / "members.parquet"
+        if not members.exists():
+            raise InputError(f"selection {parent!r} has no members file at {members}")
+    key_parts = [plan.config_hash, sorted(plan.stored), file_hash(members) if members else None]
+    set_hash = xxhash.xxh3_64_hexdigest(json.dumps(key_parts).encode())
+    signal = set_signal_name(selector)
+    with workspace.catalog(read_only=True) as con:
+        stored = catalog.signal_files(con, plan.corpus, signal, set_hash)
+    path = stored.get(SET_SHARD)
+    if path is None or not workspace.absolute(path).exists():
+        out_dir = workspace.signal_dir(plan.corpus, signal, set_hash)
+        scratch = out_dir / "scratch"
+        scratch.mkdir(parents=True, exist_ok=True)
+        files = [workspace.absolute(p) for _, p in sorted(plan.stored.items())]
+        scores = selector.score_set(context, PoolFeatures(files, members, scratch))
+        if "doc_id" not in scores.column_names or "score" not in scores.column_names:
+            raise RuntimeError(f"selector {selector.name} returned no doc_id/score columns")
+        target = out_dir / f"{SET_SHARD}.parquet"
+        write_parquet_atomic(scores, target)
+        path = workspace.relative(target)
+        shutil.rmtree(scratch, ignore_errors=True)
+        with workspace.catalog() as con:
+            catalog.record_signal(
+                con, plan.corpus, signal, set_hash, SET_SHARD, path, scores.num_rows,
+                {"features": plan.config_hash, "parent": parent},
+            )  # fmt: skip
+    return ScoringPlan(plan.corpus, signal, set_hash, [], {SET_SHARD: path})
 
 
 def load_candidates(

@@ -1,0 +1,85 @@
+"""Set-based selectors: per-shard features, then pool-level scores cached by features and parent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from conftest import write_jsonl
+from ingest_helpers import CORPUS, ingest_catalogued
+
+from gristmill.selectors.base import PoolFeatures, SelectorContext, SetSelector
+from gristmill.selectors.budget import Budget
+from gristmill.selectors.scoring import build_selection, score_corpus, score_set
+from gristmill.selectors.selection import SelectOptions
+from gristmill.storage.files import sql_files
+from gristmill.storage.workspace import Workspace
+
+
+class LongerThanMedian(SetSelector):
+    """Keeps documents longer than the pool's median: a score no single shard can compute."""
+
+    name: ClassVar[str] = "longer"
+    calls: ClassVar[int] = 0
+
+    def score(self, documents: pa.Table) -> pa.Table:
+        return pa.table({"doc_id": documents["doc_id"], "length": documents["n_bytes"]})
+
+    def score_set(self, context: SelectorContext, pool: PoolFeatures) -> pa.Table:
+        LongerThanMedian.calls += 1
+        assert pool.scratch.is_dir()
+        query = f"select f.doc_id, f.length from read_parquet({sql_files(pool.files)}) f"
+        if pool.members is not None:
+            members = sql_files([pool.members])
+            query += f" semi join read_parquet({members}) m on m.doc_id = f.doc_id"
+        with duckdb.connect() as con:
+            table = con.sql(query).to_arrow_table()
+        median = float(pc.approximate_median(table["length"]).as_py())
+        score = pc.subtract(pc.cast(table["length"], pa.float64()), median)
+        return pa.table({"doc_id": table["doc_id"], "score": score})
+
+
+def _corpus(tmp_path: Path, n: int = 40) -> Workspace:
+    path = tmp_path / "docs.jsonl"
+    write_jsonl(path, [{"text": "word " * (i + 1)} for i in range(n)])
+    return ingest_catalogued(tmp_path / "ws", [path])
+
+
+def test_set_scores_span_the_pool_and_are_cached(tmp_path: Path) -> None:
+    ws = _corpus(tmp_path)
+    selector = LongerThanMedian(LongerThanMedian.Config())
+    context = SelectorContext(ws, CORPUS)
+    LongerThanMedian.calls = 0
+    features = score_corpus(ws, CORPUS, selector, context)
+    plan = score_set(ws, features, selector, context)
+    assert plan.signal == "longer_set" and list(plan.stored) == ["set"]
+    assert not (ws.absolute(plan.stored["set"]).parent / "scratch").exists()
+    again = score_set(ws, score_corpus(ws, CORPUS, selector, context), selector, context)
+    assert again.stored == plan.stored and LongerThanMedian.calls == 1
+
+    options = SelectOptions(mode="threshold", threshold=0.5)
+    record = build_selection(ws, "long", CORPUS, selector, plan, None, options)
+    assert record["n_selected"] == 20 and record["signal"] == "longer_set"
+    members = pq.read_table(ws.selection_dir("long") / "members.parquet")
+    shards = sql_files(sorted(ws.corpus_dir(CORPUS).glob("*.parquet")))
+    with duckdb.connect() as con:
+        rows = con.sql(f"select doc_id, n_bytes from read_parquet({shards})").fetchall()
+    lengths = dict(rows)
+    assert min(lengths[d] for d in members["doc_id"].to_pylist()) == 21 * 5
+
+
+def test_set_scores_restricted_to_a_parent_selection(tmp_path: Path) -> None:
+    ws = _corpus(tmp_path)
+    selector = LongerThanMedian(LongerThanMedian.Config())
+    context = SelectorContext(ws, CORPUS)
+    features = score_corpus(ws, CORPUS, selector, context)
+    whole = score_set(ws, features, selector, context)
+    build_selection(ws, "short", CORPUS, selector, whole, Budget.parse("10docs"),
+                    SelectOptions(mode="topk"))  # fmt: skip
+    within = score_set(ws, features, selector, context, parent="short")
+    assert within.config_hash != whole.config_hash
+    assert pq.read_table(ws.absolute(within.stored["set"])).num_rows == 10

@@ -40,7 +40,7 @@ class DedupConfig(SelectorConfig):
 
     mode: Literal["near", "exact"] = Field("near", description="MinHash near-dups or exact hash")
     threshold: float = Field(0.8, gt=0, lt=1, description="near: Jaccard similarity threshold")
-    num_perm: int = Field(128, ge=16, le=1024, description="near: MinHash permutations")
+    num_perm: int = Field(256, ge=16, le=1024, description="near: MinHash permutations")
     shingle_size: int = Field(5, ge=1, le=64, description="near: words per shingle")
     seed: int = Field(1, description="near: datasketch permutation seed")
     bands: int | None = Field(None, ge=1, description="near: LSH bands (default: optimal)")
@@ -72,7 +72,8 @@ def banding(config: DedupConfig) -> tuple[int, int]:
 
     Without verification: datasketch's optimum for the threshold (equal false positive and
     negative weights; 128 perms at 0.8 -> (9, 13)). With verification, candidates are cheap to
-    reject, so the optimum weighs a false negative nine times a false positive (0.8 -> (14, 9)).
+    reject, so the optimum weighs a false negative nine times a false positive (256 perms at
+    0.8 -> (23, 11)).
     """
     if config.bands is not None and config.rows is not None:
         return config.bands, config.rows

@@ -99,7 +99,8 @@ def run_gristmill(files: list[Path], n: int, num_perm: int, work: Path) -> dict:
     start = time.perf_counter()
     features, done = [], 0
     for path in files:
-        table = pq.read_table(path).slice(0, n - done)
+        batches = pq.ParquetFile(path).iter_batches(batch_size=min(n - done, SHARD_DOCS))
+        table = pa.Table.from_batches([next(batches)])
         done += table.num_rows
         out = work / f"features-{path.name}"
         pq.write_table(selector.score(table), out)

@@ -48,7 +48,7 @@ def normalize(texts: pa.Array | pa.ChunkedArray) -> pa.LargeStringArray:
     )
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _fold_whitespace(data: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Runs of ASCII whitespace and control bytes become one space; ends are trimmed."""
     n = len(offsets) - 1
@@ -83,7 +83,7 @@ def _buffers(normalized: pa.LargeStringArray) -> tuple[np.ndarray, np.ndarray]:
     return raw, offs
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _fmix32(h: np.uint32) -> np.uint32:
     h ^= h >> np.uint32(16)
     h = np.uint32(h * np.uint32(0x85EBCA6B))
@@ -93,7 +93,7 @@ def _fmix32(h: np.uint32) -> np.uint32:
     return h
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _word_hashes(data: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """FNV-1a 32 of every space-separated word; per-document offsets into the flat hashes."""
     n = len(offsets) - 1
@@ -131,7 +131,7 @@ def _word_hashes(data: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.
     return hashes, word_offsets
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _combine32(words: np.ndarray, start: int, stop: int) -> np.uint32:
     """MurmurHash3 x86_32 over words[start:stop] (seed 0), with its length and finaliser."""
     h = np.uint32(0)
@@ -146,7 +146,7 @@ def _combine32(words: np.ndarray, start: int, stop: int) -> np.uint32:
     return _fmix32(h)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _signatures(
     words: np.ndarray, word_offsets: np.ndarray, a: np.ndarray, b: np.ndarray, k: int
 ) -> np.ndarray:
@@ -170,7 +170,7 @@ def _signatures(
     return out
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _mix64(z: np.uint64) -> np.uint64:
     z = np.uint64(z + np.uint64(0x9E3779B97F4A7C15))
     z = np.uint64((z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9))
@@ -178,7 +178,7 @@ def _mix64(z: np.uint64) -> np.uint64:
     return z ^ (z >> np.uint64(31))
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _band_hashes(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
     n = signatures.shape[0]
     out = np.empty((n, bands), np.uint64)
@@ -191,7 +191,7 @@ def _band_hashes(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
     return out
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _ngram_hashes(
     words: np.ndarray, word_offsets: np.ndarray, n: int, short_lengths: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:

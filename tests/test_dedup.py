@@ -79,6 +79,7 @@ def _pool(tmp_path: Path) -> Workspace:
         {"text": PROSE, "id": "prose"},
         {"text": PROSE.upper() + " !!", "id": "prose-shout"},  # exact after normalisation
         {"text": PROSE.replace("careful", "careless") + " Longer tail.", "id": "prose-edit"},
+        {"text": PROSE + " Liked.", "id": "prose-liked", "votes": 7},
         {"text": STORY, "id": "story"},
         {"text": "Hi.", "id": "short-1"},
         {"text": "hi", "id": "short-2"},  # the same short text: an exact duplicate
@@ -114,10 +115,11 @@ def test_near_and_exact_modes_with_keep_policies(tmp_path: Path) -> None:
     dropped = {k: names[r["duplicate_of"]] for k, r in near.items() if r["score"] == 0.0}
     # source order decides: PROSE (line 1) is kept; empties form one group, short ones too
     assert dropped == {
-        "prose-shout": "prose", "prose-edit": "prose", "short-2": "short-1", "empty-2": "empty-1",
+        "prose-shout": "prose", "prose-edit": "prose", "prose-liked": "prose",
+        "short-2": "short-1", "empty-2": "empty-1",
     }  # fmt: skip
     assert near["prose-edit"]["cluster"] == near["prose"]["doc_id"]
-    assert near["prose"]["cluster_size"] == 3 and near["story"]["cluster"] is None
+    assert near["prose"]["cluster_size"] == 4 and near["story"]["cluster"] is None
 
     _, _, exact, _ = _dedup(ws, {"mode": "exact"})
     exact_dropped = {k for k, r in exact.items() if r["score"] == 0.0}
@@ -127,6 +129,9 @@ def test_near_and_exact_modes_with_keep_policies(tmp_path: Path) -> None:
     assert longest["prose-edit"]["score"] == 1.0
     assert names[longest["prose"]["duplicate_of"]] == "prose-edit"
 
+    _, _, voted, names = _dedup(ws, {"keep": "priority", "priority_field": "votes"})
+    assert voted["prose-liked"]["score"] == 1.0  # the only one with votes; no votes = lowest
+    assert {names[voted[k]["duplicate_of"]] for k in ("prose", "prose-edit")} == {"prose-liked"}
     with pytest.raises(InputError, match="priority_field"):
         DedupSelector.from_params({"keep": "priority"})
 
@@ -142,7 +147,7 @@ def test_keep_policy_reuses_features_and_selection_summary(tmp_path: Path) -> No
     record = build_selection(ws, "deduped", CORPUS, selector, plan, None, SelectOptions())
     assert record["n_selected"] == 5
     per_domain = {d["domain"]: (d["kept"], d["dropped"]) for d in record["summary"]["domains"]}
-    assert per_domain == {"prose": (1, 2), "story": (1, 0), "short": (2, 1), "empty": (1, 1)}
+    assert per_domain == {"prose": (1, 3), "story": (1, 0), "short": (2, 1), "empty": (1, 1)}
 
 
 def test_same_clusters_whatever_the_sharding(tmp_path: Path) -> None:

@@ -355,6 +355,13 @@ def inspect(
             for r in result[kind]
         ]  # fmt: skip
         _table(rows, f"{kind} (sample)")
+    for example in result.get("clusters", []):
+        rows = [
+            {"doc_id": m["doc_id"], "domain": m["domain"], "kept": "kept" if m["kept"] else "",
+             "text": m["text"].replace("\n", " ")}
+            for m in example["members"]
+        ]  # fmt: skip
+        _table(rows, f"cluster {example['cluster']} ({example['size']} documents)")
 
 
 @app.command()

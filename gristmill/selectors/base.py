@@ -130,6 +130,10 @@ class SetSelector(Selector):
     parent selection it was computed over.
     """
 
+    def set_key(self, context: SelectorContext) -> Any:
+        """What else determines the pool-level scores besides the features and the parent."""
+        return [self.config_dict(), context.target_version]
+
     @abstractmethod
     def score_set(self, context: SelectorContext, pool: PoolFeatures) -> pa.Table:
         """Scores for the pool: doc_id and score for each document in `pool` (members if given)."""

@@ -11,6 +11,8 @@ from gristmill.selectors.base import Selector
 ENTRY_POINT_GROUP = "gristmill.selectors"
 _BUILTINS = {
     "quality": "gristmill.selectors.quality:QualitySelector",
+    "dedup": "gristmill.selectors.dedup:DedupSelector",
+    "decontaminate": "gristmill.selectors.decontaminate:DecontaminateSelector",
 }
 
 

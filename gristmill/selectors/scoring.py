@@ -142,15 +142,21 @@ def score_set(
 ) -> ScoringPlan:
     """Run a set-based selector over the whole pool (cached); a plan naming the pool-level scores.
 
-    The cache key covers the per-shard features (config and shard contents) and the parent
-    selection's members, so adding shards or re-running a parent step recomputes it.
+    The cache key covers the per-shard features (config and shard contents), the parent
+    selection's members and the selector's `set_key` (settings that only the pool step uses),
+    so adding shards or re-running a parent step recomputes it.
     """
     members = None
     if parent is not None:
         members = workspace.selection_dir(parent) / "members.parquet"
         if not members.exists():
             raise InputError(f"selection {parent!r} has no members file at {members}")
-    key_parts = [plan.config_hash, sorted(plan.stored), file_hash(members) if members else None]
+    key_parts = [
+        plan.config_hash,
+        sorted(plan.stored),
+        file_hash(members) if members else None,
+        selector.set_key(context),
+    ]
     set_hash = xxhash.xxh3_64_hexdigest(json.dumps(key_parts).encode())
     signal = set_signal_name(selector)
     with workspace.catalog(read_only=True) as con:

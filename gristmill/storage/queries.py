@@ -142,7 +142,39 @@ def inspect_selection(
         dropped = catalog.rows(
             con, f"{base} where not {kept_filter} {order}", [max_chars, seed, sample]
         )
-    return {"selection": record, "kept": kept, "dropped": dropped}
+        clusters = []
+        if {"cluster", "duplicate_of"} <= set(names):
+            clusters = _example_clusters(con, candidates, signal_paths, max_chars, seed, sample)
+    return {"selection": record, "kept": kept, "dropped": dropped, "clusters": clusters}
+
+
+def _example_clusters(
+    con: duckdb.DuckDBPyConnection,
+    candidates: str,
+    signal_paths: list,
+    max_chars: int,
+    seed: int,
+    sample: int,
+) -> list[dict[str, Any]]:
+    """A few duplicate clusters of a dedup selection: every member, the kept one first."""
+    signals = f"read_parquet({sql_files(signal_paths)}) s"
+    picked = catalog.rows(
+        con,
+        f"select cluster, any_value(cluster_size) as size from {signals} "
+        f"where cluster is not null group by cluster order by hash(cluster, ?) limit ?",
+        [seed, sample],
+    )
+    examples = []
+    for row in picked:
+        members = catalog.rows(
+            con,
+            f"select d.doc_id, d.domain, s.score = 1.0 as kept, s.duplicate_of, "
+            f"left(d.text, ?) as text from {candidates} join {signals} using (doc_id) "
+            f"where s.cluster = ? order by s.score desc, d.doc_id limit 20",
+            [max_chars, row["cluster"]],
+        )
+        examples.append({"cluster": row["cluster"], "size": row["size"], "members": members})
+    return examples
 
 
 def _views(con: duckdb.DuckDBPyConnection, workspace: Workspace) -> list[str]:

@@ -11,6 +11,8 @@ from gristmill.selectors.base import Selector
 ENTRY_POINT_GROUP = "gristmill.selectors"
 _BUILTINS = {
     "quality": "gristmill.selectors.quality:QualitySelector",
+    "dsir": "gristmill.selectors.dsir:DsirSelector",
+    "nudge": "gristmill.selectors.nudge:NudgeSelector",
 }
 
 

@@ -263,3 +263,51 @@ def test_sinkhorn_potentials_match_pot_and_blocks() -> None:
                          numItermax=20000, stopThr=1e-10, log=True)  # fmt: skip
     f = whole.epsilon * (log["log_u"] - np.log(a))
     assert np.allclose(f - f.mean(), whole.f - whole.f.mean(), atol=1e-3 * np.abs(f).mean())
+
+
+# --- CLI and recipe ---------------------------------------------------------------------------
+
+RECIPE = """
+name: target
+workspace: ws
+ingest:
+  - {corpus: pool, paths: [pool.jsonl], domain_field: topic}
+  - {corpus: tgt, paths: [target.jsonl], domain_field: topic}
+select:
+  - {name: near, corpus: pool, selector: nudge, target: tgt, budget: 20docs, params: {dim: 64}}
+"""
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_recipe_and_cli_with_a_target(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from gristmill.cli import app
+
+    pool = [d for i, t in enumerate(TOPICS) for d in topic_docs(t, 20, seed=i)]
+    write_jsonl(tmp_path / "pool.jsonl", pool)
+    write_jsonl(tmp_path / "target.jsonl", topic_docs("cooking", 10, seed=99))
+    (tmp_path / "recipe.yaml").write_text(RECIPE)
+    runner = CliRunner()
+    ws = str(tmp_path / "ws")
+    result = runner.invoke(app, ["run", str(tmp_path / "recipe.yaml"), "--json"])
+    assert result.exit_code == 0, result.output
+    (near,) = json.loads(result.stdout)["select"]
+    kept = {d["domain"]: d["kept"] for d in near["selection"]["summary"]["domains"]}
+    assert kept["cooking"] >= 18
+
+    result = runner.invoke(app, ["select", "pool", "--selector", "dsir", "--target", "tgt",
+                                 "--budget", "20docs", "--name", "imp", "--mode", "topk",
+                                 "--param", "length_norm=per_token", "-w", ws])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["inspect", "imp", "--ranked", "3", "--json", "-w", ws])
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout)
+    highest, lowest = shown["highest"], shown["lowest"]
+    assert [r["domain"] for r in highest] == ["cooking"] * 3
+    assert "cooking" not in {r["domain"] for r in lowest}
+    assert highest[0]["score"] >= highest[-1]["score"] > lowest[0]["score"]
+    assert runner.invoke(app, ["inspect", "imp", "--ranked", "2", "-w", ws]).exit_code == 0
+    missing = runner.invoke(app, ["select", "pool", "--selector", "dsir", "--budget", "5docs",
+                                  "--name", "x", "-w", ws])  # fmt: skip
+    assert missing.exit_code == 2 and "--target" in missing.output

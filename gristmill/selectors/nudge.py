@@ -25,11 +25,16 @@ from gristmill.selectors.transport import SinkhornResult, sinkhorn
 from gristmill.storage.files import sql_files
 
 
+def _normalised(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
 class NudgeConfig(SelectorConfig):
     """Embedder, Sinkhorn settings, memory budget and the optional domain pre-filter."""
 
     embedder: str = Field("hash", description="hash, minilm, or an encoder name or path")
-    dim: int = Field(256, ge=8, le=4096, description="hash embedder: dimension")
+    dim: int = Field(1024, ge=8, le=4096, description="hash embedder: dimension")
     max_chars: int | None = Field(1000, ge=1, description="embed the first this many characters")
     batch_size: int = Field(64, ge=1, description="model embedders: batch size")
     epsilon: float = Field(0.05, gt=0, description="entropic regularisation, relative to mean cost")
@@ -40,6 +45,11 @@ class NudgeConfig(SelectorConfig):
         1 << 30, ge=1024, description="keep the cost matrix whole only when it fits this"
     )
     device: str | None = Field(None, description="torch device; default cuda when present")
+    center: bool = Field(
+        True,
+        description="subtract the candidates' mean vector (then re-normalise) before transport: "
+        "the direction every document shares carries no signal about the target",
+    )
     prefilter_domains: int | None = Field(
         None, ge=1, description="keep only the candidates of the k domains closest by OT distance"
     )
@@ -129,6 +139,10 @@ class NudgeSelector(SetSelector):
             vectors = vectors_of(table[VECTOR_COLUMN])
             domains = np.asarray(table["domain"].to_pylist(), dtype=object)
             domains = np.where(domains == None, "", domains).astype(str)  # noqa: E711
+            if self.config.center:
+                mean = vectors.mean(axis=0, keepdims=True)
+                vectors, target = _normalised(vectors - mean), _normalised(target - mean)
+                report["centered"] = True
             keep = np.ones(table.num_rows, dtype=bool)
             if self.config.prefilter_domains is not None:
                 keep, distances = self._prefilter(domains, vectors, target, context.seed)

@@ -136,8 +136,9 @@ def test_minilm_and_plain_hf_encoders_offline(tmp_path: Path) -> None:
     # mean pooling gives the same vectors.
     plain = tmp_path / "plain-encoder"
     plain.mkdir()
+    sentence_transformers_files = ("modules.json", "config_sentence_transformers.json")
     for item in Path(minilm_path()).iterdir():
-        if item.is_file() and item.name not in ("modules.json", "config_sentence_transformers.json"):
+        if item.is_file() and item.name not in sentence_transformers_files:
             (plain / item.name).symlink_to(item)
     again = Embedder(EmbedderConfig(model=str(plain), batch_size=2)).embed(texts)
     assert np.allclose(again, vectors, atol=1e-4)

@@ -332,11 +332,14 @@ def inspect(
     selection: str,
     sample: Annotated[int, typer.Option(help="documents to show of each kind")] = 5,
     seed: Annotated[int, typer.Option(help="which random sample")] = 0,
+    ranked: Annotated[
+        int, typer.Option(help="also show this many highest- and lowest-ranked documents")
+    ] = 0,
     workspace: WorkspaceOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Show kept and dropped documents with their scores and reasons."""
-    result = queries.inspect_selection(_ws(workspace), selection, sample, seed)
+    result = queries.inspect_selection(_ws(workspace), selection, sample, seed, ranked=ranked)
     if json_output:
         _print_json(result)
         return
@@ -348,13 +351,17 @@ def inspect(
         f"kept {record['n_selected']} of {record['n_candidates']}; {record['code_version']}"
     )
     _table(record["summary"]["domains"], "per domain")
-    for kind in ("kept", "dropped"):
+    if "scoring" in record["summary"]:
+        out.print(f"scoring: {json.dumps(record['summary']['scoring'])}")
+    for kind in ("kept", "dropped", "highest", "lowest"):
+        if kind not in result:
+            continue
         rows = [
             {"doc_id": r["doc_id"], "domain": r["domain"], "score": round(r["score"], 4),
              "reasons": ", ".join(r["reasons"] or []), "text": r["text"].replace("\n", " ")}
             for r in result[kind]
         ]  # fmt: skip
-        _table(rows, f"{kind} (sample)")
+        _table(rows, f"{kind} (sample)" if kind in ("kept", "dropped") else f"{kind} scored")
     for example in result.get("clusters", []):
         rows = [
             {"doc_id": m["doc_id"], "domain": m["domain"], "kept": "kept" if m["kept"] else "",

@@ -49,6 +49,8 @@ class Scorer(ABC):
 
     name: ClassVar[str]
     version: ClassVar[str] = "1"
+    # False for scorers that store features (embeddings, signatures) instead of a score column.
+    produces_scores: ClassVar[bool] = True
 
     def config_dict(self) -> dict[str, Any]:
         """The settings that determine the scores."""
@@ -72,6 +74,8 @@ class Selector(Scorer):
     default_mode: ClassVar[Mode] = "topk"
     default_threshold: ClassVar[float | None] = None
     requires_target: ClassVar[bool] = False
+    # Signal columns besides the score that this selector's select() reads, when stored.
+    candidate_columns: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: SelectorConfig) -> None:
         self.config = config
@@ -129,6 +133,8 @@ class SetSelector(Selector):
     columns worth keeping, such as a cluster id). The set result is cached by the features and the
     parent selection it was computed over.
     """
+
+    produces_scores: ClassVar[bool] = False
 
     def set_key(self, context: SelectorContext) -> Any:
         """What else determines the pool-level scores besides the features and the parent."""

@@ -13,6 +13,8 @@ _BUILTINS = {
     "quality": "gristmill.selectors.quality:QualitySelector",
     "dedup": "gristmill.selectors.dedup:DedupSelector",
     "decontaminate": "gristmill.selectors.decontaminate:DecontaminateSelector",
+    "dsir": "gristmill.selectors.dsir:DsirSelector",
+    "nudge": "gristmill.selectors.nudge:NudgeSelector",
 }
 
 

@@ -75,7 +75,7 @@ def score_shard(
     documents = pq.read_table(workspace.absolute(shard["path"]))
     scores = scorer.score(documents)
     # A set-based selector stores features here (signatures, embeddings); its scores come later.
-    needs_score = not isinstance(scorer, SetSelector)
+    needs_score = scorer.produces_scores
     if (
         scores.num_rows != documents.num_rows
         or "doc_id" not in scores.column_names
@@ -188,8 +188,9 @@ def load_candidates(
     signal_files: list[str],
     parent: str | None,
     size_signal_files: list[str] | None,
+    extra_columns: tuple[str, ...] = (),
 ) -> pa.Table:
-    """doc_id, score, domain, size (bytes or tokens) and reasons (if any) of the candidates."""
+    """doc_id, score, domain, size (bytes or tokens), reasons and `extra_columns` (if stored)."""
     with workspace.catalog(read_only=True) as con:
         shards = [workspace.absolute(s["path"]) for s in catalog.shards(con, corpus)]
         parent_path = None
@@ -205,8 +206,9 @@ def load_candidates(
     signals = [workspace.absolute(p) for p in signal_files]
     con = duckdb.connect()
     try:
-        has_reasons = "reasons" in pq.read_schema(signals[0]).names if signals else False
-        reasons = ", s.reasons" if has_reasons else ""
+        stored = set(pq.read_schema(signals[0]).names) if signals else set()
+        wanted = ["reasons", *extra_columns]
+        reasons = "".join(f', s."{c}"' for c in wanted if c in stored)
         size = "d.n_bytes"
         joins = ""
         if size_signal_files:
@@ -224,6 +226,15 @@ def load_candidates(
     finally:
         con.close()
     return table
+
+
+def scoring_report(workspace: Workspace, signal_files: list[str]) -> Any:
+    """What a selector reported about its scoring (variant, convergence), from signal metadata."""
+    if not signal_files:
+        return None
+    metadata = pq.read_schema(workspace.absolute(signal_files[0])).metadata or {}
+    raw = metadata.get(b"gristmill")
+    return json.loads(raw) if raw else None
 
 
 def _code_version() -> str:
@@ -283,7 +294,9 @@ def build_selection(
     validate_name("selection", name)
     signal_files = sorted(plan.stored.values())
     size_files = sorted(size_plan.stored.values()) if size_plan else None
-    candidates = load_candidates(workspace, corpus, signal_files, parent, size_files)
+    candidates = load_candidates(
+        workspace, corpus, signal_files, parent, size_files, selector.candidate_columns
+    )
     counts = budget.counts if budget else "docs"
     if counts == "docs":  # a document budget counts every document as one unit
         ones = pa.array(np.ones(candidates.num_rows), pa.float64())
@@ -302,6 +315,9 @@ def build_selection(
     )
     write_parquet_atomic(members, workspace.selection_dir(name) / "members.parquet")
     summary = summarize(candidates, chosen)
+    report = scoring_report(workspace, signal_files)
+    if report is not None:
+        summary["scoring"] = report
     picked = pa.array(chosen, pa.int64())
     sizes = candidates["size"].to_numpy(zero_copy_only=False).astype(np.float64)
     pool, used = float(sizes.sum()), float(sizes[chosen].sum())

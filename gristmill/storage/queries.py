@@ -112,9 +112,15 @@ def selection_record(workspace: Workspace, name: str) -> dict[str, Any]:
 
 
 def inspect_selection(
-    workspace: Workspace, name: str, sample: int = 5, seed: int = 0, max_chars: int = 300
+    workspace: Workspace,
+    name: str,
+    sample: int = 5,
+    seed: int = 0,
+    max_chars: int = 300,
+    ranked: int = 0,
 ) -> dict[str, Any]:
-    """The selection's record plus random kept and dropped documents with scores and reasons."""
+    """The selection's record, random kept and dropped documents, and the `ranked` highest and
+    lowest scored candidates, with scores and reasons."""
     record = selection_record(workspace, name)
     with workspace.catalog(read_only=True) as con:
         shards = [workspace.absolute(s["path"]) for s in catalog.shards(con, record["corpus"])]
@@ -142,10 +148,20 @@ def inspect_selection(
         dropped = catalog.rows(
             con, f"{base} where not {kept_filter} {order}", [max_chars, seed, sample]
         )
-        clusters = []
+        result = {"selection": record, "kept": kept, "dropped": dropped}
+        if ranked > 0:
+            scored = f"{base} where s.score is not null and not isnan(s.score)"
+            for key, direction in (("highest", "desc"), ("lowest", "asc")):
+                result[key] = catalog.rows(
+                    con, f"{scored} order by s.score {direction}, d.doc_id limit ?",
+                    [max_chars, ranked],
+                )  # fmt: skip
+        result["clusters"] = []
         if {"cluster", "duplicate_of"} <= set(names):
-            clusters = _example_clusters(con, candidates, signal_paths, max_chars, seed, sample)
-    return {"selection": record, "kept": kept, "dropped": dropped, "clusters": clusters}
+            result["clusters"] = _example_clusters(
+                con, candidates, signal_paths, max_chars, seed, sample
+            )
+    return result
 
 
 def _example_clusters(

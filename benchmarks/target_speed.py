@@ -1,0 +1,169 @@
+"""Speed of the target selectors.
+
+dsir: documents per second per core, gristmill against the `data-selection` package (DSIR's
+authors' code) on the same data, each in its own subprocess pinned to one core (`taskset -c 0`),
+one after another in the same run. Both do the whole job: fit the target and raw n-gram models,
+weigh every pool document, and resample (Gumbel-top-k) the budget. data-selection runs with
+num_proc=1; gristmill runs its library path (prepare, score every shard, select).
+
+nudge: end to end on `--nudge-pool` candidates and `--nudge-target` target documents with the
+hash embedder, from ingested corpora to a selection (embed both, Sinkhorn, select), on all cores.
+
+    python benchmarks/target_speed.py --dsir-docs 12000 --nudge-pool 100000 --nudge-target 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from target_common import ingest, load_domains, write_corpus
+
+CHILD = r"""
+import json, sys, time
+sys.path.insert(0, {bench!r})
+kind, root, budget = sys.argv[1], sys.argv[2], int(sys.argv[3])
+if kind == "data-selection":
+    from data_selection import HashedNgramDSIR
+else:
+    from gristmill.selectors.base import SelectorContext
+    from gristmill.selectors.budget import Budget
+    from gristmill.selectors.dsir import DsirSelector
+    from gristmill.selectors.scoring import build_selection, score_corpus
+    from gristmill.selectors.selection import SelectOptions
+    from gristmill.storage.workspace import Workspace
+start = time.perf_counter()  # imports excluded on both sides
+if kind == "data-selection":
+    dsir = HashedNgramDSIR([root + "/pool.jsonl"], [root + "/target.jsonl"], root + "/ds-cache",
+                           num_proc=1, min_example_length=0)
+    dsir.fit_importance_estimator(num_tokens_to_fit="all")
+    dsir.compute_importance_weights()
+    dsir.resample(out_dir=root + "/ds-out", num_to_sample=budget, cache_dir=root + "/ds-tmp")
+else:
+    ws = Workspace(root + "/ws")
+    hashing = kind.split("-")[1]
+    selector = DsirSelector(DsirSelector.Config(hashing=hashing))
+    context = SelectorContext(ws, "pool", "target", 0, kind)
+    selector.prepare(context)
+    plan = score_corpus(ws, "pool", selector, context)
+    build_selection(ws, kind, "pool", selector, plan, Budget.parse(f"{{budget}}docs"),
+                    SelectOptions(mode="gumbel"))
+print(json.dumps({{"seconds": time.perf_counter() - start}}))
+"""
+
+
+def run_child(kind: str, root: Path, budget: int) -> float:
+    """Seconds one DSIR implementation takes in a fresh process pinned to core 0."""
+    code = CHILD.format(bench=str(Path(__file__).resolve().parent))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+           "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}  # fmt: skip
+    out = subprocess.run(
+        ["taskset", "-c", "0", sys.executable, "-c", code, kind, str(root), str(budget)],
+        check=True, capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    return float(json.loads(out.stdout.strip().splitlines()[-1])["seconds"])
+
+
+def bench_dsir(root: Path, n_docs: int, n_target: int) -> list[dict]:
+    """Pool of n_docs mixed documents, target of n_target news articles; both implementations."""
+    from gristmill.storage.workspace import Workspace
+
+    domains = load_domains(n_docs // 8 + n_target)
+    target = [("news", t) for t in domains["news"][:n_target]]
+    pool = [(d, t) for d, docs in domains.items()
+            for t in (docs[n_target:] if d == "news" else docs[: n_docs // 8])]  # fmt: skip
+    write_corpus(root / "pool.jsonl", pool)
+    write_corpus(root / "target.jsonl", target)
+    ws = Workspace(root / "ws")
+    ingest(ws, "pool", root / "pool.jsonl")
+    ingest(ws, "target", root / "target.jsonl")
+    budget = len(pool) // 10
+    size_mb = (root / "pool.jsonl").stat().st_size / 2**20
+    rows = []
+    for kind in ("data-selection", "gristmill-xxh3", "gristmill-sha256"):
+        seconds = run_child(kind, root, budget)
+        rows.append(
+            {
+                "system": kind,
+                "docs": len(pool),
+                "pool_mb": round(size_mb, 1),
+                "seconds": round(seconds, 2),
+                "docs_per_s_core": round(len(pool) / seconds),
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)  # fmt: skip
+    base = rows[0]["seconds"]
+    for row in rows:
+        row["speedup"] = round(base / row["seconds"], 1)
+    return rows
+
+
+def bench_nudge(root: Path, n_pool: int, n_target: int) -> dict:
+    """nudge with the hash embedder, end to end, on n_pool candidates (sampled with repeats)."""
+    from gristmill.selectors.base import SelectorContext
+    from gristmill.selectors.budget import Budget
+    from gristmill.selectors.nudge import NudgeSelector
+    from gristmill.selectors.scoring import build_selection, score_corpus, score_set
+    from gristmill.selectors.selection import SelectOptions
+    from gristmill.storage.workspace import Workspace
+
+    domains = load_domains(30_000)
+    rng = random.Random(0)
+    target = [("news", t) for t in domains["news"][:n_target]]
+    everything = [(d, t) for d, docs in domains.items()
+                  for t in (docs[n_target:] if d == "news" else docs)]  # fmt: skip
+    pool = [everything[rng.randrange(len(everything))] for _ in range(n_pool)]
+    write_corpus(root / "npool.jsonl", pool)
+    write_corpus(root / "ntarget.jsonl", target)
+    ws = Workspace(root / "nws")
+    start = time.perf_counter()
+    ingest(ws, "pool", root / "npool.jsonl")
+    ingest(ws, "target", root / "ntarget.jsonl")
+    ingested = time.perf_counter()
+    selector = NudgeSelector(NudgeSelector.Config())
+    context = SelectorContext(ws, "pool", "target", 0, "v")
+    selector.prepare(context)
+    plan = score_corpus(ws, "pool", selector, context)
+    embedded = time.perf_counter()
+    plan = score_set(ws, plan, selector, context)
+    solved = time.perf_counter()
+    record = build_selection(ws, "near", "pool", selector, plan, Budget.parse("0.1"),
+                             SelectOptions())  # fmt: skip
+    done = time.perf_counter()
+    return {
+        "candidates": n_pool, "target": n_target, "cores": os.cpu_count(),
+        "ingest_s": round(ingested - start, 1), "embed_pool_s": round(embedded - ingested, 1),
+        "target_embed_and_sinkhorn_s": round(solved - embedded, 1),
+        "select_s": round(done - solved, 1), "total_without_ingest_s": round(done - ingested, 1),
+        "sinkhorn": record["summary"]["scoring"]["sinkhorn"],
+    }  # fmt: skip
+
+
+def main() -> None:
+    """Run both benchmarks and print JSON lines."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dsir-docs", type=int, default=12_000)
+    parser.add_argument("--dsir-target", type=int, default=500)
+    parser.add_argument("--nudge-pool", type=int, default=100_000)
+    parser.add_argument("--nudge-target", type=int, default=2_000)
+    parser.add_argument("--skip", choices=["dsir", "nudge"], action="append", default=[])
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="gristmill-speed-") as scratch:
+        if "dsir" not in args.skip:
+            for row in bench_dsir(Path(scratch), args.dsir_docs, args.dsir_target):
+                print(json.dumps(row), flush=True)
+        if "nudge" not in args.skip:
+            print(json.dumps(bench_nudge(Path(scratch), args.nudge_pool, args.nudge_target)))
+
+
+if __name__ == "__main__":
+    main()

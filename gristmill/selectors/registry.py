@@ -11,6 +11,7 @@ from gristmill.selectors.base import Selector
 ENTRY_POINT_GROUP = "gristmill.selectors"
 _BUILTINS = {
     "quality": "gristmill.selectors.quality:QualitySelector",
+    "lm_loss": "gristmill.selectors.lm_loss:LMLossSelector",
 }
 
 

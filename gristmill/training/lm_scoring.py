@@ -103,9 +103,11 @@ def score_documents(
                 inputs[row, :n] = torch.tensor(window[:-1])
                 labels[row, :n] = torch.tensor(window[1:])
                 mask[row, :n] = 1
-            inputs, labels, mask = inputs.to(target), labels.to(target), mask.to(target)
+            # Without padding, no mask lets SDPA take its causal fast path.
+            attention = None if bool(mask.all()) else mask.to(target)
+            inputs, labels = inputs.to(target), labels.to(target)
             with torch.autocast(target.type, dtype=torch.bfloat16, enabled=bf16):
-                logits = model(input_ids=inputs, attention_mask=mask).logits
+                logits = model(input_ids=inputs, attention_mask=attention).logits
             losses = torch.nn.functional.cross_entropy(
                 logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none"
             ).sum(dim=1)

@@ -60,14 +60,19 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Any:
     )
 
 
-def build_model(preset: Preset, tokenizer: Any, seed: int = 0) -> Any:
-    """A freshly initialised causal LM of the preset's shape (SDPA attention, no dropout)."""
+def build_model(
+    preset: Preset, tokenizer: Any, seed: int = 0, vocab_size: int | None = None
+) -> Any:
+    """A freshly initialised causal LM of the preset's shape (SDPA attention, no dropout).
+
+    The vocabulary is the tokenizer's (or `vocab_size` if larger), rounded up to 64.
+    """
     from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
     quiet_transformers()
     eos = tokenizer.eos_token_id
     # Round the embedding up to a multiple of 64: faster matmuls on GPUs, unused rows are harmless.
-    vocab = -(-max(len(tokenizer), 1) // 64) * 64
+    vocab = -(-max(len(tokenizer), vocab_size or 1) // 64) * 64
     if preset.family == "gpt2":
         config: Any = GPT2Config(
             vocab_size=vocab,

@@ -36,6 +36,8 @@ from gristmill.training.models import (
 )
 from gristmill.training.trainer import DONE_FILE, is_done
 
+BASE_SETTINGS = "gristmill_base.json"  # the experiment settings a workspace base was made with
+
 
 def check_sources(workspace: Workspace, spec: ExperimentSpec) -> None:
     """Every corpus and selection the experiment needs exists (before anything trains)."""
@@ -69,13 +71,27 @@ def _texts(workspace: Workspace, source: DataSource, split: str, fraction: float
 
 def prepare_base(workspace: Workspace, spec: ExperimentSpec) -> str:
     """Path of the base model: loaded and saved into the workspace, or pretrained there."""
-    out_dir = workspace.root / "models" / spec.base.name
-    if is_done(out_dir) or (spec.base.model is not None and (out_dir / "config.json").exists()):
-        return str(out_dir)
     if spec.base.model is not None:
         source = resolve_model_path(spec.base.model, workspace.root / "models")
-        if Path(source).is_dir():
+        if Path(source).is_dir():  # a local or workspace model is used where it is
             return source
+    out_dir = workspace.root / "models" / spec.base.name
+    settings = {
+        "base": spec.base.model_dump(mode="json"),
+        "heldout": spec.heldout_fraction,
+        "pool": spec.pool,
+    }
+    origin = out_dir / BASE_SETTINGS
+    if origin.exists() and json.loads(origin.read_text(encoding="utf-8")) != settings:
+        raise InputError(
+            f"experiment.base.name: models/{spec.base.name} was made with other settings "
+            f"({origin}); give this base another name"
+        )
+    if is_done(out_dir) or (spec.base.model is not None and (out_dir / "config.json").exists()):
+        return str(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    origin.write_text(json.dumps(settings, indent=2), encoding="utf-8")
+    if spec.base.model is not None:  # a hub model, copied into the workspace once
         tokenizer = load_tokenizer(source)
         model = load_causal_lm(source, trust_remote_code=spec.base.trust_remote_code)
         save_model(model, tokenizer, out_dir)

@@ -111,6 +111,7 @@ def finetune_classification(
 
     quiet_transformers()
     n_labels = len(data.label_names)
+    torch.manual_seed(config.seed)  # the new head's initial weights follow the run's seed
     model = AutoModelForSequenceClassification.from_pretrained(
         base,
         num_labels=n_labels,

@@ -80,11 +80,11 @@ def write_report(
         f"{spec['task']['kind']} on `{spec['task']['corpus']}`; {spec['tokens']:,} continued-"
         f"pretraining tokens per arm; seeds {spec['seeds']}.",
         "",
-        "Mean ± standard deviation over seeds "
+        "Mean ± standard deviation over seeds ("
         + "; ".join(
             f"{m}: {'lower' if m in LOWER_IS_BETTER else 'higher'} is better" for m in metrics
         )
-        + ".",
+        + ").",
         "",
         "| arm | " + " | ".join(metrics) + " |",
         "|---|" + "---:|" * len(metrics),

@@ -4,6 +4,8 @@ fixed token budget, and bits-per-byte evaluation on held-out text.
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ from gristmill.training.models import (
     save_model,
     train_tokenizer,
 )
-from gristmill.training.trainer import train
+from gristmill.training.trainer import DONE_FILE, is_done, train
 
 TOKENIZER_DIR = "tokenizer"
 
@@ -38,6 +40,8 @@ def pretrain(
         raise InputError(
             f"seq_len {config.seq_len} exceeds preset {preset!r}'s {shape.max_positions} positions"
         )
+    if is_done(out_dir):
+        return json.loads((out_dir / DONE_FILE).read_text(encoding="utf-8"))
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer_dir = out_dir / TOKENIZER_DIR
     if (tokenizer_dir / "tokenizer.json").exists():  # a resumed run keeps its tokenizer
@@ -48,9 +52,11 @@ def pretrain(
     model = build_model(shape, tokenizer, seed=config.seed)
     rows = pack(tokenize(tokenizer, texts), config.seq_len, tokenizer.eos_token_id)
     batches = PackedBatches(rows, config.micro_batch_size, config.seed)
-    return train(
+    summary = train(
         model, batches, config, out_dir, lambda m, d: save_model(m, tokenizer, d), description
     )
+    shutil.rmtree(tokenizer_dir, ignore_errors=True)  # saved with the model now
+    return summary
 
 
 def continue_pretraining(

@@ -69,6 +69,8 @@ def continue_pretraining(
     """Continue training `base` on `texts` for exactly config.tokens tokens (data repeats)."""
     if config.tokens is None:
         raise InputError("continued pretraining needs a token budget (tokens)")
+    if is_done(out_dir):
+        return json.loads((out_dir / DONE_FILE).read_text(encoding="utf-8"))
     tokenizer = load_tokenizer(base)
     model = load_causal_lm(base)
     rows = pack(tokenize(tokenizer, texts), config.seq_len, tokenizer.eos_token_id)

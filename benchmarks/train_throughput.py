@@ -2,7 +2,7 @@
 
 Both systems train the same model (same preset, same initial weights), on the same packed
 rows, with the same micro-batch, accumulation, precision, optimizer family and schedule, in
-the same process, alternately (best of --repeat). Timing starts after --warmup-steps, so
+the same process, alternately (best and median of --repeat). Timing starts after --warmup-steps, so
 compilation and the first allocations are excluded, and ends at the last optimizer step
 (device synchronised); saving is not timed. Scoring is gristmill.training.lm_scoring over the
 same text, forward only.
@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -187,11 +188,15 @@ def main() -> None:
     flops = flops_per_token(probe, args.seq_len)
     peak = peak_flops(device)
     results: dict[str, list[float]] = {"gristmill": [], "hf_trainer": [], "scoring": []}
-    for _ in range(args.repeat):
-        results["gristmill"].append(run_gristmill(fresh(), rows, args, device))
-        results["hf_trainer"].append(run_trainer(fresh(), rows, args, device))
+    for repeat in range(args.repeat):
+        # Alternate which system goes first: a busy machine's load drifts within a repeat.
+        order = ["gristmill", "hf_trainer"] if repeat % 2 == 0 else ["hf_trainer", "gristmill"]
+        for name in order:
+            run = run_gristmill if name == "gristmill" else run_trainer
+            results[name].append(run(fresh(), rows, args, device))
         results["scoring"].append(run_scoring(fresh(), tokenizer, texts, args, device))
     best = {name: max(values) for name, values in results.items()}
+    median = {name: statistics.median(values) for name, values in results.items()}
     summary = {
         "device": torch.cuda.get_device_name(device)
         if device.type == "cuda"
@@ -208,9 +213,11 @@ def main() -> None:
         "flops_per_token": flops,
         "peak_flops": peak,
         "tokens_per_s": best,
+        "median_tokens_per_s": median,
         "all_runs": results,
         "mfu": {k: flops * v / peak for k, v in best.items() if peak and k != "scoring"},
         "gristmill_vs_trainer": best["gristmill"] / best["hf_trainer"],
+        "gristmill_vs_trainer_median": median["gristmill"] / median["hf_trainer"],
         "scoring_vs_training_per_token": best["scoring"] / best["gristmill"],
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
     }

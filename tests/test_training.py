@@ -165,6 +165,13 @@ def test_experiment_recipe_errors_name_the_key(tmp_path: Path) -> None:
             load_recipe(path)
 
 
+def test_experiment_command_needs_an_experiment_section(tmp_path: Path) -> None:
+    path = tmp_path / "recipe.yaml"
+    path.write_text("name: curation-only\n")
+    result = CliRunner().invoke(app, ["experiment", str(path)])
+    assert result.exit_code == 2 and "experiment" in result.output
+
+
 # -- end to end ----------------------------------------------------------------------------------
 def _experiment_inputs(tmp_path: Path) -> tuple[Path, Path]:
     """Stories and labelled sentences: real ones from ../shared/data, else a built fixture."""

@@ -155,6 +155,9 @@ class Batches(ABC):
     def batch(self, index: int) -> dict[str, torch.Tensor]:
         """The tensors of micro-batch `index`."""
 
+    def move_to(self, device: torch.device) -> None:  # noqa: B027 (optional hook)
+        """Keep the examples on `device` when they fit there (default: they stay on the host)."""
+
 
 class PackedBatches(Batches):
     """Causal-LM batches of packed rows."""
@@ -165,8 +168,12 @@ class PackedBatches(Batches):
 
     def batch(self, index: int) -> dict[str, torch.Tensor]:
         """input_ids and labels (the model shifts labels itself)."""
-        x = self.rows[torch.from_numpy(self.indices(index))]
+        x = self.rows[torch.from_numpy(self.indices(index)).to(self.rows.device)]
         return {"input_ids": x, "labels": x}
+
+    def move_to(self, device: torch.device) -> None:
+        """Packed token ids are small (8 bytes a token): copy them once, not every step."""
+        self.rows = self.rows.to(device)
 
 
 def pad_batch(

@@ -156,6 +156,7 @@ def train(
     model.train()
     optimizer = make_optimizer(model, config, device)
     step, tokens_seen, history = _load_checkpoint(out_dir, model, optimizer)
+    batches.move_to(device)
     first = next(iter(batches.batch(0).values()))
     seq_len = first.shape[1]
     tokens_per_step = batches.micro_batch_size * config.grad_accum * seq_len

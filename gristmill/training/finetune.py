@@ -231,7 +231,10 @@ def evaluate_sft(
             ).logits
         shifted = batch["labels"][:, 1:]
         losses = torch.nn.functional.cross_entropy(
-            logits[:, :-1].float().transpose(1, 2), shifted, ignore_index=-100, reduction="sum"
+            logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+            shifted.reshape(-1),
+            ignore_index=-100,
+            reduction="sum",
         )
         total += float(losses)
         count += int((shifted != -100).sum())

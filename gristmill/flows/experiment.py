@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import xxhash
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
@@ -42,7 +42,17 @@ def arm_task(
     """Continue pretraining, fine-tune and evaluate one arm with one seed."""
     from gristmill.training import experiment as lib
 
-    return lib.run_arm(Workspace(root), spec, Path(run_dir), base, arm, seed)
+    result = lib.run_arm(Workspace(root), spec, Path(run_dir), base, arm, seed)
+    rate = result.get("continued_tokens_per_s")
+    get_run_logger().info(
+        "arm %s seed %d: %s; continued pretraining %s tokens/s, MFU %s",
+        arm,
+        seed,
+        result["metrics"],
+        f"{rate:.0f}" if rate else "-",
+        f"{result['continued_mfu']:.1%}" if result.get("continued_mfu") else "-",
+    )
+    return result
 
 
 @flow(name="experiment")

@@ -8,6 +8,7 @@ One loop serves pretraining, continued pretraining and fine-tuning: it takes a m
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
@@ -25,6 +26,7 @@ from gristmill.training.config import TrainConfig
 from gristmill.training.data import Batches
 from gristmill.training.models import flops_per_token, peak_flops
 
+log = logging.getLogger(__name__)
 DONE_FILE = "training.json"
 CHECKPOINT = "checkpoint"
 
@@ -117,11 +119,26 @@ def _load_checkpoint(out_dir: Path, model: Any, optimizer: Any) -> tuple[int, in
     if not (directory / "trainer_state.pt").exists():
         return 0, 0, []
     weights = load_file(str(directory / "model.safetensors"))
-    getattr(model, "_orig_mod", model).load_state_dict(weights, strict=False)
+    module = getattr(model, "_orig_mod", model)
+    loaded = module.load_state_dict(weights, strict=False)
+    # save_pretrained leaves out tied copies (lm_head = embeddings); anything else is a mismatch.
+    state = module.state_dict()
+    restored = {state[k].data_ptr() for k in weights if k in state}
+    untied = [k for k in loaded.missing_keys if state[k].data_ptr() not in restored]
+    if loaded.unexpected_keys or untied:
+        raise RuntimeError(
+            f"checkpoint {directory} does not match the model (missing {untied}, "
+            f"unexpected {loaded.unexpected_keys}); delete it to start over"
+        )
     state = torch.load(directory / "trainer_state.pt", weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["torch_rng"])
     return int(state["step"]), int(state["tokens"]), list(state["history"])
+
+
+def _rate_text(entry: dict[str, Any]) -> str:
+    mfu = f", MFU {entry['mfu']:.1%}" if entry.get("mfu") else ""
+    return f"{entry['tokens_per_s']:.0f} tokens/s{mfu}"
 
 
 def is_done(out_dir: Path) -> bool:
@@ -208,6 +225,14 @@ def train(
                         "mfu": flops * rate / peak if peak else None,
                     }
                 )
+                log.info(
+                    "%s step %d/%d loss %.4f %s",
+                    description,
+                    step,
+                    total_steps,
+                    loss_value,
+                    _rate_text(history[-1]),
+                )
                 window_tokens, window_start = 0, time.perf_counter()
             if on_step is not None:
                 on_step(step)
@@ -235,5 +260,13 @@ def train(
         "history": history,
     }
     _write_json(out_dir / DONE_FILE, summary)
+    if tokens_per_s:
+        log.info(
+            "%s: %d steps, %d tokens, %s",
+            description,
+            step,
+            tokens_seen,
+            _rate_text({"tokens_per_s": tokens_per_s, "mfu": summary["mfu"]}),
+        )
     shutil.rmtree(out_dir / CHECKPOINT, ignore_errors=True)
     return summary

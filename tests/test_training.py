@@ -19,9 +19,22 @@ from gristmill.errors import InputError
 from gristmill.recipe import load_recipe
 from gristmill.training.config import TrainConfig
 from gristmill.training.data import PackedBatches, heldout_mask, pack
-from gristmill.training.finetune import SFTBatches, SFTData, macro_f1, sft_example
+from gristmill.training.finetune import (
+    SFTBatches,
+    SFTData,
+    evaluate_sft,
+    finetune_sft,
+    macro_f1,
+    sft_example,
+)
 from gristmill.training.lm_scoring import score_documents
-from gristmill.training.models import PRESETS, build_model, save_model, train_tokenizer
+from gristmill.training.models import (
+    PRESETS,
+    build_model,
+    load_causal_lm,
+    save_model,
+    train_tokenizer,
+)
 from gristmill.training.trainer import train
 
 TEXTS = [f"Story {i}. " + PROSE[: 80 + 7 * i] for i in range(40)]
@@ -101,6 +114,18 @@ def test_sft_loss_is_on_response_tokens_only(tokenizer) -> None:
     )
     manual = token_losses[response].mean()
     assert float(loss) == pytest.approx(float(manual), rel=1e-5)
+
+
+def test_sft_fine_tuning_lowers_response_loss(tokenizer, tmp_path: Path) -> None:
+    base = tmp_path / "base"
+    save_model(_model(tokenizer), tokenizer, base)
+    data = SFTData([f"Q{i}: which wheel?\n" for i in range(16)], ["The mill wheel."] * 16)
+    before = evaluate_sft(load_causal_lm(str(base)), tokenizer, data, device="cpu")
+    config = TrainConfig(max_steps=15, micro_batch_size=8, lr=0.01, warmup_steps=1, device="cpu")
+    finetune_sft(str(base), tokenizer, data, config, tmp_path / "sft", max_length=32)
+    after = evaluate_sft(load_causal_lm(str(tmp_path / "sft")), tokenizer, data, device="cpu")
+    assert after["response_loss"] < before["response_loss"] - 1.0
+    assert (tmp_path / "sft" / "model.safetensors").exists()
 
 
 def test_macro_f1() -> None:

@@ -17,8 +17,9 @@ from typer.testing import CliRunner
 from gristmill.cli import app
 from gristmill.errors import InputError
 from gristmill.recipe import load_recipe
+from gristmill.storage.workspace import Workspace
 from gristmill.training.config import TrainConfig
-from gristmill.training.data import PackedBatches, heldout_mask, pack
+from gristmill.training.data import DataSource, PackedBatches, heldout_mask, pack, read_documents
 from gristmill.training.finetune import (
     SFTBatches,
     SFTData,
@@ -275,6 +276,17 @@ def test_tiny_experiment_end_to_end(tmp_path: Path) -> None:
     ws = tmp_path / "ws"
     base = ws / "models" / "base"
     assert (base / "model.safetensors").exists() and (base / "tokenizer.json").exists()
+    # The arms' training documents and the held-out ones split the corpus without overlap.
+    sides = {
+        split: set(
+            read_documents(Workspace(ws), DataSource(corpus="stories"), split, 0.1, ("doc_id",))[
+                "doc_id"
+            ].to_pylist()
+        )
+        for split in ("train", "heldout", "all")
+    }
+    assert sides["heldout"] and not sides["train"] & sides["heldout"]
+    assert sides["train"] | sides["heldout"] == sides["all"]
     runs = CliRunner().invoke(
         app, ["sql", "select status, metrics from runs", "-w", str(ws), "--json"]
     )

@@ -458,6 +458,37 @@ def _run_recipe(
 
 @app.command()
 @handle_errors
+def experiment(
+    recipe: Annotated[Path, typer.Argument(help="recipe YAML file with an experiment section")],
+    workspace: WorkspaceOption = None,
+    runner: RunnerOption = "threads",
+    workers: WorkersOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Run the recipe's steps, then train and evaluate every arm of its experiment."""
+    from gristmill.errors import InputError
+    from gristmill.flows import experiment_flow, run_recipe_flow
+    from gristmill.recipe import load_recipe
+
+    loaded = load_recipe(recipe)
+    if loaded.experiment is None:
+        raise InputError(f"{recipe}: experiment: the recipe has no experiment section")
+    root = str(Workspace(str(workspace) if workspace else loaded.workspace).root)
+    if loaded.ingest or loaded.select or loaded.materialize:
+        _with_progress(lambda: run_recipe_flow(loaded, root, runner, workers))
+    result = _with_progress(lambda: experiment_flow(root, loaded.experiment))
+    if json_output:
+        _print_json(result)
+        return
+    out.print(f"experiment [bold]{result['run_id']}[/]: {result['run_dir']}/report.md")
+    _table(
+        [{**r, "mean": f"{r['mean']:.4f}", "std": f"{r['std']:.4f}"} for r in result["table"]],
+        "mean and standard deviation per arm",
+    )
+
+
+@app.command()
+@handle_errors
 def quickstart(
     workspace: WorkspaceOption = None,
     json_output: JsonOption = False,

@@ -16,6 +16,7 @@ from gristmill.selectors.selection import SelectOptions
 from gristmill.storage.exporters import ExportFormat
 from gristmill.storage.readers import IngestOptions
 from gristmill.storage.workspace import validate_name
+from gristmill.training.config import ExperimentSpec
 
 
 class IngestStep(IngestOptions):
@@ -93,6 +94,7 @@ class Recipe(BaseModel):
     ingest: list[IngestStep] = Field(default_factory=list)
     select: list[SelectStep] = Field(default_factory=list)
     materialize: list[MaterializeStep] = Field(default_factory=list)
+    experiment: ExperimentSpec | None = None  # run by `gristmill experiment`, after the steps
 
     @model_validator(mode="after")
     def _chain(self) -> Recipe:

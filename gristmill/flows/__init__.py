@@ -1,6 +1,14 @@
-"""Prefect flows over the library: ingest, curate, materialize and whole recipes."""
+"""Prefect flows over the library: ingest, curate, materialize, experiments and whole recipes."""
 
+from gristmill.flows.experiment import experiment_flow
 from gristmill.flows.run import run_recipe_flow
 from gristmill.flows.tasks import curate_flow, ingest_flow, materialize_flow, task_runner
 
-__all__ = ["curate_flow", "ingest_flow", "materialize_flow", "run_recipe_flow", "task_runner"]
+__all__ = [
+    "curate_flow",
+    "experiment_flow",
+    "ingest_flow",
+    "materialize_flow",
+    "run_recipe_flow",
+    "task_runner",
+]

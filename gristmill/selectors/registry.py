@@ -15,6 +15,7 @@ _BUILTINS = {
     "decontaminate": "gristmill.selectors.decontaminate:DecontaminateSelector",
     "dsir": "gristmill.selectors.dsir:DsirSelector",
     "nudge": "gristmill.selectors.nudge:NudgeSelector",
+    "lm_loss": "gristmill.selectors.lm_loss:LMLossSelector",
 }
 
 

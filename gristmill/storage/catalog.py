@@ -239,3 +239,24 @@ def get_selection(con: duckdb.DuckDBPyConnection, name: str) -> dict[str, Any]:
             f"(selections: {', '.join(known) or 'none yet'})"
         )
     return found[0]
+
+
+# -- experiment runs ---------------------------------------------------------------------------
+def record_run(
+    con: duckdb.DuckDBPyConnection,
+    run_id: str,
+    kind: str,
+    params: dict[str, Any],
+    status: str,
+    metrics: Any = None,
+    finished: bool = False,
+) -> None:
+    """Insert or update a run's record (status running, done or failed; metrics as JSON)."""
+    con.execute(
+        "insert into runs (run_id, kind, params, status, metrics, finished_at) "
+        "values (?, ?, ?, ?, ?, case when ? then current_timestamp end) "
+        "on conflict (run_id) do update set kind = excluded.kind, params = excluded.params, "
+        "status = excluded.status, metrics = excluded.metrics, finished_at = excluded.finished_at",
+        [run_id, kind, json.dumps(params, default=str), status,
+         None if metrics is None else json.dumps(metrics, default=str), finished],
+    )  # fmt: skip

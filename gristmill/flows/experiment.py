@@ -1,0 +1,105 @@
+"""The experiment flow: base model, then each arm and seed as a task, then the results.
+
+The run id derives from the experiment's settings, so running the same recipe again resumes
+it: finished arms are read back, an interrupted one continues from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import xxhash
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from gristmill.storage import catalog
+from gristmill.storage.workspace import Workspace
+from gristmill.training.config import ExperimentSpec
+from gristmill.training.report import aggregate, write_plot, write_report
+
+
+def run_id_for(spec: ExperimentSpec) -> str:
+    """`<name>-<hash of the settings>`: the same experiment always gets the same run."""
+    settings = json.dumps(spec.model_dump(mode="json"), sort_keys=True)
+    return f"{spec.name}-{xxhash.xxh3_64_hexdigest(settings.encode())[:10]}"
+
+
+@task(name="base-model", cache_policy=NO_CACHE)
+def base_model_task(root: str, spec: ExperimentSpec) -> str:
+    """Load or pretrain the base model."""
+    from gristmill.training import experiment as lib
+
+    return lib.prepare_base(Workspace(root), spec)
+
+
+@task(name="arm", cache_policy=NO_CACHE, task_run_name="arm-{arm}-seed{seed}")
+def arm_task(
+    root: str, spec: ExperimentSpec, run_dir: str, base: str, arm: str, seed: int
+) -> dict[str, Any]:
+    """Continue pretraining, fine-tune and evaluate one arm with one seed."""
+    from gristmill.training import experiment as lib
+
+    result = lib.run_arm(Workspace(root), spec, Path(run_dir), base, arm, seed)
+    rate = result.get("continued_tokens_per_s")
+    get_run_logger().info(
+        "arm %s seed %d: %s; continued pretraining %s tokens/s, MFU %s",
+        arm,
+        seed,
+        result["metrics"],
+        f"{rate:.0f}" if rate else "-",
+        f"{result['continued_mfu']:.1%}" if result.get("continued_mfu") else "-",
+    )
+    return result
+
+
+@flow(name="experiment")
+def experiment_flow(workspace: str, spec: ExperimentSpec) -> dict[str, Any]:
+    """Train and measure every arm; write metrics.json, report.md, a plot and a table artifact."""
+    from gristmill.training import experiment as lib  # torch loads only when training
+
+    ws = Workspace(workspace)
+    run_id = run_id_for(spec)
+    run_dir = ws.root / "runs" / run_id
+    params = spec.model_dump(mode="json")
+    with ws.write_lock(f"experiment {run_id}"):
+        lib.check_sources(ws, spec)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with ws.catalog() as con:
+            catalog.record_run(con, run_id, "experiment", params, "running")
+        try:
+            base = base_model_task(str(ws.root), spec)
+            results = [
+                arm_task(str(ws.root), spec, str(run_dir), base, arm, seed)
+                for seed in spec.seeds
+                for arm in spec.arms
+            ]
+        except BaseException:
+            with ws.catalog() as con:
+                catalog.record_run(con, run_id, "experiment", params, "failed", finished=True)
+            raise
+        table = aggregate(results, spec.arms)
+        summary = {
+            "run_id": run_id,
+            "base_model": base,
+            "base_training": {k: v for k, v in lib.base_summary(base).items() if k != "history"},
+            "spec": params,
+            "table": table,
+            "runs": results,
+        }
+        (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        write_plot(table, run_dir / "metrics.png", f"{run_id}: metric per arm")
+        write_report(run_dir / "report.md", run_id, params, table, results, "metrics.png")
+        with ws.catalog() as con:
+            catalog.record_run(con, run_id, "experiment", params, "done", table, finished=True)
+    create_table_artifact(
+        key=("experiment-" + "".join(c if c.isalnum() else "-" for c in run_id.lower()))[:100],
+        table=[
+            {**row, "mean": round(row["mean"], 5), "std": round(row["std"], 5)} for row in table
+        ],
+        description=f"Experiment {run_id}: mean and standard deviation per arm and metric "
+        f"({len(spec.seeds)} seeds). Report: {run_dir / 'report.md'}",
+    )
+    return {"run_id": run_id, "run_dir": str(run_dir), "table": table, "runs": results}

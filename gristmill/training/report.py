@@ -1,0 +1,106 @@
+"""Experiment results: mean and standard deviation per arm and metric, report.md and a plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Which direction is better, for the report's wording.
+LOWER_IS_BETTER = {"bits_per_byte", "response_loss", "response_ppl"}
+
+
+def aggregate(results: list[dict[str, Any]], arms: list[str]) -> list[dict[str, Any]]:
+    """One row per arm and metric: mean, sample standard deviation (0 for one seed), n."""
+    rows = []
+    for arm in arms:
+        runs = [r for r in results if r["arm"] == arm]
+        if not runs:
+            continue
+        for metric in runs[0]["metrics"]:
+            values = np.array([r["metrics"][metric] for r in runs], dtype=np.float64)
+            rows.append(
+                {
+                    "arm": arm,
+                    "metric": metric,
+                    "mean": float(values.mean()),
+                    "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                    "n": len(values),
+                }
+            )
+    return rows
+
+
+def write_plot(table: list[dict[str, Any]], path: Path, title: str) -> None:
+    """A PNG with one panel per metric: the mean per arm with standard-deviation error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display on servers
+    import matplotlib.pyplot as plt
+
+    metrics = list(dict.fromkeys(row["metric"] for row in table))
+    figure, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.5), squeeze=False)
+    for axis, metric in zip(axes[0], metrics, strict=True):
+        rows = [r for r in table if r["metric"] == metric]
+        positions = np.arange(len(rows))
+        axis.bar(
+            positions,
+            [r["mean"] for r in rows],
+            yerr=[r["std"] for r in rows],
+            capsize=4,
+            color="#4c72b0",
+        )
+        axis.set_xticks(positions, [r["arm"] for r in rows], rotation=30, ha="right")
+        better = "lower" if metric in LOWER_IS_BETTER else "higher"
+        axis.set_title(f"{metric} ({better} is better)", fontsize=9)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def write_report(
+    path: Path,
+    run_id: str,
+    spec: dict[str, Any],
+    table: list[dict[str, Any]],
+    results: list[dict[str, Any]],
+    plot_name: str,
+) -> None:
+    """report.md: the set-up, the table of means and deviations, per-run figures, the plot."""
+    metrics = list(dict.fromkeys(row["metric"] for row in table))
+    arms = list(dict.fromkeys(row["arm"] for row in table))
+    cell = {(r["arm"], r["metric"]): r for r in table}
+    lines = [
+        f"# Experiment {run_id}",
+        "",
+        f"Pool `{spec['pool']}`, target `{spec.get('target') or spec['pool']}`, task "
+        f"{spec['task']['kind']} on `{spec['task']['corpus']}`; {spec['tokens']:,} continued-"
+        f"pretraining tokens per arm; seeds {spec['seeds']}.",
+        "",
+        "Mean ± standard deviation over seeds ("
+        + "; ".join(
+            f"{m}: {'lower' if m in LOWER_IS_BETTER else 'higher'} is better" for m in metrics
+        )
+        + ").",
+        "",
+        "| arm | " + " | ".join(metrics) + " |",
+        "|---|" + "---:|" * len(metrics),
+    ]
+    for arm in arms:
+        values = [
+            f"{cell[(arm, m)]['mean']:.4f} ± {cell[(arm, m)]['std']:.4f}"
+            if (arm, m) in cell
+            else ""
+            for m in metrics
+        ]
+        lines.append(f"| {arm} | " + " | ".join(values) + " |")
+    lines += ["", "| arm | seed | continued tokens | tokens/s | MFU |", "|---|---:|---:|---:|---:|"]
+    for r in results:
+        rate = f"{r['continued_tokens_per_s']:.0f}" if r.get("continued_tokens_per_s") else "-"
+        mfu = f"{r['continued_mfu']:.1%}" if r.get("continued_mfu") else "-"
+        lines.append(f"| {r['arm']} | {r['seed']} | {r['continued_tokens']:,} | {rate} | {mfu} |")
+    lines += ["", f"![metrics per arm]({plot_name})", ""]
+    path.write_text("\n".join(lines), encoding="utf-8")

@@ -15,6 +15,7 @@ _BUILTINS = {
     "decontaminate": "gristmill.selectors.decontaminate:DecontaminateSelector",
     "dsir": "gristmill.selectors.dsir:DsirSelector",
     "nudge": "gristmill.selectors.nudge:NudgeSelector",
+    "coreset": "gristmill.selectors.coreset:CoresetSelector",
 }
 
 

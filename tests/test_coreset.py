@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import write_jsonl
@@ -18,7 +20,7 @@ from gristmill.selectors.budget import Budget
 from gristmill.selectors.coreset import CoresetSelector
 from gristmill.selectors.scoring import build_selection, score_corpus, score_set, token_plan
 from gristmill.selectors.selection import SelectOptions
-from gristmill.storage import queries
+from gristmill.storage import catalog, queries
 from gristmill.storage.readers import IngestOptions
 from gristmill.storage.workspace import Workspace
 
@@ -148,11 +150,19 @@ def test_facility_location_lazy_matches_greedy_and_stochastic_is_close() -> None
 
 
 def test_deft_shares_and_easy_hard_split() -> None:
-    assert methods.equal_shares(np.array([2.0, 50.0, 50.0]), 32).tolist() == [2.0, 15.0, 15.0]
+    totals = np.array([2.0, 50.0, 50.0, 10.0])
+    equal = methods.capped_shares(totals, np.ones(4), 42)
+    assert equal.tolist() == pytest.approx([2.0, 15.0, 15.0, 10.0])
+    spread = methods.capped_shares(totals, np.array([1.0, 0.0, 3.0, 0.0]), 40)
+    assert spread.tolist() == pytest.approx([2.0, 0.0, 38.0, 0.0])
+    overflow = methods.capped_shares(totals, np.array([1.0, 0.0, 3.0, 0.0]), 62)
+    assert overflow.tolist() == pytest.approx([2.0, 5.0, 50.0, 5.0])
     x = clustered(300, 8, 3, seed=3, spread=0.2)
     labels, centroids, _ = methods.kmeans(x, 3, seed=0)
     sizes = np.ones(len(x))
     result = methods.deft_ucs(x, sizes, 30, labels, centroids, 0.5, 0.5, "equal", seed=0)
+    spread = methods.deft_ucs(x, sizes, 30, labels, centroids, 0.5, 0.5, "spread", seed=0)
+    assert 30 <= len(spread.order) <= 33  # fractional shares round up per part
     assert len(result.order) == 30 and len(set(result.order.tolist())) == 30
     assert sorted(np.bincount(labels[result.order], minlength=3).tolist()) == [10, 10, 10]
     distance = np.linalg.norm(x - centroids[labels], axis=1)
@@ -282,3 +292,63 @@ def test_cli_recipe_and_inspect_clusters(tmp_path: Path) -> None:
     result = runner.invoke(app, ["select", "pool", "--selector", "coreset", "--name", "nob",
                                  "-w", ws])  # fmt: skip
     assert result.exit_code == 2 and "needs a budget" in result.output
+
+
+# --- quality on real text (hash embeddings of /work/shared/data) ---------------------------------
+
+
+def ag_news_pool(shared_data: Path, duplicates: int, seed: int = 0) -> tuple[list[dict], set]:
+    """AG News descriptions (300 world, 200 of each other class) plus `duplicates` near-copies
+    of three world articles (a few words swapped); returns the records and the copies' texts."""
+    with open(shared_data / "ag_news_csv" / "test.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    by_class: dict[str, list[str]] = {}
+    for label, title, description in rows:
+        by_class.setdefault(label, []).append(f"{title}. {description}")
+    records = [{"text": t, "topic": f"class{c}"}
+               for c, k in (("1", 300), ("2", 200), ("3", 200), ("4", 200))
+               for t in by_class[c][:k]]  # fmt: skip
+    rng = np.random.default_rng(seed)
+    filler = " ".join(by_class["2"][:200]).split()
+    bases, copies = by_class["1"][1000:1003], set()
+    for i in range(duplicates):
+        words = bases[i % 3].split()
+        for _ in range(max(1, len(words) // 15)):
+            words[int(rng.integers(len(words)))] = filler[int(rng.integers(len(filler)))]
+        copies.add(" ".join(words))
+        records.append({"text": " ".join(words), "topic": "class1"})
+    return records, copies
+
+
+def test_quality_on_real_embeddings(shared_data: Path) -> None:
+    from gristmill.selectors.featurize import Embedder, EmbedderConfig
+
+    records, _ = ag_news_pool(shared_data, duplicates=0)
+    x = Embedder(EmbedderConfig(dim=256)).embed([r["text"] for r in records])
+    x = methods.normalised(x, center=True)
+    n, budget = len(x), 0.1 * len(x)
+    sizes = np.ones(n)
+    rng = np.random.default_rng(0)
+    randoms = [rng.choice(n, int(budget), replace=False) for _ in range(5)]
+    kcenter = methods.kcenter_greedy(x, sizes, budget, first=0, device="cpu")
+    radius = kcenter.report["covering_radius"]
+    assert radius < min(methods.covering_radius(x, r) for r in randoms)
+    sim = methods.similarity(x, neighbours=10, dense_max_bytes=1 << 30)
+    lazy = methods.facility_location(sim, sizes, budget)
+    stochastic = methods.facility_location(sim, sizes, budget, stochastic=True, epsilon=0.01)
+    assert lazy.report["objective"] > max(methods.facility_objective(sim, r) for r in randoms)
+    assert stochastic.report["objective"] >= 0.95 * lazy.report["objective"]
+
+
+def test_near_duplicate_cluster_is_not_oversampled(tmp_path: Path, shared_data: Path) -> None:
+    records, copies = ag_news_pool(shared_data, duplicates=300)
+    ws = pool_workspace(tmp_path, records)
+    with ws.catalog(read_only=True) as con:
+        shards = [ws.absolute(s["path"]) for s in catalog.shards(con, "pool")]
+    docs = pa.concat_tables([pq.read_table(p, columns=["doc_id", "text"]) for p in shards])
+    texts = dict(zip(docs["doc_id"].to_pylist(), docs["text"].to_pylist(), strict=True))
+    for method in METHODS:
+        select_with(ws, "10%", method, method=method)
+        chosen = members(ws, method)
+        share = sum(texts[d] in copies for d in chosen) / len(chosen)
+        assert len(chosen) == 120 and share < 0.15, (method, share)  # random draws 25%

@@ -49,8 +49,10 @@ class CoresetConfig(SelectorConfig):
     max_clusters: int = Field(15, ge=2, description="deft: largest K the elbow tries")
     alpha: float = Field(0.5, ge=0, le=1, description="deft: share of easy (central) documents")
     beta: float = Field(0.5, ge=0, le=1, description="deft: share of hard (outlying) documents")
-    share: Literal["equal", "proportional"] = Field(
-        "equal", description="deft: budget per cluster equal (capped by its size) or by size"
+    share: Literal["spread", "equal", "proportional"] = Field(
+        "spread",
+        description="deft: budget per cluster by its spread (summed distance to the centroid, "
+        "so tight near-duplicate clusters get little), equal (the paper's rule) or by size",
     )
     greedy: Literal["lazy", "stochastic"] = Field(
         "lazy", description="facility_location: lazy (exact greedy) or stochastic greedy"

@@ -350,14 +350,23 @@ def choose_k(vectors: np.ndarray, max_k: int, seed: int, sample: int = 5000) -> 
     return {"k": elbow(ks, inertias), "ks": ks, "inertias": [round(v, 4) for v in inertias]}
 
 
-def equal_shares(totals: np.ndarray, units: float) -> np.ndarray:
-    """Split `units` equally across groups, capped by each group's total (water-filling)."""
+def capped_shares(totals: np.ndarray, weights: np.ndarray, units: float) -> np.ndarray:
+    """Split `units` across groups in proportion to `weights`, capped by each group's total.
+
+    What a capped group cannot take goes to the others (in proportion again); groups of weight
+    zero only get what is left when every other group is full.
+    """
     shares = np.zeros(len(totals))
-    left, open_groups = float(units), np.argsort(totals, kind="stable")
-    for position, g in enumerate(open_groups):
-        fair = left / (len(open_groups) - position)
-        shares[g] = min(float(totals[g]), fair)
-        left -= shares[g]
+    left = min(float(units), float(totals.sum()))
+    for phase in (np.asarray(weights, np.float64), np.ones(len(totals))):
+        open_groups = (phase > 0) & (shares < totals - 1e-9)
+        while left > 1e-9 and open_groups.any():
+            w = np.where(open_groups, phase, 0.0)
+            # Each round either fills at least one group or hands out everything left.
+            given = np.minimum(left * w / w.sum(), totals - shares)
+            shares += given
+            left -= float(given.sum())
+            open_groups &= shares < totals - 1e-9
     return shares
 
 
@@ -375,17 +384,23 @@ def deft_ucs(
     """DEFT-UCS (Das & Khetan 2023): per cluster, its budget share split into the documents
     closest to the centroid (alpha: easy), farthest (beta: hard) and random (the rest).
 
+    Shares: `equal` per cluster (the paper's rule), `proportional` to cluster size, or `spread`:
+    proportional to the cluster's summed distance to its centroid, so a tight cluster of near
+    duplicates gets little however many members it has.
+
     Every chosen document gets the fraction of its part's share used up to and including it;
     ranking by that fraction interleaves parts and clusters, so any prefix takes each in
     proportion.
     """
     k = len(centroids)
     totals = np.bincount(labels, weights=sizes, minlength=k)
-    if share == "equal":
-        shares = equal_shares(totals, units)
-    else:
-        shares = totals * min(1.0, units / max(float(totals.sum()), 1e-12))
     distances = np.linalg.norm(vectors - centroids[labels], axis=1)
+    weights = {
+        "equal": np.ones(k),
+        "proportional": totals,
+        "spread": np.bincount(labels, weights=sizes * distances, minlength=k),
+    }[share]
+    shares = capped_shares(totals, weights, units)
     rng = np.random.default_rng(seed)
     chosen, keys = [], []
     for c in range(k):

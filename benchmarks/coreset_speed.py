@@ -7,6 +7,7 @@ unit length). Each method selects 10% of the pool by documents, as the selector 
 - kcenter: exact greedy farthest point, lazy blocked distances; baseline in the same run: the
   eager textbook loop (one pass over every point per centre), timed on its first
   `--eager-centres` centres and extrapolated linearly (each of its iterations costs the same).
+  Both single-threaded (see kcenter_greedy: threads spin-wait on a shared 2-core box).
 - facility_location: 10-NN FAISS graph (never dense: 4 n^2 bytes would be 40 GB), then lazy and
   stochastic (epsilon 0.01) greedy; the ratio is stochastic / lazy.
 - deft: elbow over K = 2..15 on a 5,000-point sample, k-means on the pool, easy/hard shares.
@@ -24,6 +25,7 @@ import resource
 import time
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from gristmill.selectors import coreset_methods as methods
 
@@ -69,7 +71,8 @@ def main() -> None:
     started = time.perf_counter()
     kc = methods.kcenter_greedy(x, sizes, units, first=0, device="cpu")
     lazy_s = time.perf_counter() - started
-    eager_part = eager_kcenter(x, args.eager_centres, 0)
+    with threadpool_limits(1):  # like the lazy loop on CPU: one thread, no spin-waiting
+        eager_part = eager_kcenter(x, args.eager_centres, 0)
     eager_s = eager_part * units / args.eager_centres
     report["kcenter"] = {
         "seconds": round(lazy_s, 1),

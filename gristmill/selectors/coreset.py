@@ -66,7 +66,7 @@ class CoresetConfig(SelectorConfig):
     partition_size: int = Field(
         200_000, ge=100, description="facility_location: greedy per random partition above this"
     )
-    block_size: int = Field(2048, ge=16, description="kcenter: points per distance block")
+    block_size: int = Field(512, ge=16, description="kcenter: points per distance block")
 
     @model_validator(mode="after")
     def _shares(self) -> CoresetConfig:

@@ -56,7 +56,7 @@ def kcenter_greedy(
     sizes: np.ndarray,
     units: float,
     first: int,
-    block_size: int = 2048,
+    block_size: int = 512,
     device: str | None = None,
 ) -> Coreset:
     """Greedy farthest-point selection (Sener & Savarese 2018) with exact Euclidean distances.
@@ -67,40 +67,60 @@ def kcenter_greedy(
     matrix product. The result is the eager algorithm's (every (point, centre) pair is computed
     at most once), without touching the whole pool for every centre.
     """
-    n = len(vectors)
     device = device or default_device()
+    threads = torch.get_num_threads()
+    if device == "cpu":
+        # The per-block products are small: with several OpenMP threads on a busy machine they
+        # spin-wait on each other (measured 60x slower on a loaded 2-core box), one thread not.
+        torch.set_num_threads(1)
+    try:
+        return _kcenter_lazy(vectors, sizes, units, first, block_size, device)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _kcenter_lazy(
+    vectors: np.ndarray,
+    sizes: np.ndarray,
+    units: float,
+    first: int,
+    block_size: int,
+    device: str,
+) -> Coreset:
+    n = len(vectors)
     x = torch.from_numpy(np.ascontiguousarray(vectors, np.float32)).to(device)
     squared = (x * x).sum(dim=1)
-    nearest = torch.full((n,), math.inf, device=device)
+    nearest = torch.full((n,), math.inf, device=device)  # squared distance to nearest centre
     assigned = torch.full((n,), -1, dtype=torch.long, device=device)
+    centre_ids = torch.empty(n, dtype=torch.long, device=device)
     starts = list(range(0, n, block_size))
     applied = [0] * len(starts)  # centres already applied to each block
     best = [0] * len(starts)  # index of each block's farthest point when up to date
     heap = [(-math.inf, b) for b in range(len(starts))]
     centres: list[int] = []
     total = 0.0
-    picked = np.zeros(n, bool)
 
     def update(b: int) -> float:
         lo, hi = starts[b], min(starts[b] + block_size, n)
-        pending = torch.as_tensor(centres[applied[b] :], device=device)
-        c = x[pending]
-        d2 = squared[lo:hi, None] + squared[pending][None, :] - 2.0 * (x[lo:hi] @ c.T)
-        d2_min, which = d2.clamp_min_(0).min(dim=1)
-        closer = d2_min < nearest[lo:hi]
-        nearest[lo:hi] = torch.where(closer, d2_min, nearest[lo:hi])
+        pending = centre_ids[applied[b] : len(centres)]
+        products = x[lo:hi] @ x[pending].T
+        d2_min, which = (squared[pending][None, :] - 2.0 * products).min(dim=1)
+        d2_min += squared[lo:hi]
+        current = nearest[lo:hi]
+        closer = d2_min < current
         assigned[lo:hi] = torch.where(closer, pending[which], assigned[lo:hi])
+        torch.minimum(current, d2_min, out=current)
         applied[b] = len(centres)
-        block = nearest[lo:hi].clone()
-        block[torch.from_numpy(picked[lo:hi]).to(device)] = -1.0
-        top = int(torch.argmax(block))
-        best[b] = lo + top
-        return float(block[top])
+        value, top = current.max(dim=0)
+        best[b] = lo + int(top)
+        return float(value)
 
     def choose(index: int) -> None:
         nonlocal total
+        centre_ids[len(centres)] = index
         centres.append(index)
-        picked[index] = True
+        nearest[index] = -1.0  # a centre never becomes the farthest point again
+        assigned[index] = index
         total += float(sizes[index])
 
     choose(first)
@@ -116,12 +136,13 @@ def kcenter_greedy(
     for b in range(len(starts)):  # nearest centre of every document, for the cluster column
         if applied[b] < len(centres):
             update(b)
+    picked = np.zeros(n, bool)
+    picked[centres] = True
     order = np.asarray(centres, np.int64)
     if total < units - 1e-9:  # the rest duplicate chosen centres: fill in index order
         rest = np.flatnonzero(~picked)
         order = np.concatenate([order, _prefix_reaching(rest, sizes, units - total)])
-    nearest_np = nearest.cpu().numpy()
-    nearest_np[picked] = 0.0
+    nearest_np = np.maximum(nearest.cpu().numpy(), 0.0)
     covering = float(np.sqrt(max(float(nearest_np.max(initial=0.0)), 0.0)))
     report = {"centres": len(centres), "covering_radius": covering, "device": device}
     return Coreset(order, assigned.cpu().numpy(), report)

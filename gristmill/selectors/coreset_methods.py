@@ -351,8 +351,11 @@ def elbow(ks: list[int], inertias: list[float]) -> int:
 def kmeans(vectors: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
     """Labels, centroids and inertia of k-means (scikit-learn, k-means++ initialisation)."""
     from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
 
-    model = KMeans(n_clusters=k, n_init=1, random_state=seed, max_iter=100).fit(vectors)
+    # One thread: OpenMP workers spin-wait on a shared machine (5x slower measured on 2 cores).
+    with threadpool_limits(1):
+        model = KMeans(n_clusters=k, n_init=1, random_state=seed, max_iter=100).fit(vectors)
     return model.labels_.astype(np.int64), model.cluster_centers_.astype(np.float32), model.inertia_
 
 

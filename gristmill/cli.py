@@ -362,6 +362,8 @@ def inspect(
             for r in result[kind]
         ]  # fmt: skip
         _table(rows, f"{kind} (sample)" if kind in ("kept", "dropped") else f"{kind} scored")
+    if result.get("cluster_sizes"):
+        _table(result["cluster_sizes"], "largest clusters")
     for example in result.get("clusters", []):
         rows = [
             {"doc_id": m["doc_id"], "domain": m["domain"], "kept": "kept" if m["kept"] else "",

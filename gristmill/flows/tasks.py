@@ -186,16 +186,19 @@ def curate_flow(
                 target_version = catalog.corpus_version(con, target)
         elif chosen.requires_target:
             raise InputError(f"selector {selector!r} needs a target corpus (--target)")
-        context = SelectorContext(ws, corpus, target, options.seed, target_version)
+        context = SelectorContext(
+            ws, corpus, target, options.seed, target_version, parsed_budget, options.tokenizer
+        )
         chosen.prepare(context)
         plan = plan_scoring(ws, corpus, chosen, context)
         reused = len(plan.stored)
         scored = _score(ws, plan, chosen, f"score {corpus} with {selector}")
-        if isinstance(chosen, SetSelector):
-            plan = score_set(ws, plan, chosen, context, parent=input_selection)
+        # Token counts first: a set selector's greedy may stop at a token budget.
         counter, size_plan = token_plan(ws, corpus, parsed_budget, options)
         if counter is not None and size_plan is not None:
             _score(ws, size_plan, counter, f"count tokens in {corpus}")
+        if isinstance(chosen, SetSelector):
+            plan = score_set(ws, plan, chosen, context, parent=input_selection)
         result: dict[str, Any] = {
             "corpus": corpus,
             "selector": selector,

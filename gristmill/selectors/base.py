@@ -14,6 +14,7 @@ import xxhash
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from gristmill.errors import InputError
+from gristmill.selectors.budget import Budget
 from gristmill.selectors.selection import Mode, SelectOptions, select
 from gristmill.storage.workspace import Workspace
 
@@ -33,6 +34,9 @@ class SelectorContext:
     target: str | None = None
     seed: int = 0
     target_version: str | None = None
+    # The selection's budget and tokenizer, for set selectors whose greedy stops at the budget.
+    budget: Budget | None = None
+    tokenizer: str | None = None
 
 
 def describe_validation_error(error: ValidationError, where: str) -> str:

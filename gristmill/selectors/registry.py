@@ -16,6 +16,7 @@ _BUILTINS = {
     "dsir": "gristmill.selectors.dsir:DsirSelector",
     "nudge": "gristmill.selectors.nudge:NudgeSelector",
     "lm_loss": "gristmill.selectors.lm_loss:LMLossSelector",
+    "coreset": "gristmill.selectors.coreset:CoresetSelector",
 }
 
 

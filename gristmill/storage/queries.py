@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -161,6 +162,10 @@ def inspect_selection(
             result["clusters"] = _example_clusters(
                 con, candidates, signal_paths, max_chars, seed, sample
             )
+        elif "cluster" in names:
+            result["cluster_sizes"], result["clusters"] = _coreset_clusters(
+                con, candidates, signal_paths, members, max_chars, seed, sample
+            )
     return result
 
 
@@ -191,6 +196,40 @@ def _example_clusters(
         )
         examples.append({"cluster": row["cluster"], "size": row["size"], "members": members})
     return examples
+
+
+def _coreset_clusters(
+    con: duckdb.DuckDBPyConnection,
+    candidates: str,
+    signal_paths: list,
+    members: Path,
+    max_chars: int,
+    seed: int,
+    sample: int,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Sizes of the largest clusters of a core-set selection, and a few random ones' members."""
+    signals = f"read_parquet({sql_files(signal_paths)}) s"
+    kept = f"d.doc_id in (select doc_id from read_parquet({sql_files([members])}))"
+    grouped = (
+        f"select s.cluster, count(*) as size, count(*) filter ({kept}) as kept "
+        f"from {candidates} join {signals} using (doc_id) where s.cluster is not null "
+        f"group by s.cluster"
+    )
+    sizes = catalog.rows(con, f"{grouped} order by size desc, cluster limit 20")
+    picked = catalog.rows(
+        con, f"select * from ({grouped}) order by hash(cluster, ?) limit ?", [seed, sample]
+    )
+    examples = []
+    for row in picked:
+        rows = catalog.rows(
+            con,
+            f"select d.doc_id, d.domain, {kept} as kept, left(d.text, ?) as text "
+            f"from {candidates} join {signals} using (doc_id) where s.cluster = ? "
+            f"order by kept desc, s.score desc nulls last, d.doc_id limit 5",
+            [max_chars, row["cluster"]],
+        )
+        examples.append({"cluster": row["cluster"], "size": row["size"], "members": rows})
+    return sizes, examples
 
 
 def _views(con: duckdb.DuckDBPyConnection, workspace: Workspace) -> list[str]:

@@ -309,3 +309,10 @@ def test_cli_select_recipe_and_inspect(tmp_path: Path) -> None:
                               "where duplicate_of is not null", "-w", ws, "--json"])  # fmt: skip
     # the view shows the latest dedup config: the exact run, where only PROSE.upper() goes
     assert json.loads(sql.stdout) == [{"count_star()": 1}]
+
+
+def test_against_naming_the_pool_itself_is_bad_input(tmp_path: Path) -> None:
+    ws = _pool(tmp_path)
+    selector = DedupSelector.from_params({"against": [CORPUS]})
+    with pytest.raises(InputError, match="against: names the corpus itself"):
+        selector.prepare(SelectorContext(ws, CORPUS))

@@ -321,3 +321,12 @@ def test_recipe_and_cli_with_a_target(tmp_path: Path) -> None:
     missing = runner.invoke(app, ["select", "pool", "--selector", "dsir", "--budget", "5docs",
                                   "--name", "x", "-w", ws])  # fmt: skip
     assert missing.exit_code == 2 and "--target" in missing.output
+
+
+def test_nudge_set_key_includes_the_seed_only_when_domains_are_sampled(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    plain = NudgeSelector(NudgeSelector.Config(dim=64))
+    sampled = NudgeSelector(NudgeSelector.Config(dim=64, prefilter_domains=1))
+    one, two = SelectorContext(ws, "pool", seed=1), SelectorContext(ws, "pool", seed=2)
+    assert plain.set_key(one) == plain.set_key(two)
+    assert sampled.set_key(one) != sampled.set_key(two)

@@ -195,7 +195,7 @@ def test_experiment_command_needs_an_experiment_section(tmp_path: Path) -> None:
     path = tmp_path / "recipe.yaml"
     path.write_text("name: curation-only\n")
     result = CliRunner().invoke(app, ["experiment", str(path)])
-    assert result.exit_code == 2 and "experiment" in result.output
+    assert result.exit_code == 2 and "has no experiment section" in result.output
 
 
 # -- end to end ----------------------------------------------------------------------------------
@@ -321,3 +321,27 @@ def test_tiny_experiment_end_to_end(tmp_path: Path) -> None:
     )
     stats = json.loads(rows.stdout)[0]
     assert 0 < stats["b"] < 8 and stats["s"] == pytest.approx(-stats["l"])
+
+
+def test_run_id_changes_when_a_selection_arm_is_rebuilt(tmp_path: Path) -> None:
+    import pyarrow as pa
+    from conftest import write_jsonl
+    from ingest_helpers import CORPUS, ingest_catalogued
+
+    from gristmill.flows.experiment import run_id_for
+    from gristmill.storage.files import write_parquet_atomic
+    from gristmill.training.config import ExperimentSpec
+    from gristmill.training.experiment import data_versions
+
+    write_jsonl(tmp_path / "docs.jsonl", [{"text": f"{PROSE} {i}"} for i in range(6)])
+    ws = ingest_catalogued(tmp_path / "ws", [tmp_path / "docs.jsonl"])
+    spec = ExperimentSpec.model_validate(
+        {"pool": CORPUS, "arms": ["none", "picked"], "tokens": 100,
+         "task": {"kind": "classification", "corpus": CORPUS}}
+    )  # fmt: skip
+    members = ws.selection_dir("picked") / "members.parquet"
+    write_parquet_atomic(pa.table({"doc_id": pa.array([1, 2], pa.uint64())}), members)
+    first = run_id_for(spec, data_versions(ws, spec))
+    assert run_id_for(spec, data_versions(ws, spec)) == first  # same data, same run (resume)
+    write_parquet_atomic(pa.table({"doc_id": pa.array([1, 3], pa.uint64())}), members)
+    assert run_id_for(spec, data_versions(ws, spec)) != first

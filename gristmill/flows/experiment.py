@@ -21,9 +21,10 @@ from gristmill.training.config import ExperimentSpec
 from gristmill.training.report import aggregate, write_plot, write_report
 
 
-def run_id_for(spec: ExperimentSpec) -> str:
-    """`<name>-<hash of the settings>`: the same experiment always gets the same run."""
-    settings = json.dumps(spec.model_dump(mode="json"), sort_keys=True)
+def run_id_for(spec: ExperimentSpec, versions: dict[str, str | None]) -> str:
+    """`<name>-<hash of the settings and data versions>`: the same experiment on the same data
+    always gets the same run; changed data or a rebuilt selection starts a new one."""
+    settings = json.dumps([spec.model_dump(mode="json"), versions], sort_keys=True)
     return f"{spec.name}-{xxhash.xxh3_64_hexdigest(settings.encode())[:10]}"
 
 
@@ -61,11 +62,12 @@ def experiment_flow(workspace: str, spec: ExperimentSpec) -> dict[str, Any]:
     from gristmill.training import experiment as lib  # torch loads only when training
 
     ws = Workspace(workspace)
-    run_id = run_id_for(spec)
-    run_dir = ws.root / "runs" / run_id
-    params = spec.model_dump(mode="json")
-    with ws.write_lock(f"experiment {run_id}"):
+    with ws.write_lock(f"experiment {spec.name}"):
         lib.check_sources(ws, spec)
+        versions = lib.data_versions(ws, spec)
+        run_id = run_id_for(spec, versions)
+        run_dir = ws.root / "runs" / run_id
+        params = {**spec.model_dump(mode="json"), "data_versions": versions}
         run_dir.mkdir(parents=True, exist_ok=True)
         with ws.catalog() as con:
             catalog.record_run(con, run_id, "experiment", params, "running")

@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 import xxhash
 from pydantic import Field, model_validator
 
+from gristmill.errors import InputError
 from gristmill.selectors import minhash
 from gristmill.selectors.base import PoolFeatures, SelectorConfig, SelectorContext, SetSelector
 from gristmill.storage import catalog
@@ -154,6 +155,14 @@ class DedupSelector(SetSelector):
                 )
         return pa.table(columns)
 
+    def prepare(self, context: SelectorContext) -> None:
+        """Refuse an `against` list that names the pool itself, before any hashing."""
+        config: DedupConfig = self.config  # type: ignore[assignment]
+        if context.corpus in config.against:
+            raise InputError(
+                f"selector dedup: against: names the corpus itself ({context.corpus!r})"
+            )
+
     def set_key(self, context: SelectorContext) -> Any:
         """The full config and the versions of the `against` corpora."""
         config: DedupConfig = self.config  # type: ignore[assignment]
@@ -171,8 +180,6 @@ class DedupSelector(SetSelector):
         config: DedupConfig = self.config  # type: ignore[assignment]
         sources: list[tuple[str, list[Path], Path | None]] = []
         for other in config.against:
-            if other == context.corpus:
-                raise ValueError(f"dedup: against names the corpus itself ({other!r})")
             plan = score_corpus(context.workspace, other, self, context)
             files = [context.workspace.absolute(p) for _, p in sorted(plan.stored.items())]
             sources.append((other, files, None))

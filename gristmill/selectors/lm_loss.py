@@ -19,7 +19,7 @@ from gristmill.storage.files import file_hash
 
 # One model per process, loaded on first use, shared by the scoring threads.
 _load_lock = threading.Lock()
-_loaded: dict[str, tuple[Any, Any]] = {}
+_loaded: dict[tuple[str, str | None], tuple[Any, Any]] = {}
 
 
 class LMLossConfig(SelectorConfig):
@@ -66,13 +66,12 @@ class LMLossSelector(Selector):
     def _model(self) -> tuple[Any, Any]:
         from gristmill.training.models import load_causal_lm, load_tokenizer
 
+        self.config_dict()  # sets the fingerprint: a model retrained in place is loaded again
+        key = (self.model_path, self._fingerprint)
         with _load_lock:
-            if self.model_path not in _loaded:
-                _loaded[self.model_path] = (
-                    load_causal_lm(self.model_path),
-                    load_tokenizer(self.model_path),
-                )
-            return _loaded[self.model_path]
+            if key not in _loaded:
+                _loaded[key] = (load_causal_lm(self.model_path), load_tokenizer(self.model_path))
+            return _loaded[key]
 
     def score(self, documents: pa.Table) -> pa.Table:
         """doc_id, score (= -mean loss), loss (nats/token), bits_per_byte and n_tokens."""

@@ -65,6 +65,11 @@ class NudgeSelector(SetSelector):
     default_mode = "topk"
     requires_target = True
 
+    def set_key(self, context: SelectorContext) -> Any:
+        """Config and target version, plus the seed when it samples domains for the pre-filter."""
+        seed = context.seed if self.config.prefilter_domains else None  # type: ignore[attr-defined]
+        return [*super().set_key(context), seed]
+
     def __init__(self, config: NudgeConfig) -> None:
         super().__init__(config)
         self.config: NudgeConfig = config

@@ -63,6 +63,22 @@ def check_sources(workspace: Workspace, spec: ExperimentSpec) -> None:
             )
 
 
+def data_versions(workspace: Workspace, spec: ExperimentSpec) -> dict[str, str | None]:
+    """Versions of every corpus and selection an experiment reads, so changed data is a new run."""
+    from gristmill.storage import catalog
+    from gristmill.storage.files import file_hash
+
+    corpora = {spec.pool, spec.target, spec.task.corpus, spec.base.corpus} - {None}
+    with workspace.catalog(read_only=True) as con:
+        versions: dict[str, str | None] = {
+            f"corpus:{c}": catalog.corpus_version(con, c) for c in sorted(corpora)
+        }
+    for arm in spec.selection_arms():
+        members = workspace.selection_dir(arm) / "members.parquet"
+        versions[f"selection:{arm}"] = file_hash(members) if members.exists() else None
+    return versions
+
+
 def _texts(workspace: Workspace, source: DataSource, split: str, fraction: float) -> list[str]:
     return read_documents(workspace, source, split, fraction, ("doc_id", "text"))[
         "text"
@@ -80,6 +96,7 @@ def prepare_base(workspace: Workspace, spec: ExperimentSpec) -> str:
         "base": spec.base.model_dump(mode="json"),
         "heldout": spec.heldout_fraction,
         "pool": spec.pool,
+        "data": data_versions(workspace, spec)[f"corpus:{spec.base.corpus or spec.pool}"],
     }
     origin = out_dir / BASE_SETTINGS
     if origin.exists() and json.loads(origin.read_text(encoding="utf-8")) != settings:
@@ -195,6 +212,7 @@ def run_arm(
     if result_file.exists():  # finished before an interruption
         return json.loads(result_file.read_text(encoding="utf-8"))
     tokenizer = load_tokenizer(base)
+    remote = spec.base.trust_remote_code  # every load of the base's descendants, not only the first
     lm_path = base
     cpt: dict[str, Any] = {}
     if arm != "none":
@@ -206,6 +224,7 @@ def run_arm(
             Path(lm_path),
             spec.run_config(seed),
             description=f"continue pretraining: {arm}, seed {seed}",
+            trust_remote_code=remote,
         )
 
     heldout = bits_per_byte(
@@ -213,6 +232,7 @@ def run_arm(
         eval_texts(workspace, spec),
         device=spec.continued.device,
         precision=spec.continued.precision,
+        trust_remote_code=remote,
     )
     train_data, test_data = task_data(workspace, spec.task)
     ft_dir = arm_dir / "finetuned"
@@ -221,12 +241,13 @@ def run_arm(
     if isinstance(train_data, ClassificationData):
         assert isinstance(test_data, ClassificationData)
         finetune_classification(
-            lm_path, tokenizer, train_data, task_config, ft_dir, spec.task.max_length, description
-        )
+            lm_path, tokenizer, train_data, task_config, ft_dir, spec.task.max_length,
+            description, trust_remote_code=remote,
+        )  # fmt: skip
         from transformers import AutoModelForSequenceClassification
 
         model = AutoModelForSequenceClassification.from_pretrained(
-            str(ft_dir), use_safetensors=True, local_files_only=True
+            str(ft_dir), use_safetensors=True, local_files_only=True, trust_remote_code=remote
         )
         task_metrics = evaluate_classification(
             model,
@@ -239,10 +260,11 @@ def run_arm(
     else:
         assert isinstance(test_data, SFTData)
         finetune_sft(
-            lm_path, tokenizer, train_data, task_config, ft_dir, spec.task.max_length, description
-        )
+            lm_path, tokenizer, train_data, task_config, ft_dir, spec.task.max_length,
+            description, trust_remote_code=remote,
+        )  # fmt: skip
         task_metrics = evaluate_sft(
-            load_causal_lm(str(ft_dir)),
+            load_causal_lm(str(ft_dir), trust_remote_code=remote),
             tokenizer,
             test_data,
             spec.task.max_length,

@@ -103,6 +103,7 @@ def finetune_classification(
     out_dir: Path,
     max_length: int = 128,
     description: str = "fine-tune (classification)",
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Train a sequence-classification head (and the body) from a causal-LM checkpoint."""
     from transformers import AutoModelForSequenceClassification
@@ -121,6 +122,7 @@ def finetune_classification(
         attn_implementation="sdpa",
         use_safetensors=True,
         local_files_only=True,
+        trust_remote_code=trust_remote_code,
     )
     batches = ClassificationBatches(
         tokenizer, data, max_length, config.micro_batch_size, config.seed
@@ -136,11 +138,12 @@ def finetune_sft(
     out_dir: Path,
     max_length: int = 256,
     description: str = "fine-tune (SFT)",
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Instruction-tune a causal LM with the loss on response tokens only."""
     from gristmill.training.models import load_causal_lm
 
-    model = load_causal_lm(base)
+    model = load_causal_lm(base, trust_remote_code=trust_remote_code)
     batches = SFTBatches(tokenizer, data, max_length, config.micro_batch_size, config.seed)
     return train(model, batches, config, out_dir, _saver(tokenizer), description)
 

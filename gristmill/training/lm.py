@@ -65,6 +65,7 @@ def continue_pretraining(
     out_dir: Path,
     config: TrainConfig,
     description: str = "continue pretraining",
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Continue training `base` on `texts` for exactly config.tokens tokens (data repeats)."""
     if config.tokens is None:
@@ -72,7 +73,7 @@ def continue_pretraining(
     if is_done(out_dir):
         return json.loads((out_dir / DONE_FILE).read_text(encoding="utf-8"))
     tokenizer = load_tokenizer(base)
-    model = load_causal_lm(base)
+    model = load_causal_lm(base, trust_remote_code=trust_remote_code)
     rows = pack(tokenize(tokenizer, texts), config.seq_len, tokenizer.eos_token_id)
     batches = PackedBatches(rows, config.micro_batch_size, config.seed)
     return train(
@@ -86,10 +87,11 @@ def bits_per_byte(
     max_length: int | None = None,
     device: str = "auto",
     precision: str = "auto",
+    trust_remote_code: bool = False,
 ) -> dict[str, float]:
     """Bits per byte (and mean token loss) of a model over held-out texts taken together."""
     tokenizer = load_tokenizer(model_path)
-    model = load_causal_lm(model_path)
+    model = load_causal_lm(model_path, trust_remote_code=trust_remote_code)
     scores = score_documents(
         model,
         tokenizer,

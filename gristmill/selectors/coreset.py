@@ -18,13 +18,12 @@ from typing import Any, ClassVar, Literal
 import duckdb
 import numpy as np
 import pyarrow as pa
-import xxhash
 from pydantic import Field, model_validator
 
 from gristmill.errors import InputError
 from gristmill.selectors import coreset_methods as methods
-from gristmill.selectors.base import PoolFeatures, SelectorConfig, SelectorContext, SetSelector
-from gristmill.selectors.featurize import VECTOR_COLUMN, Embedder, EmbedderConfig, vectors_of
+from gristmill.selectors.base import PoolFeatures, SelectorConfig, SelectorContext
+from gristmill.selectors.featurize import VECTOR_COLUMN, EmbeddingSetSelector, vectors_of
 from gristmill.selectors.scoring import score_corpus
 from gristmill.selectors.tokens import TokenCounter
 from gristmill.storage.files import sql_files
@@ -75,7 +74,7 @@ class CoresetConfig(SelectorConfig):
         return self
 
 
-class CoresetSelector(SetSelector):
+class CoresetSelector(EmbeddingSetSelector):
     """A diverse subset under the budget: DEFT-UCS, k-center greedy or facility location."""
 
     name: ClassVar[str] = "coreset"
@@ -86,17 +85,6 @@ class CoresetSelector(SetSelector):
     def __init__(self, config: CoresetConfig) -> None:
         super().__init__(config)
         self.config: CoresetConfig = config
-        self.embedder = Embedder(
-            EmbedderConfig(
-                model=config.embedder, dim=config.dim, max_chars=config.max_chars,
-                batch_size=config.batch_size, device=config.device,
-            )
-        )  # fmt: skip
-
-    def cache_key(self, context: SelectorContext | None = None) -> str:
-        """Per-shard features are embeddings: keyed by the embedder alone."""
-        payload = [self.name, self.version, self.embedder.cache_key()]
-        return xxhash.xxh3_64_hexdigest(json.dumps(payload).encode())
 
     def set_key(self, context: SelectorContext) -> Any:
         """The method's settings, the seed and the budget (greedy stops at the budget)."""

@@ -10,6 +10,7 @@ Python-level work grows with the vocabulary, not with the text. `hashing="sha256
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ import xxhash
 from pydantic import BaseModel, ConfigDict, Field
 
 from gristmill.errors import InputError
-from gristmill.selectors.base import Scorer
+from gristmill.selectors.base import Scorer, SelectorConfig, SelectorContext, SetSelector
 from gristmill.selectors.selection import splitmix64
 
 Hashing = Literal["xxh3", "sha256"]
@@ -356,3 +357,27 @@ class Embedder(Scorer):
         """doc_id and vector of each document."""
         vectors = self.embed(documents["text"].to_pylist())
         return pa.table({"doc_id": documents["doc_id"], VECTOR_COLUMN: vector_array(vectors)})
+
+
+class EmbeddingSetSelector(SetSelector):
+    """A set-based selector whose per-shard features are embeddings (nudge, coreset).
+
+    Its config has the embedder fields (`embedder`, `dim`, `max_chars`, `batch_size`,
+    `device`); the stored embeddings are keyed by the embedder alone, so changing any other
+    setting never re-embeds.
+    """
+
+    def __init__(self, config: SelectorConfig) -> None:
+        super().__init__(config)
+        settings: Any = config
+        self.embedder = Embedder(
+            EmbedderConfig(
+                model=settings.embedder, dim=settings.dim, max_chars=settings.max_chars,
+                batch_size=settings.batch_size, device=settings.device,
+            )
+        )  # fmt: skip
+
+    def cache_key(self, context: SelectorContext | None = None) -> str:
+        """Per-shard features are embeddings: keyed by the embedder alone."""
+        payload = [self.name, self.version, self.embedder.cache_key()]
+        return xxhash.xxh3_64_hexdigest(json.dumps(payload).encode())

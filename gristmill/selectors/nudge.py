@@ -14,12 +14,11 @@ from typing import Any, ClassVar
 import duckdb
 import numpy as np
 import pyarrow as pa
-import xxhash
 from pydantic import Field
 
 from gristmill.errors import InputError
-from gristmill.selectors.base import PoolFeatures, SelectorConfig, SelectorContext, SetSelector
-from gristmill.selectors.featurize import VECTOR_COLUMN, Embedder, EmbedderConfig, vectors_of
+from gristmill.selectors.base import PoolFeatures, SelectorConfig, SelectorContext
+from gristmill.selectors.featurize import VECTOR_COLUMN, EmbeddingSetSelector, vectors_of
 from gristmill.selectors.scoring import score_corpus
 from gristmill.selectors.transport import SinkhornResult, sinkhorn
 from gristmill.storage.files import sql_files
@@ -56,7 +55,7 @@ class NudgeConfig(SelectorConfig):
     prefilter_sample: int = Field(2000, ge=10, description="documents per domain for pre-filter")
 
 
-class NudgeSelector(SetSelector):
+class NudgeSelector(EmbeddingSetSelector):
     """Ranks candidates by the OT gradient towards the target (calibrated dual potential)."""
 
     name: ClassVar[str] = "nudge"
@@ -65,25 +64,14 @@ class NudgeSelector(SetSelector):
     default_mode = "topk"
     requires_target = True
 
-    def set_key(self, context: SelectorContext) -> Any:
-        """Config and target version, plus the seed when it samples domains for the pre-filter."""
-        seed = context.seed if self.config.prefilter_domains else None  # type: ignore[attr-defined]
-        return [*super().set_key(context), seed]
-
     def __init__(self, config: NudgeConfig) -> None:
         super().__init__(config)
         self.config: NudgeConfig = config
-        self.embedder = Embedder(
-            EmbedderConfig(
-                model=config.embedder, dim=config.dim, max_chars=config.max_chars,
-                batch_size=config.batch_size, device=config.device,
-            )
-        )  # fmt: skip
 
-    def cache_key(self, context: SelectorContext | None = None) -> str:
-        """Per-shard features are embeddings: keyed by the embedder alone (not target, not OT)."""
-        payload = [self.name, self.version, self.embedder.cache_key()]
-        return xxhash.xxh3_64_hexdigest(json.dumps(payload).encode())
+    def set_key(self, context: SelectorContext) -> Any:
+        """Config and target version, plus the seed when it samples domains for the pre-filter."""
+        seed = context.seed if self.config.prefilter_domains else None
+        return [*super().set_key(context), seed]
 
     def score(self, documents: pa.Table) -> pa.Table:
         """doc_id, domain and embedding of each document of a shard."""

@@ -32,12 +32,7 @@ class LongerThanMedian(SetSelector):
     def score_set(self, context: SelectorContext, pool: PoolFeatures) -> pa.Table:
         LongerThanMedian.calls += 1
         assert pool.scratch.is_dir()
-        query = f"select f.doc_id, f.length from read_parquet({sql_files(pool.files)}) f"
-        if pool.members is not None:
-            members = sql_files([pool.members])
-            query += f" semi join read_parquet({members}) m on m.doc_id = f.doc_id"
-        with duckdb.connect() as con:
-            table = con.sql(query).to_arrow_table()
+        table = pool.read(["length"])
         median = float(pc.approximate_median(table["length"]).as_py())
         score = pc.subtract(pc.cast(table["length"], pa.float64()), median)
         return pa.table({"doc_id": table["doc_id"], "score": score})

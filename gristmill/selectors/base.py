@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import xxhash
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from gristmill.errors import InputError
 from gristmill.selectors.budget import Budget
 from gristmill.selectors.selection import Mode, SelectOptions, select
+from gristmill.storage.files import sql_files
 from gristmill.storage.workspace import Workspace
 
 
@@ -127,6 +129,17 @@ class PoolFeatures:
     files: list[Path]
     members: Path | None
     scratch: Path
+
+    def read(self, columns: list[str]) -> pa.Table:
+        """The named feature columns of the pool (members only, if given), ordered by doc_id."""
+        selected = ", ".join(f'f."{c}"' for c in ["doc_id", *columns])
+        query = f"select {selected} from read_parquet({sql_files(self.files)}) f"
+        if self.members is not None:
+            query += (
+                f" semi join read_parquet({sql_files([self.members])}) m on m.doc_id = f.doc_id"
+            )
+        with duckdb.connect() as con:
+            return con.sql(query + " order by f.doc_id").to_arrow_table()
 
 
 class SetSelector(Selector):

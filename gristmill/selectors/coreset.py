@@ -132,13 +132,7 @@ class CoresetSelector(EmbeddingSetSelector):
         """Score = minus the greedy rank for the chosen documents, NaN for the rest."""
         self.prepare(context)
         assert context.budget is not None
-        features = sql_files(pool.files)
-        query = f"select f.doc_id, f.n_bytes, f.{VECTOR_COLUMN} from read_parquet({features}) f"
-        if pool.members is not None:
-            parent = sql_files([pool.members])
-            query += f" semi join read_parquet({parent}) m on m.doc_id = f.doc_id"
-        with duckdb.connect() as con:
-            table = con.sql(query + " order by f.doc_id").to_arrow_table()
+        table = pool.read(["n_bytes", VECTOR_COLUMN])
         n = table.num_rows
         sizes = self._sizes(context, table)
         units = context.budget.units(n)

@@ -115,13 +115,7 @@ class NudgeSelector(EmbeddingSetSelector):
 
     def score_set(self, context: SelectorContext, pool: PoolFeatures) -> pa.Table:
         """Score = minus the calibrated dual potential of each candidate (higher = keep)."""
-        features = sql_files(pool.files)
-        query = f"select f.doc_id, f.domain, f.{VECTOR_COLUMN} from read_parquet({features}) f"
-        if pool.members is not None:
-            parent = sql_files([pool.members])
-            query += f" semi join read_parquet({parent}) m on m.doc_id = f.doc_id"
-        with duckdb.connect() as con:
-            table = con.sql(query + " order by f.doc_id").to_arrow_table()
+        table = pool.read(["domain", VECTOR_COLUMN])
         target = self._target_vectors(context)
         doc_ids = table["doc_id"]
         scores = np.full(table.num_rows, np.nan)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from conftest import write_jsonl
 from typer.testing import CliRunner
 
@@ -55,22 +56,30 @@ def _records(seed: int, per_domain: int = 60, domain_field: bool = True) -> list
     return records
 
 
+ZOO_SETTINGS = {
+    "target_domain": PLANTED, "models": 5, "sizes": ["xs", "s"], "tokens": [6000, 12000],
+    "micro_batch_size": 8, "heldout_fraction": 0.2, "device": "cpu",
+}  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def zoo_workspace(tmp_path_factory: pytest.TempPathFactory, prefect_server: None) -> Path:
-    """A pool of four domains, and a zoo of five tiny models (CLI-built) whose benchmark is
-    the held-out loss of the planted domain."""
+    """A recipe run: a pool of four domains, a corpus without domains, a zoo of five tiny
+    models whose benchmark is the held-out loss of the planted domain, and a 20% selection."""
     root = tmp_path_factory.mktemp("pc")
-    ws = root / "ws"
-    pool = write_jsonl(root / "pool.jsonl", _records(0))
-    cli("ingest", str(pool), "--corpus", "pool", "--domain-field", "dom", "-w", str(ws))
-    flat = write_jsonl(root / "flat.jsonl", _records(1, per_domain=25, domain_field=False))
-    cli("ingest", str(flat), "--corpus", "flat", "-w", str(ws))
-    cli(
-        "zoo", "build", "pool", "--name", "z", "--target-domain", PLANTED, "--models", "5",
-        "--device", "cpu", "--param", 'sizes=["xs", "s"]', "--param", "tokens=[6000, 12000]",
-        "--param", "micro_batch_size=8", "--param", "heldout_fraction=0.2", "-w", str(ws),
-    )  # fmt: skip
-    return ws
+    write_jsonl(root / "pool.jsonl", _records(0))
+    write_jsonl(root / "flat.jsonl", _records(1, per_domain=25, domain_field=False))
+    recipe = {
+        "name": "pc", "workspace": "ws",
+        "ingest": [{"corpus": "pool", "paths": ["pool.jsonl"], "domain_field": "dom"},
+                   {"corpus": "flat", "paths": ["flat.jsonl"]}],
+        "zoo": [{"name": "z", "corpus": "pool", **ZOO_SETTINGS}],
+        "select": [{"name": "pc", "corpus": "pool", "selector": "perplexity_correlation",
+                    "params": {"zoo": "z"}, "budget": "20%"}],
+    }  # fmt: skip
+    (root / "recipe.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    cli("run", str(root / "recipe.yaml"))
+    return root / "ws"
 
 
 # -- parity with the perplexity-correlations package ---------------------------------------------
@@ -136,10 +145,22 @@ def test_zoo_is_hf_checkpoints_and_a_csv(zoo_workspace: Path) -> None:
     assert len({tuple(np.round(m, 6)) for m in mixtures}) == 5  # each model its own mixture
 
 
+def test_zoo_build_resumes_and_refuses_other_settings(zoo_workspace: Path) -> None:
+    ws = str(zoo_workspace)
+    zoo_csv = zoo_workspace / "zoos" / "z" / "zoo.csv"
+    before = zoo_csv.read_text()
+    args = ["zoo", "build", "pool", "--name", "z", "--target-domain", PLANTED, "--models", "5",
+            "--param", 'sizes=["xs", "s"]', "--param", "tokens=[6000, 12000]",
+            "--param", "micro_batch_size=8", "--param", "heldout_fraction=0.2",
+            "-w", ws]  # fmt: skip
+    out = cli(*args, "--device", "cpu")
+    assert "5 models" in out and zoo_csv.read_text() == before  # finished models are kept
+    out = cli(*args[:8], "4", *args[9:], code=2)
+    assert "other settings" in out
+
+
 def test_planted_domain_ranks_first_and_fills_the_selection(zoo_workspace: Path) -> None:
     ws = str(zoo_workspace)
-    cli("select", "pool", "--selector", "perplexity_correlation", "--param", "zoo=z",
-        "--budget", "20%", "--name", "pc", "-w", ws)  # fmt: skip
     record = json.loads(cli("inspect", "pc", "--ranked", "3", "-w", ws, "--json"))
     scoring = record["selection"]["summary"]["scoring"]
     ranking = [d["domain"] for d in scoring["domains"]]

@@ -256,6 +256,8 @@ class PerplexityCorrelationSelector(SetSelector):
                 raise InputError(
                     f"{self.zoo.csv_path}: line {entry.line}: model: {error}"
                 ) from None
+            finally:
+                scorer.release()  # one model in memory at a time, however large the zoo
             files = [context.workspace.absolute(p) for p in plan.stored.values()]
             with duckdb.connect() as con:
                 con.register("pool_ids", pa.table({"doc_id": doc_ids}))

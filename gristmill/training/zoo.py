@@ -25,18 +25,11 @@ from gristmill.errors import InputError
 from gristmill.storage import catalog
 from gristmill.storage.workspace import Workspace, validate_name
 from gristmill.training.config import Preset, TrainConfig
-from gristmill.training.data import (
-    DataSource,
-    PackedBatches,
-    heldout_mask,
-    pack,
-    read_documents,
-    tokenize,
-)
 
 ZOO_FILE = "zoo.csv"
 ZOO_METADATA = "zoo.json"
 ZOOS_DIR = "zoos"
+SETTINGS_FILE = "settings.json"
 TOKENIZER_DIR = "tokenizer"
 
 
@@ -142,6 +135,15 @@ def build_zoo(
     workspace: Workspace, corpus: str, out_dir: Path, config: ZooConfig
 ) -> dict[str, Any]:
     """Train and evaluate the zoo into out_dir; finished models are kept when run again."""
+    # torch loads here, not at import: recipes validate ZooConfig without it.
+    from gristmill.training.data import (
+        DataSource,
+        PackedBatches,
+        heldout_mask,
+        pack,
+        read_documents,
+        tokenize,
+    )
     from gristmill.training.lm_scoring import score_documents
     from gristmill.training.models import (
         build_model,
@@ -168,7 +170,10 @@ def build_zoo(
     eval_texts = _benchmark_texts(workspace, config, texts, domains, held, names)
     train_index = np.flatnonzero(~held)
     train_texts = [texts[i] for i in train_index]
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with workspace.catalog(read_only=True) as con:
+        version = catalog.corpus_version(con, corpus)
+    _claim(out_dir, {"corpus": corpus, "corpus_version": version,
+                     "config": config.model_dump(mode="json", exclude={"device"})})  # fmt: skip
     tokenizer_dir = out_dir / TOKENIZER_DIR
     if (tokenizer_dir / "tokenizer.json").exists():
         tokenizer = load_tokenizer(str(tokenizer_dir))
@@ -219,8 +224,6 @@ def build_zoo(
             bar.advance()
     finally:
         bar.close()
-    with workspace.catalog(read_only=True) as con:
-        version = catalog.corpus_version(con, corpus)
     metadata = {
         "corpus": corpus, "corpus_version": version, "domains": names,
         "benchmark": {"target_domain": config.target_domain, "target": config.target,
@@ -232,6 +235,21 @@ def build_zoo(
     lines = [",".join(rows[0])] + [",".join(_csv_value(v) for v in r.values()) for r in rows]
     _write_atomic(out_dir / ZOO_FILE, "\n".join(lines) + "\n")
     return {"zoo": str(out_dir), **metadata}
+
+
+def _claim(out_dir: Path, settings: dict[str, Any]) -> None:
+    """Tie out_dir to these settings; a rerun with the same ones resumes, others are refused."""
+    path = out_dir / SETTINGS_FILE
+    if path.exists():
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        if stored != settings:
+            raise InputError(
+                f"zoo {out_dir.name!r} at {out_dir} was built with other settings or data "
+                f"({path}); pick another name or delete that directory"
+            )
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomic(path, json.dumps(settings, indent=2, sort_keys=True))
 
 
 def _csv_value(value: Any) -> str:
@@ -253,6 +271,8 @@ def _benchmark_texts(
     names: list[str],
 ) -> list[str]:
     """The benchmark's documents: a pool domain's held-out split, or a target corpus."""
+    from gristmill.training.data import DataSource, read_documents
+
     if config.target_domain is not None:
         if config.target_domain not in names:
             raise InputError(

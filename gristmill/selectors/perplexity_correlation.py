@@ -89,9 +89,10 @@ def load_zoo(csv_path: Path) -> Zoo:
     error, a repeated model or fewer than three models.
     """
     try:
-        with csv_path.open(newline="", encoding="utf-8") as handle:
+        with csv_path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
-            header = reader.fieldnames or []
+            header = [h.strip() for h in reader.fieldnames or []]
+            reader.fieldnames = header  # " error" and "error" are the same column
             missing = [c for c in ("model", "error") if c not in header]
             if missing:
                 raise InputError(
@@ -168,7 +169,9 @@ class PerplexityCorrelationConfig(SelectorConfig):
         description="measure bits per byte only on the held-out split of this fraction "
         "(default: the split the zoo was built with, so no model has trained on that text)",
     )  # fmt: skip
-    classifier_epochs: int = Field(5, ge=1, description="fastText epochs")
+    classifier_epochs: int = Field(
+        25, ge=1, description="fastText epochs (5, its default, underfits pools of thousands)"
+    )
     classifier_dim: int = Field(64, ge=4, description="fastText vector size")
     classifier_max_docs: int = Field(200_000, ge=10, description="fastText training sample")
     batch_tokens: int = Field(16384, ge=64, description="LM scoring: padded tokens per batch")

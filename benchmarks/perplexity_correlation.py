@@ -97,7 +97,10 @@ def main() -> None:
     parser.add_argument("--heldout-fraction", type=float, default=0.2)
     parser.add_argument("--baseline-docs", type=int, default=200)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)  # the scoring and baselines; the zoo sets its own
     planted = args.planted.split(",")
     scratch = args.workdir or Path(tempfile.mkdtemp(prefix="gristmill-pc-"))
     ws = Workspace(scratch / "ws")
@@ -107,6 +110,7 @@ def main() -> None:
         models=args.models, sizes=args.sizes.split(","),
         tokens=[int(t) for t in args.tokens.split(",")], target_domain=planted[0],
         heldout_fraction=args.heldout_fraction, vocab_size=1024, seq_len=128,
+        threads=args.threads or None,
     )  # fmt: skip
     out = zoo_dir(ws, "bench")
     zoo = build_zoo(ws, CORPUS, out, config)

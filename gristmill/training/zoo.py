@@ -68,6 +68,10 @@ class ZooConfig(BaseModel):
     lr: float = Field(3e-3, gt=0)
     seed: int = 0
     device: str = "auto"
+    threads: int | None = Field(
+        1, ge=1, description="torch CPU threads while building (None: torch's default); tiny "
+        "models lose more to thread synchronisation than they gain, most of all on busy cores",
+    )  # fmt: skip
 
     @field_validator("sizes")
     @classmethod
@@ -136,6 +140,8 @@ def build_zoo(
 ) -> dict[str, Any]:
     """Train and evaluate the zoo into out_dir; finished models are kept when run again."""
     # torch loads here, not at import: recipes validate ZooConfig without it.
+    import torch
+
     from gristmill.training.data import (
         DataSource,
         PackedBatches,
@@ -172,8 +178,9 @@ def build_zoo(
     train_texts = [texts[i] for i in train_index]
     with workspace.catalog(read_only=True) as con:
         version = catalog.corpus_version(con, corpus)
-    _claim(out_dir, {"corpus": corpus, "corpus_version": version,
-                     "config": config.model_dump(mode="json", exclude={"device"})})  # fmt: skip
+    # Where and on how many threads it runs changes no result: not part of the zoo's identity.
+    identity = config.model_dump(mode="json", exclude={"device", "threads"})
+    _claim(out_dir, {"corpus": corpus, "corpus_version": version, "config": identity})
     tokenizer_dir = out_dir / TOKENIZER_DIR
     if (tokenizer_dir / "tokenizer.json").exists():
         tokenizer = load_tokenizer(str(tokenizer_dir))
@@ -186,6 +193,9 @@ def build_zoo(
     device = resolve_device(config.device)
     rows, details = [], []
     bar = progress.track(f"zoo of {config.models} models on {corpus}", config.models)
+    default_threads = torch.get_num_threads()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
     try:
         for k in range(config.models):
             rng = np.random.default_rng([config.seed, k])
@@ -223,13 +233,15 @@ def build_zoo(
                             "tokens_per_s": summary.get("tokens_per_s")})  # fmt: skip
             bar.advance()
     finally:
+        torch.set_num_threads(default_threads)
         bar.close()
     metadata = {
         "corpus": corpus, "corpus_version": version, "domains": names,
         "benchmark": {"target_domain": config.target_domain, "target": config.target,
                       "documents": len(eval_texts), "error": "1 - 2^-bits_per_byte"},
         "heldout_fraction": config.heldout_fraction, "config": config.model_dump(mode="json"),
-        "device": str(device), "wall_seconds": time.perf_counter() - started, "models": details,
+        "device": str(device), "threads": config.threads or default_threads,
+        "wall_seconds": time.perf_counter() - started, "models": details,
     }  # fmt: skip
     _write_atomic(out_dir / ZOO_METADATA, json.dumps(metadata, indent=2))
     lines = [",".join(rows[0])] + [",".join(_csv_value(v) for v in r.values()) for r in rows]

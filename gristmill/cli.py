@@ -352,7 +352,15 @@ def inspect(
     )
     _table(record["summary"]["domains"], "per domain")
     if "scoring" in record["summary"]:
-        out.print(f"scoring: {json.dumps(record['summary']['scoring'])}")
+        scoring = record["summary"]["scoring"]
+        ranked_domains = scoring.get("domains") if isinstance(scoring, dict) else None
+        if ranked_domains:  # perplexity_correlation: domains ordered by their estimate
+            scoring = {k: v for k, v in scoring.items() if k != "domains"}
+        out.print(f"scoring: {json.dumps(scoring)}")
+        if ranked_domains:
+            shown = ranked_domains if len(ranked_domains) <= 10 else (
+                ranked_domains[:5] + ranked_domains[-5:])  # fmt: skip
+            _table(shown, "domains by estimate (top and bottom)")
     for kind in ("kept", "dropped", "highest", "lowest"):
         if kind not in result:
             continue
@@ -515,6 +523,56 @@ def quickstart(
             f"\nnext: gristmill -h; gristmill stats sample -w {ws.root}; "
             f"gristmill inspect clean -w {ws.root}; recipe: {recipe_file}"
         )
+
+
+zoo_app = typer.Typer(help="Model zoos for the perplexity_correlation selector.",
+                      no_args_is_help=True)  # fmt: skip
+app.add_typer(zoo_app, name="zoo")
+
+
+@zoo_app.command("build")
+@handle_errors
+def zoo_build(
+    corpus: Annotated[str, typer.Argument(help="the pool whose domains the mixtures draw on")],
+    name: Annotated[str, typer.Option(help="zoo name: written to <workspace>/zoos/<name>")],
+    target_domain: Annotated[
+        str | None, typer.Option(help="benchmark: held-out bits per byte of this pool domain")
+    ] = None,
+    target: Annotated[
+        str | None, typer.Option(help="benchmark: bits per byte of this corpus's documents")
+    ] = None,
+    models: Annotated[int, typer.Option(help="number of models (at least 3)")] = 8,
+    seed: Annotated[int, typer.Option(help="seed of the mixtures, sizes and training")] = 0,
+    device: Annotated[str, typer.Option(help="auto (GPU when present), cpu or cuda")] = "auto",
+    param: Annotated[
+        list[str] | None,
+        typer.Option(help="other zoo setting key=value (sizes, tokens, alpha, seq_len, ...)"),
+    ] = None,
+    workspace: WorkspaceOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Train small models on random mixtures of a pool's domains and score each on a benchmark."""
+    from gristmill.flows import zoo_build_flow
+    from gristmill.training.zoo import zoo_config
+
+    config = zoo_config(
+        {**_params(param), "models": models, "seed": seed, "device": device,
+         "target_domain": target_domain, "target": target}
+    )  # fmt: skip
+    result = _with_progress(lambda: zoo_build_flow(str(_ws(workspace).root), corpus, name, config))
+    if json_output:
+        _print_json(result)
+        return
+    out.print(
+        f"zoo [bold]{name}[/]: {len(result['models'])} models in {result['zoo']} "
+        f"({result['wall_seconds']:.0f} s on {result['device']}); use it with "
+        f"`gristmill select {corpus} --selector perplexity_correlation --param zoo={name}`"
+    )
+    _table(
+        [{k: m[k] for k in ("model", "size", "params", "tokens", "bits_per_byte", "error")}
+         for m in result["models"]],
+        "models",
+    )  # fmt: skip
 
 
 @app.command("selectors")

@@ -17,6 +17,7 @@ from gristmill.storage.exporters import ExportFormat
 from gristmill.storage.readers import IngestOptions
 from gristmill.storage.workspace import validate_name
 from gristmill.training.config import ExperimentSpec
+from gristmill.training.zoo import ZooConfig
 
 
 class IngestStep(IngestOptions):
@@ -73,6 +74,22 @@ class SelectStep(SelectOptions):
         return SelectOptions(**{k: getattr(self, k) for k in SelectOptions.model_fields})
 
 
+class ZooStep(ZooConfig):
+    """Build a model zoo for `perplexity_correlation` (before the select steps)."""
+
+    name: str
+    corpus: str
+
+    @field_validator("name")
+    @classmethod
+    def _zoo_name(cls, value: str) -> str:
+        return _checked_name("zoo", value)
+
+    def zoo_config(self) -> ZooConfig:
+        """The zoo settings of this step."""
+        return ZooConfig(**self.model_dump(exclude={"name", "corpus"}))
+
+
 class MaterializeStep(BaseModel):
     """Write a selection out."""
 
@@ -92,6 +109,7 @@ class Recipe(BaseModel):
     name: str = "recipe"
     workspace: str | None = None
     ingest: list[IngestStep] = Field(default_factory=list)
+    zoo: list[ZooStep] = Field(default_factory=list)  # model zoos, built after ingest
     select: list[SelectStep] = Field(default_factory=list)
     materialize: list[MaterializeStep] = Field(default_factory=list)
     experiment: ExperimentSpec | None = None  # run by `gristmill experiment`, after the steps

@@ -3,6 +3,7 @@
 from gristmill.flows.experiment import experiment_flow
 from gristmill.flows.run import run_recipe_flow
 from gristmill.flows.tasks import curate_flow, ingest_flow, materialize_flow, task_runner
+from gristmill.flows.zoo import zoo_build_flow
 
 __all__ = [
     "curate_flow",
@@ -11,4 +12,5 @@ __all__ = [
     "materialize_flow",
     "run_recipe_flow",
     "task_runner",
+    "zoo_build_flow",
 ]

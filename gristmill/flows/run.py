@@ -7,6 +7,7 @@ from typing import Any
 from prefect import flow
 
 from gristmill.flows.tasks import curate_flow, ingest_flow, materialize_flow, task_runner
+from gristmill.flows.zoo import zoo_build_flow
 from gristmill.recipe import Recipe
 from gristmill.storage.readers import IngestOptions
 from gristmill.storage.workspace import Workspace
@@ -29,6 +30,10 @@ def run_recipe_flow(
         for step in recipe.ingest:
             options = IngestOptions(**step.model_dump(exclude={"corpus", "paths"}))
             results["ingest"].append(ingest(str(ws.root), step.paths, step.corpus, options))
+        results["zoo"] = [
+            zoo_build_flow(str(ws.root), step.corpus, step.name, step.zoo_config())
+            for step in recipe.zoo
+        ]
         for step in recipe.select:
             assert step.corpus is not None
             results["select"].append(

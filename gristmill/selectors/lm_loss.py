@@ -73,6 +73,12 @@ class LMLossSelector(Selector):
                 _loaded[key] = (load_causal_lm(self.model_path), load_tokenizer(self.model_path))
             return _loaded[key]
 
+    def release(self) -> None:
+        """Drop this model from the process's cache (a zoo scores many models one after another)."""
+        with _load_lock:
+            for key in [k for k in _loaded if k[0] == self.model_path]:
+                del _loaded[key]
+
     def score(self, documents: pa.Table) -> pa.Table:
         """doc_id, score (= -mean loss), loss (nats/token), bits_per_byte and n_tokens."""
         from gristmill.training.lm_scoring import score_documents

@@ -17,6 +17,9 @@ _BUILTINS = {
     "nudge": "gristmill.selectors.nudge:NudgeSelector",
     "lm_loss": "gristmill.selectors.lm_loss:LMLossSelector",
     "coreset": "gristmill.selectors.coreset:CoresetSelector",
+    "perplexity_correlation": (
+        "gristmill.selectors.perplexity_correlation:PerplexityCorrelationSelector"
+    ),
 }
 
 

@@ -1,0 +1,19 @@
+"""The zoo flow: train and evaluate a model zoo for the `perplexity_correlation` selector."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from gristmill.storage.workspace import Workspace
+from gristmill.training.zoo import ZooConfig, build_zoo, zoo_dir
+
+
+@flow(name="zoo-build")
+def zoo_build_flow(workspace: str, corpus: str, name: str, config: ZooConfig) -> dict[str, Any]:
+    """Build the zoo `name` from `corpus` into <workspace>/zoos/<name> (finished models kept)."""
+    ws = Workspace(workspace)
+    out_dir = zoo_dir(ws, name)
+    with ws.write_lock(f"zoo build {name} from {corpus}"):
+        return build_zoo(ws, corpus, out_dir, config)

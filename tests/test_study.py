@@ -115,3 +115,52 @@ def test_study_smoke(shared_data: Path, tmp_path: Path) -> None:
     table = "\n".join(lines)
     assert "4 of 4 arm runs finished" in table and "| sst2-coreset | 1 |" in table
     assert (tmp_path / "plots" / "finetune-sst2.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _spec(**fields: Any) -> Any:
+    from gristmill.training.config import ExperimentSpec
+
+    task = {"kind": "classification", "corpus": "corp"}
+    return ExperimentSpec.model_validate({"task": task, **fields})
+
+
+def test_experiment_spec_checks_each_kind_of_arm() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="pool"):
+        _spec(tokens=100)
+    with pytest.raises(ValidationError, match="tokens"):
+        _spec(pool="corp")
+    with pytest.raises(ValidationError, match="no fine-tuning set"):
+        _spec(vary="finetune", arms=["none", "full"], base={"corpus": "corp"})
+    assert _spec(vary="finetune", arms=["full", "random"], base={"corpus": "corp"}).tokens is None
+
+
+def test_adding_an_arm_keeps_the_finished_arms(tmp_path: Path) -> None:
+    import pyarrow as pa
+    from conftest import PROSE, write_jsonl
+    from ingest_helpers import CORPUS, ingest_catalogued
+
+    from gristmill.storage.files import write_parquet_atomic
+    from gristmill.training.experiment import arm_dir
+
+    write_jsonl(tmp_path / "docs.jsonl", [{"text": f"{PROSE} {i}"} for i in range(6)])
+    ws = ingest_catalogued(tmp_path / "ws", [tmp_path / "docs.jsonl"])
+    for name, ids in (("picked", [1, 2]), ("added", [3])):
+        members = ws.selection_dir(name) / "members.parquet"
+        write_parquet_atomic(pa.table({"doc_id": pa.array(ids, pa.uint64())}), members)
+    before = _spec(pool=CORPUS, tokens=100, arms=["none", "random", "picked"])
+    after = _spec(pool=CORPUS, tokens=100, arms=["none", "random", "picked", "added"])
+    for arm in ("none", "picked"):
+        assert arm_dir(ws, before, arm, 0, None) == arm_dir(ws, after, arm, 0, None)
+    # The random arm is the same run while its size is; a larger size is a new run.
+    assert arm_dir(ws, before, "random", 0, 50) == arm_dir(ws, after, "random", 0, 50)
+    assert arm_dir(ws, before, "random", 0, 50) != arm_dir(ws, after, "random", 0, 60)
+    assert arm_dir(ws, before, "none", 0, None) != arm_dir(ws, before, "none", 1, None)
+    # A rebuilt selection is a new run of that arm only.
+    first_picked = arm_dir(ws, after, "picked", 0, None)
+    first_none = arm_dir(ws, after, "none", 0, None)
+    members = ws.selection_dir("picked") / "members.parquet"
+    write_parquet_atomic(pa.table({"doc_id": pa.array([1, 4], pa.uint64())}), members)
+    assert arm_dir(ws, after, "picked", 0, None) != first_picked
+    assert arm_dir(ws, after, "none", 0, None) == first_none

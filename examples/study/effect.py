@@ -10,15 +10,18 @@ got. The generated part of EFFECT.md lies between the two `<!-- effect-tables --
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from gristmill.errors import InputError
 from gristmill.flows.experiment import run_id_for
 from gristmill.recipe import load_recipe
 from gristmill.storage.workspace import Workspace
-from gristmill.training.experiment import data_versions, finished_arm
+from gristmill.training.data import DataSource, read_documents
+from gristmill.training.experiment import check_sources, data_versions, finished_arm
 from gristmill.training.report import LOWER_IS_BETTER, aggregate, write_plot
 
 HERE = Path(__file__).resolve().parent
@@ -44,12 +47,40 @@ def arm_results(recipe_path: Path) -> tuple[str, Any, list[dict[str, Any]]]:
     recipe = load_recipe(recipe_path)
     spec = recipe.experiment
     workspace = Workspace(recipe.workspace)
+    try:
+        check_sources(workspace, spec)
+    except InputError:  # its selections are not made yet: the recipe has not run
+        return "not run yet", spec, []
     run_id = run_id_for(spec, data_versions(workspace, spec))
     base = workspace.root / "models" / spec.base.name  # the study's bases are presets
     if not (base / "tokenizer.json").exists():
         return run_id, spec, []
     found = [finished_arm(workspace, spec, str(base), a, s) for a in spec.arms for s in spec.seeds]
     return run_id, spec, [r for r in found if r is not None]
+
+
+def composition(recipe_path: Path) -> list[str]:
+    """Markdown: what each continued-pretraining arm is made of (domains, planted documents)."""
+    recipe = load_recipe(recipe_path)
+    spec = recipe.experiment
+    workspace = Workspace(recipe.workspace)
+    sources = [spec.pool, *spec.selection_arms()]
+    rows = {}
+    for name in sources:
+        table = read_documents(workspace, DataSource(selection=name), columns=("domain", "meta"))
+        planted = [json.loads(m).get("planted", "none") for m in table["meta"].to_pylist()]
+        rows[name] = (table["domain"].to_pylist(), planted)
+    domains = sorted({d for ds, _ in rows.values() for d in ds})
+    kinds = ["duplicate", "near_duplicate", "junk", "contamination"]
+    lines = [
+        "| documents of | n | " + " | ".join(domains) + " | " + " | ".join(kinds) + " |",
+        "|---|---:|" + "---:|" * (len(domains) + len(kinds)),
+    ]
+    for name, (names, planted) in rows.items():
+        shares = [f"{names.count(d) / max(1, len(names)):.0%}" for d in domains]
+        counts = [str(planted.count(k)) for k in kinds]
+        lines.append(f"| {name} | {len(names)} | " + " | ".join(shares + counts) + " |")
+    return lines
 
 
 def _cell(row: dict[str, Any] | None, digits: int = 3) -> str:
@@ -125,7 +156,22 @@ def main() -> None:
     parser.add_argument("--effect", type=Path, default=HERE.parents[1] / "EFFECT.md")
     parser.add_argument("--plots", type=Path, default=HERE / "plots")
     args = parser.parse_args()
-    generated = []
+    generated = [
+        "### What the continued-pretraining arms are made of",
+        "",
+        "Share of each domain and counts of the planted documents (`study-sst2.yaml`; the "
+        "AG News recipe's dsir and nudge arms are in its own table below).",
+        "",
+        *composition(HERE / "study-sst2.yaml"),
+        "",
+    ]
+    agnews = HERE / "study-agnews.yaml"
+    try:
+        extra = composition(agnews)
+    except InputError:  # not run yet
+        extra = []
+    generated += [line for line in extra if "agnews" in line]
+    generated += [""] if extra else []
     for name in RECIPES:
         generated += section(HERE / name, args.plots, args.effect.parent)
     text = args.effect.read_text(encoding="utf-8")

@@ -55,13 +55,16 @@ def write_plot(table: list[dict[str, Any]], path: Path, title: str) -> None:
     for axis, metric in zip(axes[0], metrics, strict=True):
         rows = [r for r in table if r["metric"] == metric]
         positions = np.arange(len(rows))
-        axis.bar(
+        # Points, not bars: the axis then spans the data, so small differences stay visible.
+        axis.errorbar(
             positions,
             [r["mean"] for r in rows],
             yerr=[r["std"] for r in rows],
+            fmt="o",
             capsize=4,
             color="#4c72b0",
         )
+        axis.grid(axis="y", alpha=0.3)
         axis.set_xticks(positions, [r["arm"] for r in rows], rotation=30, ha="right")
         better = "lower" if metric in LOWER_IS_BETTER else "higher"
         axis.set_title(f"{metric} ({better} is better)", fontsize=9)

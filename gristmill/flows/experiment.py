@@ -7,7 +7,6 @@ it: finished arms are read back, an interrupted one continues from its last chec
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import xxhash
@@ -37,13 +36,11 @@ def base_model_task(root: str, spec: ExperimentSpec) -> str:
 
 
 @task(name="arm", cache_policy=NO_CACHE, task_run_name="arm-{arm}-seed{seed}")
-def arm_task(
-    root: str, spec: ExperimentSpec, run_dir: str, base: str, arm: str, seed: int
-) -> dict[str, Any]:
-    """Continue pretraining, fine-tune and evaluate one arm with one seed."""
+def arm_task(root: str, spec: ExperimentSpec, base: str, arm: str, seed: int) -> dict[str, Any]:
+    """Continue pretraining (or pick the fine-tuning set), fine-tune and evaluate one arm."""
     from gristmill.training import experiment as lib
 
-    result = lib.run_arm(Workspace(root), spec, Path(run_dir), base, arm, seed)
+    result = lib.run_arm(Workspace(root), spec, base, arm, seed)
     rate = result.get("continued_tokens_per_s")
     get_run_logger().info(
         "arm %s seed %d: %s; continued pretraining %s tokens/s, MFU %s",
@@ -74,7 +71,7 @@ def experiment_flow(workspace: str, spec: ExperimentSpec) -> dict[str, Any]:
         try:
             base = base_model_task(str(ws.root), spec)
             results = [
-                arm_task(str(ws.root), spec, str(run_dir), base, arm, seed)
+                arm_task(str(ws.root), spec, base, arm, seed)
                 for seed in spec.seeds
                 for arm in spec.arms
             ]

@@ -130,6 +130,9 @@ class TaskSpec(BaseModel):
         description="sft: the prompt, formatted with the document's meta fields; "
         "the document text is the response",
     )
+    test_corpus: str | None = Field(
+        None, description="the test set as its own corpus (default: test_fraction of corpus)"
+    )
     test_fraction: float = Field(0.2, gt=0, lt=1)
     max_length: int = Field(128, ge=8)
     max_train_examples: int | None = Field(None, ge=1)
@@ -143,13 +146,28 @@ class ExperimentSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = "experiment"
-    pool: str = Field(description="corpus behind the `full` and `random` arms")
+    vary: Literal["continued", "finetune"] = Field(
+        "continued",
+        description="what the arms change: the continued-pretraining data (over `pool`), or "
+        "the fine-tuning set (over the task's training examples, from a fixed base)",
+    )
+    pool: str | None = Field(
+        None, description="corpus or selection behind the `full` and `random` arms"
+    )
     arms: list[str] = Field(default_factory=lambda: list(BUILTIN_ARMS), min_length=1)
-    tokens: int = Field(ge=1, description="continued-pretraining tokens, the same for every arm")
+    tokens: int | None = Field(
+        None, ge=1, description="continued-pretraining tokens, the same for every arm"
+    )
     random_tokens: int | None = Field(
         None, ge=1, description="size of the random arm (default: the largest selection arm)"
     )
+    random_examples: int | None = Field(
+        None, ge=1, description="vary=finetune: size of the random arm (default: largest arm)"
+    )
     target: str | None = Field(None, description="held-out text for bits per byte (default: pool)")
+    target_split: Literal["heldout", "all"] = Field(
+        "heldout", description="`all` when no arm trains on the target (a test set)"
+    )
     heldout_fraction: float = Field(0.1, gt=0, lt=1)
     max_eval_docs: int = Field(500, ge=1)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
@@ -175,11 +193,25 @@ class ExperimentSpec(BaseModel):
     def _budget(self) -> ExperimentSpec:
         if self.continued.max_steps is not None:
             raise ValueError("continued.max_steps: the step count follows from `tokens`; omit it")
+        if self.vary == "continued":
+            if self.pool is None:
+                raise ValueError("pool: continued-pretraining arms need a pool")
+            if self.tokens is None:
+                raise ValueError("tokens: continued-pretraining arms need a token budget")
+        else:
+            if "none" in self.arms:
+                raise ValueError("arms: `none` has no fine-tuning set; use vary: continued")
+            if self.base.model is None and (self.base.corpus or self.pool) is None:
+                raise ValueError("base.corpus: a preset base needs a corpus (or a pool)")
         return self
 
     def selection_arms(self) -> list[str]:
         """Arms that name a selection."""
         return [a for a in self.arms if a not in BUILTIN_ARMS]
+
+    def base_corpus(self) -> str | None:
+        """What a preset base is pretrained on: base.corpus, else the pool (corpus or selection)."""
+        return self.base.corpus or self.pool
 
     def run_config(self, seed: int) -> TrainConfig:
         """The continued-pretraining config of one seed."""

@@ -10,10 +10,12 @@ the Prefect flow in gristmill.flows.experiment schedules it.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import xxhash
 
 from gristmill.errors import InputError
 from gristmill.storage.workspace import Workspace
@@ -45,22 +47,41 @@ def check_sources(workspace: Workspace, spec: ExperimentSpec) -> None:
 
     with workspace.catalog(read_only=True) as con:
         known = set(catalog.corpus_names(con))
-        selections = {r[0] for r in con.execute("select name from selections").fetchall()}
+        selections = dict(con.execute("select name, corpus from selections").fetchall())
     needed = {
-        "pool": spec.pool,
         "target": spec.target,
         "task.corpus": spec.task.corpus,
+        "task.test_corpus": spec.task.test_corpus,
         "base.corpus": spec.base.corpus,
     }
     for key, corpus in needed.items():
         if corpus is not None and corpus not in known:
             raise InputError(f"experiment.{key}: no corpus named {corpus!r} in the workspace")
+    if spec.pool is not None and spec.pool not in known and spec.pool not in selections:
+        raise InputError(
+            f"experiment.pool: no corpus or selection named {spec.pool!r} in the workspace"
+        )
     for index, arm in enumerate(spec.arms):
         if arm not in BUILTIN_ARMS and arm not in selections:
             raise InputError(
                 f"experiment.arms.{index}: {arm!r} is neither none/random/full nor a selection "
                 f"(selections: {', '.join(sorted(selections)) or 'none yet'})"
             )
+        if arm in selections and spec.vary == "finetune" and selections[arm] != spec.task.corpus:
+            raise InputError(
+                f"experiment.arms.{index}: selection {arm!r} is over corpus "
+                f"{selections[arm]!r}, but fine-tuning arms select from the task corpus "
+                f"{spec.task.corpus!r}"
+            )
+
+
+def source_of(workspace: Workspace, name: str) -> DataSource:
+    """A corpus by that name, else the selection by that name (a pool can be either)."""
+    from gristmill.storage import catalog
+
+    with workspace.catalog(read_only=True) as con:
+        is_corpus = name in set(catalog.corpus_names(con))
+    return DataSource(corpus=name) if is_corpus else DataSource(selection=name)
 
 
 def data_versions(workspace: Workspace, spec: ExperimentSpec) -> dict[str, str | None]:
@@ -68,15 +89,23 @@ def data_versions(workspace: Workspace, spec: ExperimentSpec) -> dict[str, str |
     from gristmill.storage import catalog
     from gristmill.storage.files import file_hash
 
-    corpora = {spec.pool, spec.target, spec.task.corpus, spec.base.corpus} - {None}
+    named = {spec.pool, spec.target, spec.task.corpus, spec.task.test_corpus, spec.base.corpus}
+    sources = [source_of(workspace, n) for n in sorted(named - {None})]  # type: ignore[arg-type]
+    corpora = sorted(s.corpus for s in sources if s.corpus is not None)
     with workspace.catalog(read_only=True) as con:
         versions: dict[str, str | None] = {
-            f"corpus:{c}": catalog.corpus_version(con, c) for c in sorted(corpora)
+            f"corpus:{c}": catalog.corpus_version(con, c) for c in corpora
         }
-    for arm in spec.selection_arms():
+    selected = [s.selection for s in sources if s.selection is not None]
+    for arm in sorted(set(selected) | set(spec.selection_arms())):
         members = workspace.selection_dir(arm) / "members.parquet"
         versions[f"selection:{arm}"] = file_hash(members) if members.exists() else None
     return versions
+
+
+def _version_of(versions: dict[str, str | None], source: DataSource) -> str | None:
+    key = f"selection:{source.selection}" if source.selection else f"corpus:{source.corpus}"
+    return versions[key]
 
 
 def _texts(workspace: Workspace, source: DataSource, split: str, fraction: float) -> list[str]:
@@ -88,15 +117,17 @@ def _texts(workspace: Workspace, source: DataSource, split: str, fraction: float
 def prepare_base(workspace: Workspace, spec: ExperimentSpec) -> str:
     """Path of the base model: loaded and saved into the workspace, or pretrained there."""
     if spec.base.model is not None:
-        source = resolve_model_path(spec.base.model, workspace.root / "models")
-        if Path(source).is_dir():  # a local or workspace model is used where it is
-            return source
+        model_path = resolve_model_path(spec.base.model, workspace.root / "models")
+        if Path(model_path).is_dir():  # a local or workspace model is used where it is
+            return model_path
     out_dir = workspace.root / "models" / spec.base.name
+    corpus = spec.base_corpus()
+    source = None if corpus is None else source_of(workspace, corpus)
     settings = {
         "base": spec.base.model_dump(mode="json"),
         "heldout": spec.heldout_fraction,
-        "pool": spec.pool,
-        "data": data_versions(workspace, spec)[f"corpus:{spec.base.corpus or spec.pool}"],
+        "pool": corpus,  # what a preset base trains on (the key predates base.corpus)
+        "data": None if source is None else _version_of(data_versions(workspace, spec), source),
     }
     origin = out_dir / BASE_SETTINGS
     if origin.exists() and json.loads(origin.read_text(encoding="utf-8")) != settings:
@@ -109,12 +140,12 @@ def prepare_base(workspace: Workspace, spec: ExperimentSpec) -> str:
     out_dir.mkdir(parents=True, exist_ok=True)
     origin.write_text(json.dumps(settings, indent=2), encoding="utf-8")
     if spec.base.model is not None:  # a hub model, copied into the workspace once
-        tokenizer = load_tokenizer(source)
-        model = load_causal_lm(source, trust_remote_code=spec.base.trust_remote_code)
+        tokenizer = load_tokenizer(model_path)
+        model = load_causal_lm(model_path, trust_remote_code=spec.base.trust_remote_code)
         save_model(model, tokenizer, out_dir)
         return str(out_dir)
-    corpus = spec.base.corpus or spec.pool
-    texts = _texts(workspace, DataSource(corpus=corpus), "train", spec.heldout_fraction)
+    assert source is not None  # the spec's validator requires a corpus for a preset base
+    texts = _texts(workspace, source, "train", spec.heldout_fraction)
     pretrain(
         spec.base.preset,
         texts,
@@ -127,19 +158,30 @@ def prepare_base(workspace: Workspace, spec: ExperimentSpec) -> str:
 
 
 def arm_texts(
-    workspace: Workspace, spec: ExperimentSpec, arm: str, seed: int, tokenizer: Any
+    workspace: Workspace,
+    spec: ExperimentSpec,
+    arm: str,
+    seed: int,
+    tokenizer: Any,
+    budget: int | None = None,
 ) -> list[str]:
-    """Training documents of an arm (never held-out ones)."""
+    """Training documents of an arm (never held-out ones); `budget`: the random arm's tokens."""
     fraction = spec.heldout_fraction
     if arm in spec.selection_arms():
         return _texts(workspace, DataSource(selection=arm), "train", fraction)
-    pool = _texts(workspace, DataSource(corpus=spec.pool), "train", fraction)
+    pool = _texts(workspace, _pool(workspace, spec), "train", fraction)
     if arm == "full":
         return pool
-    budget = spec.random_tokens or random_budget(workspace, spec, tokenizer)
+    budget = budget or random_size(workspace, spec, tokenizer)
     token_lists = tokenize(tokenizer, pool)
     order = np.random.default_rng([seed, 7919]).permutation(len(pool))
     return [pool[i] for i in sorted(take_tokens(token_lists, order, budget))]
+
+
+def _pool(workspace: Workspace, spec: ExperimentSpec) -> DataSource:
+    if spec.pool is None:
+        raise InputError("experiment.pool: the `full` and `random` arms need a pool")
+    return source_of(workspace, spec.pool)
 
 
 def random_budget(workspace: Workspace, spec: ExperimentSpec, tokenizer: Any) -> int:
@@ -150,23 +192,45 @@ def random_budget(workspace: Workspace, spec: ExperimentSpec, tokenizer: Any) ->
         sizes.append(sum(len(t) + 1 for t in tokenize(tokenizer, texts)))
     if sizes:
         return max(sizes)
-    pool = _texts(workspace, DataSource(corpus=spec.pool), "train", spec.heldout_fraction)
+    pool = _texts(workspace, _pool(workspace, spec), "train", spec.heldout_fraction)
     return max(1, sum(len(t) + 1 for t in tokenize(tokenizer, pool)) // 2)
 
 
-def task_data(
+def _task_rows(
     workspace: Workspace, task: TaskSpec
-) -> tuple[ClassificationData | SFTData, ClassificationData | SFTData]:
-    """Train and test examples of the task (a deterministic split by doc_id)."""
-    table = read_documents(
-        workspace, DataSource(corpus=task.corpus), columns=("doc_id", "text", "meta")
-    )
-    test = heldout_mask(table["doc_id"].to_numpy(), task.test_fraction)
-    texts = table["text"].to_pylist()
-    metas = [json.loads(m) if m else {} for m in table["meta"].to_pylist()]
+) -> tuple[np.ndarray, list[str], list[dict[str, Any]], dict[str, np.ndarray]]:
+    """doc_ids, texts and meta of the task's examples, and the rows of each side."""
+    corpora = [task.corpus] if task.test_corpus is None else [task.corpus, task.test_corpus]
+    tables = [
+        read_documents(workspace, DataSource(corpus=c), columns=("doc_id", "text", "meta"))
+        for c in corpora
+    ]
+    doc_ids = np.concatenate([t["doc_id"].to_numpy() for t in tables])
+    texts = [text for t in tables for text in t["text"].to_pylist()]
+    metas = [json.loads(m) if m else {} for t in tables for m in t["meta"].to_pylist()]
+    if task.test_corpus is None:  # a deterministic split by doc_id
+        test = heldout_mask(doc_ids, task.test_fraction)
+    else:
+        test = np.arange(len(doc_ids)) >= tables[0].num_rows
     sides = {"train": np.flatnonzero(~test), "test": np.flatnonzero(test)}
     limits = {"train": task.max_train_examples, "test": task.max_test_examples}
     sides = {k: v[: limits[k]] if limits[k] else v for k, v in sides.items()}
+    return doc_ids, texts, metas, sides
+
+
+def task_train_ids(workspace: Workspace, task: TaskSpec) -> np.ndarray:
+    """doc_ids of the task's training examples (what a fine-tuning arm selects from)."""
+    doc_ids, _, _, sides = _task_rows(workspace, task)
+    return doc_ids[sides["train"]]
+
+
+def task_data(
+    workspace: Workspace, task: TaskSpec, keep: np.ndarray | None = None
+) -> tuple[ClassificationData | SFTData, ClassificationData | SFTData]:
+    """Train and test examples of the task; `keep` restricts training to those doc_ids."""
+    doc_ids, texts, metas, sides = _task_rows(workspace, task)
+    if keep is not None:
+        sides["train"] = sides["train"][np.isin(doc_ids[sides["train"]], keep)]
     if task.kind == "classification":
         labels = []
         for index, meta in enumerate(metas):
@@ -197,47 +261,140 @@ def task_data(
     )
 
 
+def random_size(workspace: Workspace, spec: ExperimentSpec, tokenizer: Any) -> int:
+    """Size of the `random` arm: tokens of continued pretraining (`random_tokens`, else the
+    largest selection arm), or fine-tuning examples (`random_examples`, else likewise)."""
+    if spec.vary == "continued":
+        return spec.random_tokens or random_budget(workspace, spec, tokenizer)
+    if spec.random_examples:
+        return spec.random_examples
+    train_ids = task_train_ids(workspace, spec.task)
+    sizes = [int(np.isin(train_ids, _members(workspace, a)).sum()) for a in spec.selection_arms()]
+    return max(sizes or [len(train_ids) // 2])
+
+
+def finetune_keep(
+    workspace: Workspace, spec: ExperimentSpec, arm: str, seed: int, size: int | None = None
+) -> np.ndarray | None:
+    """doc_ids a fine-tuning arm trains on: all (`full`), a selection's, or `size` random
+    training examples (`random`)."""
+    if arm == "full":
+        return None
+    if arm != "random":
+        return _members(workspace, arm)
+    train_ids = task_train_ids(workspace, spec.task)
+    size = size or random_size(workspace, spec, None)
+    rng = np.random.default_rng([seed, 7919])
+    return rng.choice(train_ids, size=min(size, len(train_ids)), replace=False)
+
+
+def arm_dir(
+    workspace: Workspace, spec: ExperimentSpec, arm: str, seed: int, size: int | None
+) -> Path:
+    """Where one arm run lives: `runs/arms/<arm>-seed<n>-<hash>`, the hash over everything the
+    result depends on (settings, data versions, the random arm's size) and not the list of
+    other arms, so adding an arm to a study reuses every finished arm run."""
+    versions = data_versions(workspace, spec)
+    own = {k: v for k, v in versions.items() if k.removeprefix("selection:") not in spec.arms}
+    settings = spec.model_dump(
+        mode="json", exclude={"name", "arms", "seeds", "random_tokens", "random_examples"}
+    )
+    key = json.dumps(
+        [settings, own, arm, versions.get(f"selection:{arm}"), size if arm == "random" else None],
+        sort_keys=True,
+    )
+    digest = xxhash.xxh3_64_hexdigest(key.encode())[:10]
+    return workspace.root / "runs" / "arms" / f"{arm}-seed{seed}-{digest}"
+
+
+def finished_arm(
+    workspace: Workspace, spec: ExperimentSpec, base: str, arm: str, seed: int
+) -> dict[str, Any] | None:
+    """The result of a finished arm run, or None."""
+    size = random_size(workspace, spec, load_tokenizer(base)) if arm == "random" else None
+    result = arm_dir(workspace, spec, arm, seed, size) / "metrics.json"
+    return json.loads(result.read_text(encoding="utf-8")) if result.exists() else None
+
+
+def _members(workspace: Workspace, selection: str) -> np.ndarray:
+    return read_documents(workspace, DataSource(selection=selection), columns=("doc_id",))[
+        "doc_id"
+    ].to_numpy()
+
+
 def eval_texts(workspace: Workspace, spec: ExperimentSpec) -> list[str]:
-    """Held-out target documents for bits per byte (never trained on by any arm)."""
-    source = DataSource(corpus=spec.target or spec.pool)
-    return _texts(workspace, source, "heldout", spec.heldout_fraction)[: spec.max_eval_docs]
+    """Target documents for bits per byte (held-out ones unless target_split is `all`)."""
+    source = _pool(workspace, spec) if spec.target is None else DataSource(corpus=spec.target)
+    texts = _texts(workspace, source, spec.target_split, spec.heldout_fraction)
+    return texts[: spec.max_eval_docs]
+
+
+def _sample(texts: list[str], limit: int, seed: int) -> list[str]:
+    """Up to `limit` texts, drawn by the seed (the same for every arm of a seed)."""
+    if len(texts) <= limit:
+        return texts
+    chosen = np.random.default_rng([seed, 104729]).choice(len(texts), limit, replace=False)
+    return [texts[i] for i in sorted(chosen)]
 
 
 def run_arm(
-    workspace: Workspace, spec: ExperimentSpec, run_dir: Path, base: str, arm: str, seed: int
+    workspace: Workspace, spec: ExperimentSpec, base: str, arm: str, seed: int
 ) -> dict[str, Any]:
-    """Continue pretraining (unless `none`), fine-tune and evaluate one arm with one seed."""
-    arm_dir = run_dir / "arms" / f"{arm}-seed{seed}"
-    result_file = arm_dir / "metrics.json"
-    if result_file.exists():  # finished before an interruption
-        return json.loads(result_file.read_text(encoding="utf-8"))
+    """Continue pretraining (unless `none`) or select the fine-tuning set, fine-tune and
+    evaluate one arm with one seed; a finished run (of this or another study) is read back."""
     tokenizer = load_tokenizer(base)
+    size = random_size(workspace, spec, tokenizer) if arm == "random" else None
+    out_dir = arm_dir(workspace, spec, arm, seed, size)
+    result_file = out_dir / "metrics.json"
+    if result_file.exists():  # finished before an interruption, or before arms were added
+        return json.loads(result_file.read_text(encoding="utf-8"))
+    started = time.monotonic()
     remote = spec.base.trust_remote_code  # every load of the base's descendants, not only the first
     lm_path = base
     cpt: dict[str, Any] = {}
-    if arm != "none":
-        texts = arm_texts(workspace, spec, arm, seed, tokenizer)
-        lm_path = str(arm_dir / "continued")
-        cpt = continue_pretraining(
-            base,
-            texts,
-            Path(lm_path),
-            spec.run_config(seed),
-            description=f"continue pretraining: {arm}, seed {seed}",
-            trust_remote_code=remote,
-        )
-
-    heldout = bits_per_byte(
-        lm_path,
-        eval_texts(workspace, spec),
-        device=spec.continued.device,
-        precision=spec.continued.precision,
-        trust_remote_code=remote,
-    )
-    train_data, test_data = task_data(workspace, spec.task)
-    ft_dir = arm_dir / "finetuned"
+    metrics: dict[str, float] = {}
+    keep = None
+    evaluate = {
+        "device": spec.continued.device,
+        "precision": spec.continued.precision,
+        "trust_remote_code": remote,
+    }
+    if spec.vary == "continued":
+        texts: list[str] = []
+        if arm != "none":
+            texts = arm_texts(workspace, spec, arm, seed, tokenizer, size)
+            lm_path = str(out_dir / "continued")
+            cpt = continue_pretraining(
+                base,
+                texts,
+                Path(lm_path),
+                spec.run_config(seed),
+                description=f"continue pretraining: {arm}, seed {seed}",
+                trust_remote_code=remote,
+            )
+        metrics["bits_per_byte"] = bits_per_byte(lm_path, eval_texts(workspace, spec), **evaluate)[
+            "bits_per_byte"
+        ]
+        # Memorisation shows as a gap between the loss on the arm's own training documents and
+        # on held-out pool documents (the `none` arm has no training documents).
+        pool_heldout = _texts(workspace, _pool(workspace, spec), "heldout", spec.heldout_fraction)
+        heldout_sample = _sample(pool_heldout, spec.max_eval_docs, seed)
+        heldout = bits_per_byte(lm_path, heldout_sample, **evaluate)
+        metrics["heldout_loss"] = heldout["token_loss"]
+        if texts:
+            train = bits_per_byte(lm_path, _sample(texts, spec.max_eval_docs, seed), **evaluate)
+            metrics["train_loss"] = train["token_loss"]
+            metrics["loss_gap"] = heldout["token_loss"] - train["token_loss"]
+    else:
+        keep = finetune_keep(workspace, spec, arm, seed, size)
+    train_data, test_data = task_data(workspace, spec.task, keep)
+    n_train = len(getattr(train_data, "texts", getattr(train_data, "prompts", [])))
+    if n_train == 0:
+        raise InputError(f"experiment.arms: arm {arm!r} has no training examples of the task")
+    ft_dir = out_dir / "finetuned"
     task_config = spec.task.train.model_copy(update={"seed": seed})
     description = f"fine-tune: {arm}, seed {seed}"
+    on_device = {"device": task_config.device, "precision": task_config.precision}
     if isinstance(train_data, ClassificationData):
         assert isinstance(test_data, ClassificationData)
         finetune_classification(
@@ -250,44 +407,57 @@ def run_arm(
             str(ft_dir), use_safetensors=True, local_files_only=True, trust_remote_code=remote
         )
         task_metrics = evaluate_classification(
-            model,
-            tokenizer,
-            test_data,
-            spec.task.max_length,
-            device=task_config.device,
-            precision=task_config.precision,
+            model, tokenizer, test_data, spec.task.max_length, **on_device
         )
+        if spec.vary == "finetune":
+            seen = _subset(train_data, spec.max_eval_docs, seed)
+            fitted = evaluate_classification(
+                model, tokenizer, seen, spec.task.max_length, **on_device
+            )
+            task_metrics["train_accuracy"] = fitted["accuracy"]
     else:
         assert isinstance(test_data, SFTData)
         finetune_sft(
             lm_path, tokenizer, train_data, task_config, ft_dir, spec.task.max_length,
             description, trust_remote_code=remote,
         )  # fmt: skip
-        task_metrics = evaluate_sft(
-            load_causal_lm(str(ft_dir), trust_remote_code=remote),
-            tokenizer,
-            test_data,
-            spec.task.max_length,
-            device=task_config.device,
-            precision=task_config.precision,
-        )
+        model = load_causal_lm(str(ft_dir), trust_remote_code=remote)
+        task_metrics = evaluate_sft(model, tokenizer, test_data, spec.task.max_length, **on_device)
+        if spec.vary == "finetune":
+            seen = _subset(train_data, spec.max_eval_docs, seed)
+            fitted = evaluate_sft(model, tokenizer, seen, spec.task.max_length, **on_device)
+            task_metrics["train_response_loss"] = fitted["response_loss"]
+            task_metrics["response_loss_gap"] = (
+                task_metrics["response_loss"] - fitted["response_loss"]
+            )
     result = {
         "arm": arm,
         "seed": seed,
-        "metrics": {"bits_per_byte": heldout["bits_per_byte"], **task_metrics},
+        "metrics": {**metrics, **task_metrics},
         "continued_tokens": cpt.get("tokens", 0),
         "continued_tokens_per_s": cpt.get("tokens_per_s"),
         "continued_mfu": cpt.get("mfu"),
-        "eval_bytes": heldout["eval_bytes"],
-        "task_train_examples": len(
-            getattr(train_data, "texts", getattr(train_data, "prompts", []))
-        ),
+        "task_train_examples": n_train,
+        "wall_s": time.monotonic() - started,
     }
-    arm_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
     tmp = result_file.with_name(".metrics.json.tmp")
     tmp.write_text(json.dumps(result, indent=2), encoding="utf-8")
     tmp.replace(result_file)
     return result
+
+
+def _subset(data: ClassificationData | SFTData, limit: int, seed: int) -> Any:
+    """Up to `limit` training examples, drawn by the seed (to measure the training fit)."""
+    size = len(data.texts) if isinstance(data, ClassificationData) else len(data.prompts)
+    rows = range(size)
+    if size > limit:
+        rows = sorted(np.random.default_rng([seed, 104729]).choice(size, limit, replace=False))
+    if isinstance(data, ClassificationData):
+        return ClassificationData(
+            [data.texts[i] for i in rows], [data.labels[i] for i in rows], data.label_names
+        )
+    return SFTData([data.prompts[i] for i in rows], [data.responses[i] for i in rows])
 
 
 def base_summary(base: str) -> dict[str, Any]:

@@ -8,7 +8,16 @@ from typing import Any
 import numpy as np
 
 # Which direction is better, for the report's wording.
-LOWER_IS_BETTER = {"bits_per_byte", "response_loss", "response_ppl"}
+LOWER_IS_BETTER = {
+    "bits_per_byte",
+    "response_loss",
+    "response_ppl",
+    "train_loss",
+    "heldout_loss",
+    "loss_gap",
+    "train_response_loss",
+    "response_loss_gap",
+}
 
 
 def aggregate(results: list[dict[str, Any]], arms: list[str]) -> list[dict[str, Any]]:
@@ -18,8 +27,10 @@ def aggregate(results: list[dict[str, Any]], arms: list[str]) -> list[dict[str, 
         runs = [r for r in results if r["arm"] == arm]
         if not runs:
             continue
-        for metric in runs[0]["metrics"]:
-            values = np.array([r["metrics"][metric] for r in runs], dtype=np.float64)
+        for metric in dict.fromkeys(m for r in runs for m in r["metrics"]):
+            values = np.array(
+                [r["metrics"][metric] for r in runs if metric in r["metrics"]], dtype=np.float64
+            )
             rows.append(
                 {
                     "arm": arm,
@@ -44,13 +55,16 @@ def write_plot(table: list[dict[str, Any]], path: Path, title: str) -> None:
     for axis, metric in zip(axes[0], metrics, strict=True):
         rows = [r for r in table if r["metric"] == metric]
         positions = np.arange(len(rows))
-        axis.bar(
+        # Points, not bars: the axis then spans the data, so small differences stay visible.
+        axis.errorbar(
             positions,
             [r["mean"] for r in rows],
             yerr=[r["std"] for r in rows],
+            fmt="o",
             capsize=4,
             color="#4c72b0",
         )
+        axis.grid(axis="y", alpha=0.3)
         axis.set_xticks(positions, [r["arm"] for r in rows], rotation=30, ha="right")
         better = "lower" if metric in LOWER_IS_BETTER else "higher"
         axis.set_title(f"{metric} ({better} is better)", fontsize=9)
@@ -73,12 +87,18 @@ def write_report(
     metrics = list(dict.fromkeys(row["metric"] for row in table))
     arms = list(dict.fromkeys(row["arm"] for row in table))
     cell = {(r["arm"], r["metric"]): r for r in table}
+    task = f"task {spec['task']['kind']} on `{spec['task']['corpus']}`"
+    if spec.get("vary") == "finetune":
+        setup = f"Arms vary the fine-tuning set of the {task} (one base); seeds {spec['seeds']}."
+    else:
+        setup = (
+            f"Pool `{spec['pool']}`, target `{spec.get('target') or spec['pool']}`, {task}; "
+            f"{spec['tokens']:,} continued-pretraining tokens per arm; seeds {spec['seeds']}."
+        )
     lines = [
         f"# Experiment {run_id}",
         "",
-        f"Pool `{spec['pool']}`, target `{spec.get('target') or spec['pool']}`, task "
-        f"{spec['task']['kind']} on `{spec['task']['corpus']}`; {spec['tokens']:,} continued-"
-        f"pretraining tokens per arm; seeds {spec['seeds']}.",
+        setup,
         "",
         "Mean ± standard deviation over seeds ("
         + "; ".join(
@@ -97,10 +117,18 @@ def write_report(
             for m in metrics
         ]
         lines.append(f"| {arm} | " + " | ".join(values) + " |")
-    lines += ["", "| arm | seed | continued tokens | tokens/s | MFU |", "|---|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "| arm | seed | continued tokens | tokens/s | MFU | fine-tuning examples | wall s |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in results:
         rate = f"{r['continued_tokens_per_s']:.0f}" if r.get("continued_tokens_per_s") else "-"
         mfu = f"{r['continued_mfu']:.1%}" if r.get("continued_mfu") else "-"
-        lines.append(f"| {r['arm']} | {r['seed']} | {r['continued_tokens']:,} | {rate} | {mfu} |")
+        wall = f"{r['wall_s']:.0f}" if r.get("wall_s") is not None else "-"
+        lines.append(
+            f"| {r['arm']} | {r['seed']} | {r['continued_tokens']:,} | {rate} | {mfu} | "
+            f"{r.get('task_train_examples', '-')} | {wall} |"
+        )
     lines += ["", f"![metrics per arm]({plot_name})", ""]
     path.write_text("\n".join(lines), encoding="utf-8")

@@ -1,0 +1,37 @@
+"""Serve a recipe as a Prefect deployment on a schedule."""
+
+from __future__ import annotations
+
+from gristmill.flows.run import run_recipe_flow
+
+
+def serve_recipe(
+    recipe_file: str,
+    workspace: str,
+    name: str,
+    cron: str | None = None,
+    interval: float | None = None,
+    runner: str = "threads",
+    workers: int | None = None,
+    address: str | None = None,
+) -> None:
+    """Serve the whole-recipe flow on a cron or interval schedule; blocks until interrupted.
+
+    Each run reads the recipe file anew, so an edit takes effect at the next run. One run at a
+    time: a run that overlapped the previous one would only wait for its workspace lock.
+    """
+    run_recipe_flow.serve(
+        name=name,
+        cron=cron,
+        interval=interval,
+        parameters={
+            "recipe": recipe_file,
+            "workspace": workspace,
+            "runner": runner,
+            "workers": workers,
+            "address": address,
+        },
+        limit=1,
+        pause_on_shutdown=False,
+        print_starting_message=False,
+    )

@@ -1,0 +1,284 @@
+"""Orchestration: the task cache, resume after SIGKILL, artifacts, schedules and runners."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from conftest import good_text, write_jsonl
+
+from gristmill.flows import ingest_flow, run_recipe_flow
+from gristmill.recipe import load_recipe
+from gristmill.storage import Workspace, queries
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+def _api_url() -> str:
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value() or ""
+
+
+def _recipe(tmp_path: Path, files: int, docs: int, name: str = "nightly") -> Path:
+    """A recipe over `files` JSONL files (one chunk and one shard each): quality, then a budget."""
+    raw = tmp_path / "raw"
+    for f in range(files):
+        records = [
+            {"text": good_text(f * docs + i) if i % 7 else "buy now " * 3, "site": f"s{i % 3}"}
+            for i in range(docs)
+        ]
+        write_jsonl(raw / f"part-{f:03d}.jsonl", records)
+    recipe = {
+        "name": name,
+        "ingest": [{"corpus": "web", "paths": [str(raw)], "domain_field": "site"}],
+        "select": [
+            {"name": "clean", "selector": "quality"},
+            {"name": "sample", "selector": "quality", "mode": "gumbel", "budget": "50%"},
+        ],
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    return path
+
+
+def _members(ws: Path, selection: str) -> list[tuple[int, int]]:
+    table = pq.read_table(ws / "selections" / selection / "members.parquet")
+    return list(zip(table["doc_id"].to_pylist(), table["rank"].to_pylist(), strict=True))
+
+
+def _task_states(flow_run_id: Any, expected: int | None = None) -> list[tuple[str, str]]:
+    """(task name, state name) of every worker task under a flow run and its sub-flows.
+
+    Task run states reach the API as events, a moment after the flow returns: wait for them.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        FlowRunFilterParentFlowRunId,
+    )
+
+    deadline = time.monotonic() + 30
+    with get_client(sync_client=True) as client:
+        while True:
+            runs, frontier = [flow_run_id], [flow_run_id]
+            while frontier:
+                children = client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(
+                        parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=frontier)
+                    )
+                )
+                frontier = [c.id for c in children]
+                runs += frontier
+            tasks = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=runs)), limit=200
+            )
+            states = [
+                (t.name.rsplit("-", 1)[0], t.state.name if t.state else "")
+                for t in tasks
+                if t.name.startswith(("ingest-chunk", "score-shard"))
+            ]
+            final = all(s in ("Completed", "Cached") for _, s in states)
+            if (final and (expected is None or len(states) >= expected)) or (
+                time.monotonic() > deadline
+            ):
+                return states
+            time.sleep(0.5)
+
+
+def _count(states: list[tuple[str, str]], task: str, state: str) -> int:
+    return sum(1 for name, s in states if name == task and s == state)
+
+
+def test_task_cache_serves_unrecorded_results_but_never_stale_ones(tmp_path: Path) -> None:
+    raw = write_jsonl(tmp_path / "a.jsonl", [{"text": good_text(i)} for i in range(30)])
+    ws = tmp_path / "ws"
+
+    def ingest() -> tuple[list[tuple[str, str]], int]:
+        state = ingest_flow(str(ws), [str(raw)], "c", return_state=True)
+        stats = queries.corpus_stats(Workspace(ws), "c")
+        assert stats["reconciles"]
+        return _task_states(state.state_details.flow_run_id, 1), stats["documents"]
+
+    assert ingest() == ([("ingest-chunk", "Completed")], 30)
+    # A kill after the chunk finished but before the catalog recorded it: Prefect's cache
+    # (in the workspace) serves the finished chunk.
+    (ws / "catalog.duckdb").unlink()
+    assert ingest() == ([("ingest-chunk", "Cached")], 30)
+    # The input changed: its fingerprint is an input of the task, so the chunk is read again.
+    (ws / "catalog.duckdb").unlink()
+    write_jsonl(raw, [{"text": good_text(i)} for i in range(20)])
+    assert ingest() == ([("ingest-chunk", "Completed")], 20)
+    # The cached result names shard files that were deleted since: recomputed, not served.
+    (ws / "catalog.duckdb").unlink()
+    for shard in (ws / "corpora" / "c").glob("*.parquet"):
+        shard.unlink()
+    states, documents = ingest()
+    assert documents == 20 and ("ingest-chunk", "Completed") in states
+    assert (ws / "prefect-results").is_dir()
+
+
+@pytest.mark.slow
+def test_run_killed_while_scoring_resumes_only_unfinished_shards(tmp_path: Path) -> None:
+    recipe = _recipe(tmp_path, files=24, docs=40)
+    ws = tmp_path / "ws"
+    command = [sys.executable, "-m", "gristmill.cli", "run", str(recipe), "-w", str(ws),
+               "--workers", "1"]  # fmt: skip
+    env = {**os.environ, "PREFECT_API_URL": _api_url()}
+    child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    signals = ws / "signals" / "web" / "quality"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(signals.glob("*/*.parquet"))) < 6:
+        assert child.poll() is None, child.stderr.read().decode() if child.stderr else ""
+        time.sleep(0.02)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    with duckdb.connect(str(ws / "catalog.duckdb"), read_only=True) as con:
+        chunks = con.execute("select count(*) from chunks").fetchall()[0][0]
+        recorded = con.execute("select count(*) from signals").fetchall()[0][0]
+    assert chunks == 24 and 0 < recorded < 24, recorded  # killed in the middle of scoring
+
+    state = run_recipe_flow(load_recipe(recipe), str(ws), "threads", 1, return_state=True)
+    assert state.is_completed()
+    states = _task_states(state.state_details.flow_run_id, 24 - recorded)
+    assert _count(states, "ingest-chunk", "Completed") == 0  # every chunk was recorded
+    ran = _count(states, "score-shard", "Completed")
+    cached = _count(states, "score-shard", "Cached")
+    # Only the shards the catalog had not recorded got a task, and those that had finished
+    # before the kill came from the cache.
+    assert ran + cached == 24 - recorded and ran >= 1
+
+    clean = tmp_path / "clean"
+    run_recipe_flow(load_recipe(recipe), str(clean), "threads", 1)
+    for selection in ("clean", "sample"):
+        assert _members(ws, selection) == _members(clean, selection)
+
+
+def test_artifacts_in_the_prefect_api(tmp_path: Path) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    recipe = _recipe(tmp_path, files=2, docs=30, name="arts")
+    ws = tmp_path / "ws"
+    run_recipe_flow(load_recipe(recipe), str(ws), "threads", 1)
+    keys = ["selection-clean", "selection-sample", "progress-ingest-web",
+            "progress-score-web-with-quality"]  # fmt: skip
+    with get_client(sync_client=True) as client:
+        found = {
+            a.key: a
+            for a in client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)), limit=100
+            )
+        }  # newest version last is not guaranteed; any version of each key will do
+    assert set(found) == set(keys)
+    sample = found["selection-sample"]
+    assert sample.type == "table"
+    rows = sample.data if isinstance(sample.data, list) else __import__("json").loads(sample.data)
+    assert {r["domain"] for r in rows} == {"s0", "s1", "s2"}
+    assert sum(r["kept"] for r in rows) + sum(r["dropped"] for r in rows) == sum(
+        r["candidates"] for r in rows
+    )
+    assert "Budget 50%; used" in sample.description and "Top reasons" in sample.description
+    assert found["progress-ingest-web"].type == "progress"
+    assert found["progress-ingest-web"].data == 100.0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """Stop a process we started: SIGINT, then SIGKILL if it lingers."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.slow
+def test_serve_on_an_interval_against_a_prefect_server(tmp_path: Path) -> None:
+    import httpx
+
+    recipe = _recipe(tmp_path, files=1, docs=20, name="scheduled")
+    home = tmp_path / "prefect-home"
+    port = _free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_URL": api,
+        "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(home / "results"),
+        "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        "PREFECT_SERVER_API_PORT": str(port),
+        "PREFECT_RUNNER_POLL_FREQUENCY": "2",
+    }
+    prefect = Path(sys.executable).parent / "prefect"
+    logs = tmp_path / "server.log"
+    server = subprocess.Popen(
+        [str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=logs.open("w"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    served = None
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, logs.read_text()
+            try:
+                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "prefect server did not start"
+            time.sleep(0.5)
+        ws = tmp_path / "ws"
+        served = subprocess.Popen(
+            [sys.executable, "-m", "gristmill.cli", "serve", str(recipe), "--interval", "5",
+             "-w", str(ws)],
+            env=env, stdout=subprocess.DEVNULL, stderr=(tmp_path / "serve.log").open("w"),
+        )  # fmt: skip
+        deadline = time.monotonic() + 180
+        completed: list[dict] = []
+        while not completed:
+            assert served.poll() is None, (tmp_path / "serve.log").read_text()
+            assert time.monotonic() < deadline, "no scheduled run completed"
+            time.sleep(1)
+            runs = httpx.post(
+                f"{api}/flow_runs/filter",
+                json={"flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}},
+                timeout=10,
+            ).json()
+            completed = [r for r in runs if r.get("deployment_id")]
+        assert completed[0]["parameters"]["recipe"] == str(recipe.resolve())
+        assert len(_members(ws, "sample")) > 0
+    finally:
+        if served is not None:
+            _stop(served)
+        _stop(server)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runner", ["ray", "dask"])
+def test_ray_and_dask_select_what_threads_select(tmp_path: Path, runner: str) -> None:
+    pytest.importorskip(f"prefect_{runner}", reason=f"the {runner} extra is not installed")
+    recipe = _recipe(tmp_path, files=3, docs=30)
+    run_recipe_flow(load_recipe(recipe), str(tmp_path / "threads"), "threads", 2)
+    run_recipe_flow(load_recipe(recipe), str(tmp_path / runner), runner, 2)
+    for selection in ("clean", "sample"):
+        assert _members(tmp_path / runner, selection) == _members(tmp_path / "threads", selection)

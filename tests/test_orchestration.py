@@ -276,9 +276,17 @@ def test_serve_on_an_interval_against_a_prefect_server(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("runner", ["ray", "dask"])
 def test_ray_and_dask_select_what_threads_select(tmp_path: Path, runner: str) -> None:
+    """Ray on a cluster the run starts; Dask on an existing cluster given by its address."""
     pytest.importorskip(f"prefect_{runner}", reason=f"the {runner} extra is not installed")
     recipe = _recipe(tmp_path, files=3, docs=30)
     run_recipe_flow(load_recipe(recipe), str(tmp_path / "threads"), "threads", 2)
-    run_recipe_flow(load_recipe(recipe), str(tmp_path / runner), runner, 2)
+    if runner == "ray":
+        run_recipe_flow(load_recipe(recipe), str(tmp_path / runner), runner, 2)
+    else:
+        from distributed import LocalCluster
+
+        with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster:
+            address = cluster.scheduler_address
+            run_recipe_flow(load_recipe(recipe), str(tmp_path / runner), runner, None, address)
     for selection in ("clean", "sample"):
         assert _members(tmp_path / runner, selection) == _members(tmp_path / "threads", selection)

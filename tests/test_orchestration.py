@@ -290,3 +290,36 @@ def test_ray_and_dask_select_what_threads_select(tmp_path: Path, runner: str) ->
             run_recipe_flow(load_recipe(recipe), str(tmp_path / runner), runner, None, address)
     for selection in ("clean", "sample"):
         assert _members(tmp_path / runner, selection) == _members(tmp_path / "threads", selection)
+
+
+def test_recipe_reads_fsspec_urls(tmp_path: Path) -> None:
+    """`file://` and `memory://` inputs, JSONL and Parquet, give the same corpus as local paths."""
+    import fsspec
+    import pyarrow as pa
+
+    records = [{"text": good_text(i), "site": f"s{i % 2}"} for i in range(12)]
+    local = write_jsonl(tmp_path / "in" / "a.jsonl", records)
+    pq.write_table(pa.Table.from_pylist(records), tmp_path / "in" / "b.parquet")
+    memory = fsspec.filesystem("memory")
+    memory.pipe("/gristmill-test/in/a.jsonl", local.read_bytes())
+    memory.pipe("/gristmill-test/in/b.parquet", (tmp_path / "in" / "b.parquet").read_bytes())
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "ingest": [
+                    {"corpus": "local", "paths": [str(tmp_path / "in")]},
+                    {"corpus": "file", "paths": [f"file://{tmp_path / 'in'}"]},
+                    {"corpus": "memory", "paths": ["memory://gristmill-test/in"]},
+                ]
+            }
+        ),
+        encoding="utf-8",
+    )
+    loaded = load_recipe(recipe)
+    assert loaded.ingest[2].paths == ["memory://gristmill-test/in"]
+    result = run_recipe_flow(loaded, str(tmp_path / "ws"), "threads", 1)
+    stats = [r["stats"] for r in result["ingest"]]
+    assert [s["documents"] for s in stats] == [24, 24, 24]
+    assert all(s["reconciles"] and s["sources"] == 2 for s in stats)
+    memory.rm("/gristmill-test", recursive=True)

@@ -75,8 +75,9 @@ def library_run(recipe_file: str, root: str, workers: int) -> None:
                 sources = {c.source: (c.fingerprint, options_hash) for c in chunks}
                 catalog.check_sources(con, step.corpus, sources)
             work = functools.partial(ingest_chunk, root, step.corpus, options=options)
-            for result in pool.map(work, chunks):
-                with ws.catalog() as con:
+            results = list(pool.map(work, chunks))
+            with ws.catalog() as con:  # one catalog write, the cheapest way
+                for result in results:
                     catalog.record_chunk(con, step.corpus, result)
         for step in recipe.select:
             assert step.corpus is not None
@@ -89,9 +90,9 @@ def library_run(recipe_file: str, root: str, workers: int) -> None:
             plan = plan_scoring(ws, step.corpus, chosen, context)
             score = functools.partial(score_shard, root, step.corpus, scorer=chosen,
                                       config_hash=plan.config_hash)  # fmt: skip
-            for info in pool.map(score, plan.todo):
-                record_scores(ws, plan, [info], chosen.config_dict())
-                plan.stored[info.shard_hash] = info.path
+            infos = list(pool.map(score, plan.todo))
+            record_scores(ws, plan, infos, chosen.config_dict())
+            plan.stored.update({info.shard_hash: info.path for info in infos})
             _, size_plan = token_plan(ws, step.corpus, budget, select_options)
             build_selection(ws, step.name, step.corpus, chosen, plan, budget, select_options,
                             size_plan=size_plan, recipe=recipe.model_dump(mode="json"))  # fmt: skip
@@ -106,7 +107,13 @@ def flow_run(recipe_file: str, root: str, workers: int) -> None:
 
 
 def child(mode: str, recipe_file: str, root: str, workers: int) -> None:
-    """Run one system and print the seconds of its calls as JSON."""
+    """Run one system and print the seconds of its calls (imports excluded) as JSON."""
+    import gristmill.selectors.quality
+    import gristmill.storage.ingest
+
+    if mode != "library":
+        import gristmill.flows  # noqa: F401
+
     function = library_run if mode == "library" else flow_run
     start = time.perf_counter()
     function(recipe_file, root, workers)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ RUNNERS = ("threads", "processes", "ray", "dask")
 WORKER_CACHE = TASK_SOURCE + INPUTS
 SCORE_CACHE = WORKER_CACHE - "scorer"
 RESULTS_DIR = "prefect-results"
+RECORD_EVERY_S = 2.0
 
 
 def _retry_on_io(task: Any, task_run: Any, state: Any) -> bool:
@@ -170,6 +172,23 @@ def run_each(
         yield result
 
 
+def batched_by_time(results: Iterator[Any], seconds: float = RECORD_EVERY_S) -> Iterator[list]:
+    """Group results so that the catalog is written about once per `seconds`.
+
+    Opening and checkpointing DuckDB per result cost more than Prefect itself on a 100-shard
+    run. A kill loses at most the batch not yet recorded, and the task cache serves it again.
+    """
+    batch: list = []
+    since = time.monotonic()
+    for result in results:
+        batch.append(result)
+        if time.monotonic() - since >= seconds:
+            yield batch
+            batch, since = [], time.monotonic()
+    if batch:
+        yield batch
+
+
 @_worker_task("ingest-chunk")
 def ingest_chunk_task(root: str, corpus: str, chunk: Chunk, options: IngestOptions) -> ChunkResult:
     """Read one chunk into shards and rejects."""
@@ -203,12 +222,15 @@ def ingest_flow(
         bar = progress.track(f"ingest {corpus}", len(todo))
         calls = [(str(ws.root), corpus, c, options) for c in todo]
         added = {"records_read": 0, "documents": 0, "rejected": 0}
-        for result in run_each(ingest_chunk_task, ws, calls, lambda r: _chunk_files_exist(ws, r)):
+        results = run_each(ingest_chunk_task, ws, calls, lambda r: _chunk_files_exist(ws, r))
+        for batch in batched_by_time(results):
             with ws.catalog() as con:
-                catalog.record_chunk(con, corpus, result)
-            for key in added:
-                added[key] += getattr(result, key)
-            bar.advance()
+                for result in batch:
+                    catalog.record_chunk(con, corpus, result)
+            for result in batch:
+                for key in added:
+                    added[key] += getattr(result, key)
+            bar.advance(len(batch))
         bar.close()
         if todo:  # a corpus only changes when chunks were added
             _check_unique_ids(ws, corpus)
@@ -240,15 +262,15 @@ def _score(ws: Workspace, plan: ScoringPlan, scorer: Scorer, label: str) -> int:
     """Score the shards a plan lists as missing; returns how many were scored."""
     bar = progress.track(label, len(plan.todo))
     calls = [(str(ws.root), plan.corpus, s, scorer, plan.config_hash) for s in plan.todo]
-    infos = []
+    scored = 0
     exists = lambda info: ws.absolute(info.path).exists()  # noqa: E731
-    for info in run_each(score_shard_task, ws, calls, exists):
-        record_scores(ws, plan, [info], scorer.config_dict())
-        plan.stored[info.shard_hash] = info.path
-        infos.append(info)
-        bar.advance()
+    for batch in batched_by_time(run_each(score_shard_task, ws, calls, exists)):
+        record_scores(ws, plan, batch, scorer.config_dict())
+        plan.stored.update({info.shard_hash: info.path for info in batch})
+        scored += len(batch)
+        bar.advance(len(batch))
     bar.close()
-    return len(infos)
+    return scored
 
 
 @flow(name="curate", task_runner=task_runner())

@@ -518,12 +518,10 @@ def serve(
     address: AddressOption = None,
 ) -> None:
     """Serve the recipe as a Prefect deployment on a schedule until stopped (Ctrl-C)."""
-    from gristmill.errors import InputError
-    from gristmill.flows import serve_recipe
+    from gristmill.flows.serve import check_schedule, serve_recipe
     from gristmill.recipe import load_recipe
 
-    if (cron is None) == (interval is None):
-        raise InputError("serve needs exactly one of --cron and --interval")
+    check_schedule(cron, interval)
     loaded = load_recipe(recipe)  # refuse a bad recipe now, not at the first scheduled run
     root = str(Workspace(str(workspace) if workspace else loaded.workspace).root)
     deployment = name or loaded.name

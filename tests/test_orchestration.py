@@ -410,3 +410,16 @@ def test_run_includes_the_experiment_and_publishes_its_artifacts(tmp_path: Path)
     report = found[keys[1]]
     assert report.type == "markdown" and run_id in report.data
     assert progress and progress[0].type == "progress" and progress[0].data == 100.0
+
+
+def test_serve_refuses_a_bad_schedule(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from gristmill.cli import app
+
+    recipe = _recipe(tmp_path, files=1, docs=2)
+    for args in (["--cron", "every night"], ["--interval", "0"], ["--cron", "0 3 * * *",
+                 "--interval", "60"], []):  # fmt: skip
+        result = CliRunner().invoke(app, ["serve", str(recipe), *args])
+        assert result.exit_code == 2, (args, result.output)
+        assert "--cron" in result.output or "--interval" in result.output

@@ -337,9 +337,13 @@ def test_recipe_reads_fsspec_urls(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_two_runs_of_one_recipe_wait_or_fail_clearly(tmp_path: Path) -> None:
+def test_two_runs_of_one_recipe_wait_or_fail_clearly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """While one `gristmill run` holds the workspace, a second fails clearly or waits for it."""
-    recipe = _recipe(tmp_path, files=16, docs=40)
+    from gristmill.errors import WorkspaceBusyError
+
+    recipe = _recipe(tmp_path, files=24, docs=40)
     ws = tmp_path / "ws"
     command = [sys.executable, "-m", "gristmill.cli", "run", str(recipe), "-w", str(ws),
                "--workers", "1"]  # fmt: skip
@@ -350,16 +354,16 @@ def test_two_runs_of_one_recipe_wait_or_fail_clearly(tmp_path: Path) -> None:
     while not (lock.exists() and lock.read_text()):
         assert first.poll() is None and time.monotonic() < deadline, first.stderr
         time.sleep(0.05)
-    impatient = subprocess.run(
-        command, env={**env, "GRISTMILL_LOCK_TIMEOUT": "0.5"}, capture_output=True, text=True
-    )
     patient = subprocess.Popen(
         command, env={**env, "GRISTMILL_LOCK_TIMEOUT": "300"}, stderr=subprocess.PIPE
     )
+    monkeypatch.setenv("GRISTMILL_LOCK_TIMEOUT", "0.5")
+    with pytest.raises(WorkspaceBusyError, match=r"workspace busy.*run nightly"):
+        run_recipe_flow(load_recipe(recipe), str(ws), "threads", 1)
+    assert first.poll() is None  # the refusal came while the first run was still going
     assert first.wait(timeout=300) == 0, first.stderr.read() if first.stderr else ""
+    # The patient run started while the first held the lock, so it waited, then found all done.
     assert patient.wait(timeout=300) == 0, patient.stderr.read() if patient.stderr else ""
-    assert impatient.returncode == 1
-    assert "workspace busy" in impatient.stderr and "run nightly" in impatient.stderr
 
     clean = tmp_path / "clean"
     run_recipe_flow(load_recipe(recipe), str(clean), "threads", 1)

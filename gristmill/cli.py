@@ -18,6 +18,8 @@ from typing import Annotated, Any, TypeVar
 os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# Prefect's temporary API gives up after 20 s by default, too soon on a busy small machine.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 
 import typer
 from rich.console import Console
@@ -47,7 +49,10 @@ WorkspaceOption = Annotated[
     ),
 ]  # fmt: skip
 JsonOption = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
-RunnerOption = Annotated[str, typer.Option(help="task runner: threads or processes")]
+RunnerOption = Annotated[str, typer.Option(help="task runner: threads, processes, ray or dask")]
+AddressOption = Annotated[
+    str | None, typer.Option(help="address of a running Ray or Dask cluster [default: start one]")
+]
 WorkersOption = Annotated[int | None, typer.Option(help="parallel workers [default: CPU count]")]
 
 
@@ -425,23 +430,29 @@ def run(
     workspace: WorkspaceOption = None,
     runner: RunnerOption = "threads",
     workers: WorkersOption = None,
+    address: AddressOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Run a whole recipe (ingest, selector steps, materialisation) as one Prefect flow."""
+    """Run a whole recipe (ingest, selector steps, materialisation, experiment) as one flow."""
     from gristmill.recipe import load_recipe
 
     loaded = load_recipe(recipe)
-    _run_recipe(loaded, workspace, runner, workers, json_output)
+    _run_recipe(loaded, workspace, runner, workers, json_output, address)
 
 
 def _run_recipe(
-    loaded: Any, workspace: Path | None, runner: str, workers: int | None, json_output: bool
+    loaded: Any,
+    workspace: Path | None,
+    runner: str,
+    workers: int | None,
+    json_output: bool,
+    address: str | None = None,
 ) -> None:
     from gristmill.flows import run_recipe_flow
 
     target = str(workspace) if workspace else loaded.workspace
     result = _with_progress(
-        lambda: run_recipe_flow(loaded, str(Workspace(target).root), runner, workers)
+        lambda: run_recipe_flow(loaded, str(Workspace(target).root), runner, workers, address)
     )
     if json_output:
         _print_json(result)
@@ -464,6 +475,16 @@ def _run_recipe(
         out.print(
             f"  materialize {item['selection']}: {item['documents']} documents -> {item['out']}"
         )
+    if "experiment" in result:
+        _print_experiment(result["experiment"])
+
+
+def _print_experiment(result: dict[str, Any]) -> None:
+    out.print(f"experiment [bold]{result['run_id']}[/]: {result['run_dir']}/report.md")
+    _table(
+        [{**r, "mean": f"{r['mean']:.4f}", "std": f"{r['std']:.4f}"} for r in result["table"]],
+        "mean and standard deviation per arm",
+    )
 
 
 @app.command()
@@ -473,28 +494,56 @@ def experiment(
     workspace: WorkspaceOption = None,
     runner: RunnerOption = "threads",
     workers: WorkersOption = None,
+    address: AddressOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Run the recipe's steps, then train and evaluate every arm of its experiment."""
     from gristmill.errors import InputError
-    from gristmill.flows import experiment_flow, run_recipe_flow
+    from gristmill.flows import run_recipe_flow
     from gristmill.recipe import load_recipe
 
     loaded = load_recipe(recipe)
     if loaded.experiment is None:
         raise InputError(f"{recipe}: experiment: the recipe has no experiment section")
     root = str(Workspace(str(workspace) if workspace else loaded.workspace).root)
-    if loaded.ingest or loaded.select or loaded.materialize:
-        _with_progress(lambda: run_recipe_flow(loaded, root, runner, workers))
-    result = _with_progress(lambda: experiment_flow(root, loaded.experiment))
+    result = _with_progress(lambda: run_recipe_flow(loaded, root, runner, workers, address))
     if json_output:
-        _print_json(result)
+        _print_json(result["experiment"])
         return
-    out.print(f"experiment [bold]{result['run_id']}[/]: {result['run_dir']}/report.md")
-    _table(
-        [{**r, "mean": f"{r['mean']:.4f}", "std": f"{r['std']:.4f}"} for r in result["table"]],
-        "mean and standard deviation per arm",
+    _print_experiment(result["experiment"])
+
+
+@app.command()
+@handle_errors
+def serve(
+    recipe: Annotated[Path, typer.Argument(help="recipe YAML file")],
+    cron: Annotated[str | None, typer.Option(help='cron schedule, e.g. "0 3 * * *"')] = None,
+    interval: Annotated[float | None, typer.Option(help="run every this many seconds")] = None,
+    name: Annotated[str | None, typer.Option(help="deployment name [default: recipe name]")] = None,
+    workspace: WorkspaceOption = None,
+    runner: RunnerOption = "threads",
+    workers: WorkersOption = None,
+    address: AddressOption = None,
+) -> None:
+    """Serve the recipe as a Prefect deployment on a schedule until stopped (Ctrl-C)."""
+    from gristmill.flows.serve import check_schedule, serve_recipe
+    from gristmill.recipe import load_recipe
+
+    check_schedule(cron, interval)
+    loaded = load_recipe(recipe)  # refuse a bad recipe now, not at the first scheduled run
+    root = str(Workspace(str(workspace) if workspace else loaded.workspace).root)
+    deployment = name or loaded.name
+    api = os.environ.get("PREFECT_API_URL")
+    err.print(
+        f"serving [bold]{deployment}[/] ({cron or f'every {interval:g} s'}) on "
+        f"{api or 'a temporary local API (set PREFECT_API_URL to watch runs in a UI)'}; "
+        "Ctrl-C stops",
+        highlight=False,
     )
+    serve_recipe(
+        str(recipe.resolve()), root, deployment, cron=cron, interval=interval,
+        runner=runner, workers=workers, address=address,
+    )  # fmt: skip
 
 
 @app.command()

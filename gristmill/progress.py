@@ -25,12 +25,18 @@ class _Silent:
         pass
 
 
+SILENT: ProgressTask = _Silent()
 _factory: Callable[[str, float | None], ProgressTask] | None = None
+
+
+def current_factory() -> Callable[[str, float | None], ProgressTask] | None:
+    """The display installed now, so another display can be added beside it."""
+    return _factory
 
 
 def track(description: str, total: float | None) -> ProgressTask:
     """Start reporting a loop of `total` units (None when unknown)."""
-    return _factory(description, total) if _factory is not None else _Silent()
+    return _factory(description, total) if _factory is not None else SILENT
 
 
 @contextlib.contextmanager

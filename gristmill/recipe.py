@@ -157,6 +157,8 @@ def _checked_name(kind: str, value: str) -> str:
 
 
 def _resolved(path: str, base: Path) -> str:
+    if "://" in path:  # an fsspec URL (s3://, memory://, file://) is already absolute
+        return path
     expanded = Path(path).expanduser()
     return str(expanded if expanded.is_absolute() else (base / expanded).resolve())
 

@@ -2,6 +2,7 @@
 
 from gristmill.flows.experiment import experiment_flow
 from gristmill.flows.run import run_recipe_flow
+from gristmill.flows.serve import serve_recipe
 from gristmill.flows.tasks import curate_flow, ingest_flow, materialize_flow, task_runner
 from gristmill.flows.zoo import zoo_build_flow
 
@@ -11,6 +12,7 @@ __all__ = [
     "ingest_flow",
     "materialize_flow",
     "run_recipe_flow",
+    "serve_recipe",
     "task_runner",
     "zoo_build_flow",
 ]

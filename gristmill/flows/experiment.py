@@ -11,9 +11,10 @@ from typing import Any
 
 import xxhash
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from gristmill.flows.ui import artifact_key, progress_artifacts
 from gristmill.storage import catalog
 from gristmill.storage.workspace import Workspace
 from gristmill.training.config import ExperimentSpec
@@ -59,7 +60,7 @@ def experiment_flow(workspace: str, spec: ExperimentSpec) -> dict[str, Any]:
     from gristmill.training import experiment as lib  # torch loads only when training
 
     ws = Workspace(workspace)
-    with ws.write_lock(f"experiment {spec.name}"):
+    with ws.write_lock(f"experiment {spec.name}"), progress_artifacts():
         lib.check_sources(ws, spec)
         versions = lib.data_versions(ws, spec)
         run_id = run_id_for(spec, versions)
@@ -94,11 +95,16 @@ def experiment_flow(workspace: str, spec: ExperimentSpec) -> dict[str, Any]:
         with ws.catalog() as con:
             catalog.record_run(con, run_id, "experiment", params, "done", table, finished=True)
     create_table_artifact(
-        key=("experiment-" + "".join(c if c.isalnum() else "-" for c in run_id.lower()))[:100],
+        key=artifact_key("experiment", run_id),
         table=[
             {**row, "mean": round(row["mean"], 5), "std": round(row["std"], 5)} for row in table
         ],
         description=f"Experiment {run_id}: mean and standard deviation per arm and metric "
         f"({len(spec.seeds)} seeds). Report: {run_dir / 'report.md'}",
+    )
+    create_markdown_artifact(
+        key=artifact_key("report", run_id),
+        markdown=(run_dir / "report.md").read_text(encoding="utf-8"),
+        description=f"Experiment {run_id}: the report (plot at {run_dir / 'metrics.png'})",
     )
     return {"run_id": run_id, "run_dir": str(run_dir), "table": table, "runs": results}

@@ -1,23 +1,29 @@
 """Prefect flows: ingest, curate (score -> select), materialize.
 
 Each flow holds the workspace's write lock, fans work out as one task per chunk or shard, and
-records results in the catalog from the flow process as each task finishes. The workspace's
-catalog is the cache: finished chunks and stored signals are skipped on the next run.
+records results in the catalog from the flow process as each task finishes. Two caches work
+together: the catalog skips finished chunks and stored signals before any task is made, and
+Prefect's task cache (task source + inputs, results under `<workspace>/prefect-results`)
+serves a task that finished but was never recorded, as when the flow process was killed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
-from prefect import flow, task
-from prefect.artifacts import create_table_artifact
-from prefect.cache_policies import NO_CACHE
+from prefect import Task, flow, task
+from prefect.cache_policies import INPUTS, TASK_SOURCE
 from prefect.futures import as_completed
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
 from gristmill import progress
 from gristmill.errors import GristmillError, InputError
+from gristmill.flows.ui import progress_artifacts, publish_selection
 from gristmill.selectors import registry
 from gristmill.selectors.base import Scorer, SelectorContext, SetSelector
 from gristmill.selectors.budget import Budget
@@ -38,7 +44,14 @@ from gristmill.storage.ingest import ingest_chunk
 from gristmill.storage.readers import Chunk, IngestOptions, plan_chunks
 from gristmill.storage.workspace import Workspace, validate_name
 
-RUNNERS = ("threads", "processes")
+RUNNERS = ("threads", "processes", "ray", "dask")
+# The inputs name the data's version: a chunk carries its file's fingerprint, a shard its content
+# hash, a signal its config hash, and `root` the workspace. The scorer object itself is left out:
+# its settings are in the config hash, and pickling a loaded model to hash it would be slow.
+WORKER_CACHE = TASK_SOURCE + INPUTS
+SCORE_CACHE = WORKER_CACHE - "scorer"
+RESULTS_DIR = "prefect-results"
+RECORD_EVERY_S = 2.0
 
 
 def _retry_on_io(task: Any, task_run: Any, state: Any) -> bool:
@@ -52,29 +65,128 @@ def _retry_on_io(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
-def task_runner(runner: str = "threads", workers: int | None = None) -> Any:
+def task_runner(
+    runner: str = "threads", workers: int | None = None, address: str | None = None
+) -> Any:
     """The Prefect task runner for a runner name; one worker per CPU unless told otherwise.
 
     Prefect's own default thread pool is unbounded, which runs every chunk at once: more
-    memory and no more speed.
+    memory and no more speed. `address` connects Ray or Dask to an existing cluster.
     """
     workers = workers or os.cpu_count() or 1
+    if address is not None and runner not in ("ray", "dask"):
+        raise InputError(f"--address needs --runner ray or dask, not {runner!r}")
     if runner == "threads":
         return ThreadPoolTaskRunner(max_workers=workers)
     if runner == "processes":
         return ProcessPoolTaskRunner(max_workers=workers)
+    if runner == "ray":
+        ray_runner = _import_runner("prefect_ray", "RayTaskRunner", "ray")
+        if address is not None:
+            return ray_runner(address=address)
+        # A Ray instance this process started (see `cluster`) is reused as it is.
+        return ray_runner(init_kwargs={"num_cpus": workers, "include_dashboard": False})
+    if runner == "dask":
+        dask_runner = _import_runner("prefect_dask", "DaskTaskRunner", "dask")
+        if address is not None:
+            return dask_runner(address=address)
+        return dask_runner(cluster_kwargs=_dask_cluster_kwargs(workers))
     raise InputError(f"unknown runner {runner!r} (use one of {', '.join(RUNNERS)})")
 
 
-def _worker_task(name: str) -> Any:
-    """A per-chunk or per-shard task: retried on I/O errors; the catalog is its cache."""
+def _import_runner(module: str, name: str, extra: str) -> Any:
+    try:
+        return getattr(__import__(module), name)
+    except ImportError:
+        raise InputError(
+            f"--runner {extra} needs the {extra} extra: pip install 'gristmill[{extra}]'"
+        ) from None
+
+
+def _dask_cluster_kwargs(workers: int) -> dict[str, Any]:
+    # Worker processes, one thread each: scorers are CPU-bound Python and hold the GIL.
+    return {"n_workers": workers, "threads_per_worker": 1, "dashboard_address": None}
+
+
+@contextlib.contextmanager
+def cluster(runner: str, workers: int | None, address: str | None) -> Iterator[str | None]:
+    """One local Ray or Dask cluster for a whole recipe, so stages do not each start one.
+
+    Yields the address the stages' task runners connect to (None: Ray already initialised in
+    this process, or a runner that needs no cluster).
+    """
+    if address is not None or runner not in ("ray", "dask"):
+        yield address
+        return
+    workers = workers or os.cpu_count() or 1
+    if runner == "ray":
+        ray = __import__("ray")
+        _import_runner("prefect_ray", "RayTaskRunner", "ray")
+        ray.init(num_cpus=workers, include_dashboard=False)
+        try:
+            yield None
+        finally:
+            ray.shutdown()
+        return
+    _import_runner("prefect_dask", "DaskTaskRunner", "dask")
+    from distributed import LocalCluster
+
+    with LocalCluster(**_dask_cluster_kwargs(workers)) as local:
+        yield local.scheduler_address
+
+
+def result_storage(ws: Workspace) -> Path:
+    """Prefect's task results and cache records for a workspace: they live and go with it."""
+    return ws.root / RESULTS_DIR
+
+
+def _worker_task(name: str, cache_policy: Any = WORKER_CACHE) -> Any:
+    """A per-chunk or per-shard task: retried with back-off on I/O errors, cached by source
+    and inputs."""
     return task(
         name=name,
-        retries=2,
-        retry_delay_seconds=[1, 5],
+        retries=3,
+        retry_delay_seconds=[1, 4, 16],
+        retry_jitter_factor=0.5,
         retry_condition_fn=_retry_on_io,
-        cache_policy=NO_CACHE,
+        cache_policy=cache_policy,
+        persist_result=True,
     )
+
+
+def run_each(
+    worker: Task, ws: Workspace, calls: list[tuple], outputs_exist: Callable[[Any], bool]
+) -> Iterator[Any]:
+    """Submit `worker` once per argument tuple and yield results as they finish.
+
+    A cached result whose files were deleted since is computed again rather than served stale.
+    """
+    bound = worker.with_options(result_storage=result_storage(ws))
+    futures = [bound.submit(*args) for args in calls]
+    arguments = {id(future): args for future, args in zip(futures, calls, strict=True)}
+    for future in as_completed(futures):
+        result = future.result()
+        if not outputs_exist(result):
+            args = arguments[id(future)]
+            result = bound.with_options(refresh_cache=True).submit(*args).result()
+        yield result
+
+
+def batched_by_time(results: Iterator[Any], seconds: float = RECORD_EVERY_S) -> Iterator[list]:
+    """Group results so that the catalog is written about once per `seconds`.
+
+    Opening and checkpointing DuckDB per result cost more than Prefect itself on a 100-shard
+    run. A kill loses at most the batch not yet recorded, and the task cache serves it again.
+    """
+    batch: list = []
+    since = time.monotonic()
+    for result in results:
+        batch.append(result)
+        if time.monotonic() - since >= seconds:
+            yield batch
+            batch, since = [], time.monotonic()
+    if batch:
+        yield batch
 
 
 @_worker_task("ingest-chunk")
@@ -83,7 +195,7 @@ def ingest_chunk_task(root: str, corpus: str, chunk: Chunk, options: IngestOptio
     return ingest_chunk(root, corpus, chunk, options)
 
 
-@_worker_task("score-shard")
+@_worker_task("score-shard", SCORE_CACHE)
 def score_shard_task(
     root: str, corpus: str, shard: dict, scorer: Scorer, config_hash: str
 ) -> SignalInfo:
@@ -99,7 +211,7 @@ def ingest_flow(
     options = options or IngestOptions()
     validate_name("corpus", corpus)
     ws = Workspace(workspace)
-    with ws.write_lock(f"ingest {corpus}"):
+    with ws.write_lock(f"ingest {corpus}"), progress_artifacts():
         chunks = plan_chunks(paths, options)
         options_hash = options.options_hash()
         sources = {c.source: (c.fingerprint, options_hash) for c in chunks}
@@ -108,15 +220,17 @@ def ingest_flow(
             done = catalog.done_chunks(con, corpus)
         todo = [c for c in chunks if c.key(corpus, options_hash) not in done]
         bar = progress.track(f"ingest {corpus}", len(todo))
-        futures = [ingest_chunk_task.submit(str(ws.root), corpus, c, options) for c in todo]
+        calls = [(str(ws.root), corpus, c, options) for c in todo]
         added = {"records_read": 0, "documents": 0, "rejected": 0}
-        for future in as_completed(futures):
-            result: ChunkResult = future.result()
+        results = run_each(ingest_chunk_task, ws, calls, lambda r: _chunk_files_exist(ws, r))
+        for batch in batched_by_time(results):
             with ws.catalog() as con:
-                catalog.record_chunk(con, corpus, result)
-            for key in added:
-                added[key] += getattr(result, key)
-            bar.advance()
+                for result in batch:
+                    catalog.record_chunk(con, corpus, result)
+            for result in batch:
+                for key in added:
+                    added[key] += getattr(result, key)
+            bar.advance(len(batch))
         bar.close()
         if todo:  # a corpus only changes when chunks were added
             _check_unique_ids(ws, corpus)
@@ -128,6 +242,11 @@ def ingest_flow(
         "added": added,
         "stats": stats,
     }
+
+
+def _chunk_files_exist(ws: Workspace, result: ChunkResult) -> bool:
+    paths = [s.path for s in result.shards] + [result.rejects_path] * bool(result.rejects_path)
+    return all(ws.absolute(p).exists() for p in paths)
 
 
 def _check_unique_ids(ws: Workspace, corpus: str) -> None:
@@ -142,19 +261,16 @@ def _check_unique_ids(ws: Workspace, corpus: str) -> None:
 def _score(ws: Workspace, plan: ScoringPlan, scorer: Scorer, label: str) -> int:
     """Score the shards a plan lists as missing; returns how many were scored."""
     bar = progress.track(label, len(plan.todo))
-    futures = [
-        score_shard_task.submit(str(ws.root), plan.corpus, shard, scorer, plan.config_hash)
-        for shard in plan.todo
-    ]
-    infos = []
-    for future in as_completed(futures):
-        info = future.result()
-        record_scores(ws, plan, [info], scorer.config_dict())
-        plan.stored[info.shard_hash] = info.path
-        infos.append(info)
-        bar.advance()
+    calls = [(str(ws.root), plan.corpus, s, scorer, plan.config_hash) for s in plan.todo]
+    scored = 0
+    exists = lambda info: ws.absolute(info.path).exists()  # noqa: E731
+    for batch in batched_by_time(run_each(score_shard_task, ws, calls, exists)):
+        record_scores(ws, plan, batch, scorer.config_dict())
+        plan.stored.update({info.shard_hash: info.path for info in batch})
+        scored += len(batch)
+        bar.advance(len(batch))
     bar.close()
-    return len(infos)
+    return scored
 
 
 @flow(name="curate", task_runner=task_runner())
@@ -178,7 +294,7 @@ def curate_flow(
     if not score_only and name is None:
         raise InputError("a selection needs a name (--name)")
     ws = Workspace(workspace)
-    with ws.write_lock(f"select {name or selector} from {corpus}"):
+    with ws.write_lock(f"select {name or selector} from {corpus}"), progress_artifacts():
         target_version = None
         if target is not None:
             with ws.catalog(read_only=True) as con:
@@ -214,27 +330,8 @@ def curate_flow(
             ws, name, corpus, chosen, plan, parsed_budget, options,
             parent=input_selection, size_plan=size_plan, recipe=recipe,
         )  # fmt: skip
-    _publish_selection(record)
+    publish_selection(record)
     return {**result, "selection": record}
-
-
-def _publish_selection(record: dict[str, Any]) -> None:
-    """A table artifact per selection for the Prefect UI: kept and dropped per domain."""
-    table = [
-        {k: d[k] for k in ("domain", "candidates", "kept", "dropped", "kept_bytes")}
-        for d in record["summary"]["domains"]
-    ]
-    reasons = ", ".join(f"{r} ({n})" for r, n in record["summary"].get("top_reasons", []))
-    key = "selection-" + "".join(c if c.isalnum() else "-" for c in record["name"].lower())
-    create_table_artifact(
-        key=key[:100],
-        table=table,
-        description=(
-            f"Selection {record['name']}: {record['n_selected']} of {record['n_candidates']} "
-            f"documents from {record['corpus']} by {record['selector']} "
-            f"(budget {record['budget'] or 'none'}). Top reasons for dropping: {reasons or 'n/a'}"
-        ),
-    )
 
 
 @flow(name="materialize")

@@ -97,11 +97,13 @@ def record_scores(
 ) -> None:
     """Record finished shard scores in the catalog (flow process only)."""
     with workspace.catalog() as con:
+        con.execute("begin transaction")  # one commit for the batch, not one per shard
         for info in infos:
             catalog.record_signal(
                 con, plan.corpus, plan.signal, plan.config_hash, info.shard_hash, info.path,
                 info.rows, config,
             )  # fmt: skip
+        con.execute("commit")
 
 
 def score_corpus(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import bz2
 import codecs
+import contextlib
 import csv
 import io
 import json
@@ -24,6 +25,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import duckdb
+import fsspec
 import numpy as np
 import orjson
 import pyarrow as pa
@@ -150,11 +152,34 @@ def _is_hf_dataset_dir(path: Path) -> bool:
     return (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()
 
 
-def _fingerprint(path: Path) -> str:
+def is_url(path: str) -> bool:
+    """True for an fsspec URL (`s3://...`, `memory://...`) rather than a local path."""
+    return "://" in path
+
+
+def open_input(path: str) -> Any:
+    """Open a local path or an fsspec URL for binary reading."""
+    return fsspec.open(path, "rb").open() if is_url(path) else open(path, "rb")
+
+
+def _parquet_source(path: str) -> Any:
+    """What pyarrow opens: a local path as it is (Arrow's own reader), a URL as a file object."""
+    return open_input(path) if is_url(path) else contextlib.nullcontext(path)
+
+
+def input_size(path: str) -> int:
+    """Size in bytes of a local path or an fsspec URL."""
+    if not is_url(path):
+        return os.path.getsize(path)
+    fs, inner = fsspec.core.url_to_fs(path)
+    return int(fs.size(inner))
+
+
+def _fingerprint(path: str) -> str:
     """Size plus a hash of the first and last MiB: cheap, and changes when the file does."""
-    size = path.stat().st_size
+    size = input_size(path)
     digest = xxhash.xxh3_64()
-    with open(path, "rb") as handle:
+    with open_input(path) as handle:
         digest.update(handle.read(_READ_SIZE))
         if size > 2 * _READ_SIZE:
             handle.seek(size - _READ_SIZE)
@@ -166,6 +191,11 @@ def expand_inputs(paths: list[str], options: IngestOptions) -> list[tuple[str, s
     """(path, source key, format) for every input file; InputError for unreadable or unknown."""
     found: list[tuple[str, str, str]] = []
     for given in paths:
+        if given.startswith("file://"):  # a local file is read as one, whatever the runner
+            given = fsspec.core.url_to_fs(given)[1]
+        elif is_url(given) and options.format != "hf":
+            found.extend(_expand_url(given, options))
+            continue
         path = Path(given).expanduser()
         if options.format == "hf" or (path.is_dir() and _is_hf_dataset_dir(path)):
             source = path.name if path.exists() else given
@@ -199,6 +229,28 @@ def expand_inputs(paths: list[str], options: IngestOptions) -> list[tuple[str, s
     return found
 
 
+def _expand_url(url: str, options: IngestOptions) -> list[tuple[str, str, str]]:
+    """Files under an fsspec URL, with source keys as for a local file or directory."""
+    fs, root = fsspec.core.url_to_fs(url)
+    root = root.rstrip("/")
+    if not fs.exists(root):
+        raise InputError(f"{url}: no such file or directory")
+    if not fs.isdir(root):
+        name = root.rsplit("/", 1)[-1]
+        return [(url, name, options.format or detect_format(Path(name)))]
+    base = root.rsplit("/", 1)[-1]
+    found = []
+    for file in sorted(fs.find(root)):
+        inside = file[len(root) :].lstrip("/")
+        if inside.rsplit("/", 1)[-1].startswith("."):
+            continue
+        fmt = options.format or detect_format(Path(inside))
+        found.append((fs.unstrip_protocol(file), f"{base}/{inside}", fmt))
+    if not found:
+        raise InputError(f"{url}: directory has no files")
+    return found
+
+
 def plan_chunks(paths: list[str], options: IngestOptions) -> list[Chunk]:
     """Split inputs into chunks: big plain JSONL/text files by byte range, Parquet by row group."""
     chunks: list[Chunk] = []
@@ -206,7 +258,7 @@ def plan_chunks(paths: list[str], options: IngestOptions) -> list[Chunk]:
         if fmt == "hf":
             chunks.extend(_plan_hf(path, source, options))
             continue
-        fingerprint = _fingerprint(Path(path))
+        fingerprint = _fingerprint(path)
         by_line = fmt == "txt" and options.txt_unit == "line" and options.separator is None
         splittable = fmt == "jsonl" or by_line
         compressed = Path(path).suffix.lower() in _COMPRESSED
@@ -224,11 +276,11 @@ def plan_chunks(paths: list[str], options: IngestOptions) -> list[Chunk]:
 
 def _plan_byte_ranges(path: str, source: str, fmt: str, fingerprint: str, size: int) -> list[Chunk]:
     """Cut a file at line boundaries near every `size` bytes, counting lines to keep numbering."""
-    total = os.path.getsize(path)
+    total = input_size(path)
     if total <= size:
         return [Chunk(path, source, fmt, fingerprint)]
     chunks = []
-    with open(path, "rb") as handle:
+    with open_input(path) as handle:
         start, line = 0, 1
         while start < total:
             handle.seek(min(start + size, total))
@@ -247,7 +299,8 @@ def _plan_byte_ranges(path: str, source: str, fmt: str, fingerprint: str, size: 
 
 def _plan_parquet(path: str, source: str, fingerprint: str, options: IngestOptions) -> list[Chunk]:
     try:
-        meta = pq.ParquetFile(path).metadata
+        with _parquet_source(path) as opened:
+            meta = pq.ParquetFile(opened).metadata
     except (pa.ArrowInvalid, OSError) as error:
         raise InputError(f"{path}: not a readable Parquet file ({error})") from None
     chunks, start, size, first = [], 0, 0, 0
@@ -346,7 +399,7 @@ def raw_chunks(
     suffix = Path(path).suffix.lower()
 
     def generate() -> Iterator[bytes]:
-        with open(path, "rb") as handle:
+        with open_input(path) as handle:
             if suffix not in _COMPRESSED:
                 handle.seek(start)
                 remaining = None if end is None else end - start
@@ -945,7 +998,7 @@ def _read_txt(chunk: Chunk, options: IngestOptions, extractor: Extractor) -> Ite
 
 def _read_txt_file(chunk: Chunk, options: IngestOptions, extractor: Extractor) -> Parsed:
     limit = options.max_doc_bytes
-    size = os.path.getsize(chunk.path)
+    size = input_size(chunk.path)
     empty = pa.Table.from_pylist([], EXTRACTED_SCHEMA)
     compressed = Path(chunk.path).suffix.lower() in _COMPRESSED
     if not compressed and size > limit:
@@ -970,17 +1023,18 @@ def _read_txt_file(chunk: Chunk, options: IngestOptions, extractor: Extractor) -
 
 
 def _read_parquet(chunk: Chunk, options: IngestOptions, extractor: Extractor) -> Iterator[Parsed]:
-    try:
-        file = pq.ParquetFile(chunk.path)
-    except (pa.ArrowInvalid, OSError) as error:
-        raise InputError(f"{chunk.path}: not a readable Parquet file ({error})") from None
-    groups = list(range(chunk.start, chunk.end if chunk.end is not None else file.num_row_groups))
-    row = chunk.first_line
-    for batch in file.iter_batches(batch_size=16_384, row_groups=groups):
-        table = pa.Table.from_batches([batch])
-        lines = np.arange(row, row + table.num_rows, dtype=np.int64)
-        row += table.num_rows
-        yield extractor.from_table(table, lines)
+    with _parquet_source(chunk.path) as opened:
+        try:
+            file = pq.ParquetFile(opened)
+        except (pa.ArrowInvalid, OSError) as error:
+            raise InputError(f"{chunk.path}: not a readable Parquet file ({error})") from None
+        end = chunk.end if chunk.end is not None else file.num_row_groups
+        row = chunk.first_line
+        for batch in file.iter_batches(batch_size=16_384, row_groups=list(range(chunk.start, end))):
+            table = pa.Table.from_batches([batch])
+            lines = np.arange(row, row + table.num_rows, dtype=np.int64)
+            row += table.num_rows
+            yield extractor.from_table(table, lines)
 
 
 def _read_hf(chunk: Chunk, options: IngestOptions, extractor: Extractor) -> Iterator[Parsed]:

@@ -1,0 +1,266 @@
+"""Orchestration overhead: a 100-shard recipe through Prefect vs the same library calls directly.
+
+Splits `--copies` copies of a JSONL input (the IMDB test set from shared/data by default, 8
+copies: 2.8 MB per shard) into 100 files, so the recipe has 100 ingest chunks and 100 shards
+to score, and a recipe that ingests them and
+selects half with the `quality` selector. Then, one after another and each in its own child
+process, against one Prefect server this script starts on 127.0.0.1 (as README recommends for
+real use; a command without PREFECT_API_URL would also start Prefect's temporary API, which
+is a fixed few seconds per command and is reported separately):
+
+* library: plan_chunks / ingest_chunk / record_chunk, then plan_scoring / score_shard /
+  record_scores / build_selection, on a ThreadPoolExecutor of `--workers` threads: no Prefect;
+* flow: `run_recipe_flow(...)` called in the child (the work, imports excluded);
+* gristmill run: the command itself, timed from outside (imports and start-up included);
+* gristmill run again on the same workspace: everything is cached;
+* gristmill run without a server (Prefect's temporary API): the start-up cost on its own.
+
+The library and flow figures are seconds inside the child around the calls; the `gristmill run`
+figures are the child's wall time, and the library child's wall time is shown beside them.
+Each round runs every system once, in that order; the fastest of `--repeat` rounds counts.
+
+    python benchmarks/orchestration.py --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+DEFAULT_INPUT = DATA_DIR / "imdb_test" / "imdb_test.jsonl"
+ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "DO_NOT_TRACK": "1",
+       "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}  # fmt: skip
+
+
+def library_run(recipe_file: str, root: str, workers: int) -> None:
+    """The recipe's ingest and select steps as plain library calls on a thread pool."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gristmill.recipe import load_recipe
+    from gristmill.selectors import registry
+    from gristmill.selectors.base import SelectorContext
+    from gristmill.selectors.budget import Budget
+    from gristmill.selectors.scoring import (
+        build_selection,
+        plan_scoring,
+        record_scores,
+        score_shard,
+        token_plan,
+    )
+    from gristmill.storage import catalog
+    from gristmill.storage.ingest import ingest_chunk
+    from gristmill.storage.readers import IngestOptions, plan_chunks
+    from gristmill.storage.workspace import Workspace
+
+    recipe = load_recipe(recipe_file)
+    ws = Workspace(root)
+    with ws.write_lock("benchmark"), ThreadPoolExecutor(workers) as pool:
+        for step in recipe.ingest:
+            options = IngestOptions(**step.model_dump(exclude={"corpus", "paths"}))
+            chunks = plan_chunks(step.paths, options)
+            options_hash = options.options_hash()
+            with ws.catalog() as con:
+                sources = {c.source: (c.fingerprint, options_hash) for c in chunks}
+                catalog.check_sources(con, step.corpus, sources)
+            work = functools.partial(ingest_chunk, root, step.corpus, options=options)
+            results = list(pool.map(work, chunks))
+            with ws.catalog() as con:  # one catalog write, the cheapest way
+                for result in results:
+                    catalog.record_chunk(con, step.corpus, result)
+        for step in recipe.select:
+            assert step.corpus is not None
+            chosen = registry.get(step.selector).from_params(step.params)
+            select_options = step.select_options()
+            budget = Budget.parse(step.budget) if step.budget else None
+            context = SelectorContext(ws, step.corpus, None, select_options.seed, None, budget,
+                                      select_options.tokenizer)  # fmt: skip
+            chosen.prepare(context)
+            plan = plan_scoring(ws, step.corpus, chosen, context)
+            score = functools.partial(score_shard, root, step.corpus, scorer=chosen,
+                                      config_hash=plan.config_hash)  # fmt: skip
+            infos = list(pool.map(score, plan.todo))
+            record_scores(ws, plan, infos, chosen.config_dict())
+            plan.stored.update({info.shard_hash: info.path for info in infos})
+            _, size_plan = token_plan(ws, step.corpus, budget, select_options)
+            build_selection(ws, step.name, step.corpus, chosen, plan, budget, select_options,
+                            size_plan=size_plan, recipe=recipe.model_dump(mode="json"))  # fmt: skip
+
+
+def flow_run(recipe_file: str, root: str, workers: int) -> None:
+    """The same recipe through the Prefect flow `gristmill run` calls."""
+    from gristmill.flows import run_recipe_flow
+    from gristmill.recipe import load_recipe
+
+    run_recipe_flow(load_recipe(recipe_file), root, "threads", workers)
+
+
+def child(mode: str, recipe_file: str, root: str, workers: int) -> None:
+    """Run one system and print the seconds of its calls (imports excluded) as JSON."""
+    import gristmill.selectors.quality
+    import gristmill.storage.ingest
+
+    if mode != "library":
+        import gristmill.flows  # noqa: F401
+
+    function = library_run if mode == "library" else flow_run
+    start = time.perf_counter()
+    function(recipe_file, root, workers)
+    print(json.dumps({"seconds": time.perf_counter() - start}))
+
+
+def prepare(source: Path, scratch: Path, files: int, copies: int = 1) -> Path:
+    """Split `copies` copies of `source` into `files` JSONL files; write a recipe over them."""
+    raw = scratch / "raw"
+    raw.mkdir(parents=True)
+    lines = source.read_bytes().splitlines(keepends=True) * copies
+    per_file = -(-len(lines) // files)
+    for f in range(files):
+        (raw / f"part-{f:03d}.jsonl").write_bytes(
+            b"".join(lines[f * per_file : (f + 1) * per_file])
+        )
+    recipe = scratch / "recipe.yaml"
+    recipe.write_text(
+        "name: bench\n"
+        f"ingest:\n  - corpus: reviews\n    paths: [{raw}]\n    domain_field: label\n"
+        "select:\n  - name: half\n    selector: quality\n    budget: 50%\n",
+        encoding="utf-8",
+    )
+    return recipe
+
+
+def _timed(command: list[str], env: dict[str, str]) -> tuple[float, dict[str, Any]]:
+    start = time.perf_counter()
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    last = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else "{}"
+    try:
+        parsed = json.loads(last)
+    except json.JSONDecodeError:
+        parsed = {}
+    return wall, parsed if isinstance(parsed, dict) else {}
+
+
+def _start_server(home: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    prefect = Path(sys.executable).parent / "prefect"
+    server = subprocess.Popen(
+        [str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env={**env, "PREFECT_HOME": str(home)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    api = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{api}/health", timeout=2).status_code == 200:
+                return server, api
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    server.kill()
+    raise SystemExit("prefect server did not start")
+
+
+def main() -> None:
+    """Parse arguments, run every system and print a Markdown table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--input", type=Path, default=DEFAULT_INPUT)
+    parser.add_argument("--files", type=int, default=100)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=2, help="rounds; the fastest counts")
+    parser.add_argument("--copies", type=int, default=8, help="copies of the input (shard size)")
+    parser.add_argument("--skip-temporary-api", action="store_true")
+    parser.add_argument("--child", nargs=3, metavar=("MODE", "RECIPE", "WORKSPACE"))
+    args = parser.parse_args()
+    if args.child:
+        child(args.child[0], args.child[1], args.child[2], args.workers)
+        return
+    if not args.input.exists():
+        raise SystemExit(f"input not found: {args.input}")
+    scratch = Path(tempfile.mkdtemp(prefix="gristmill-orch-"))
+    server = None
+    try:
+        recipe = prepare(args.input, scratch, args.files, args.copies)
+        env = {**os.environ, **ENV, "PREFECT_HOME": str(scratch / "prefect-home"),
+               "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "CRITICAL",
+               "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}  # fmt: skip
+        server, api = _start_server(scratch / "server-home", env)
+        served = {**env, "PREFECT_API_URL": api}
+        me = [sys.executable, __file__, "--workers", str(args.workers), "--child"]
+        gristmill = [str(Path(sys.executable).parent / "gristmill"), "run", str(recipe),
+                     "--workers", str(args.workers), "-w"]  # fmt: skip
+        best: dict[str, float] = {}
+
+        def keep(name: str, seconds: float) -> None:
+            best[name] = min(seconds, best.get(name, seconds))
+            print(f"round {round_}: {name} {seconds:.1f} s", flush=True)
+
+        for round_ in range(args.repeat):
+            ws = scratch / f"round-{round_}"
+            lib_wall, lib = _timed([*me, "library", str(recipe), str(ws / "lib")], served)
+            keep("library", lib["seconds"])
+            keep("library wall", lib_wall)
+            _, flow = _timed([*me, "flow", str(recipe), str(ws / "flow")], served)
+            keep("flow", flow["seconds"])
+            run_wall, _ = _timed([*gristmill, str(ws / "run")], served)
+            keep("run", run_wall)
+            rerun_wall, _ = _timed([*gristmill, str(ws / "run")], served)
+            keep("rerun", rerun_wall)
+        ephemeral_wall = None
+        if not args.skip_temporary_api:
+            ephemeral_wall, _ = _timed([*gristmill, str(scratch / "ws-ephemeral")], env)
+            print(f"gristmill run, temporary API: {ephemeral_wall:.1f} s wall", flush=True)
+        lib_s, lib_wall, flow_s = best["library"], best["library wall"], best["flow"]
+        run_wall, rerun_wall = best["run"], best["rerun"]
+        rows = [
+            ("library calls (no Prefect), seconds in the child", lib_s, None),
+            ("run_recipe_flow, seconds in the child", flow_s, flow_s / lib_s),
+            ("library child, wall", lib_wall, None),
+            ("`gristmill run`, wall", run_wall, run_wall / lib_wall),
+            ("`gristmill run` again (all cached), wall", rerun_wall, rerun_wall / run_wall),
+        ]
+        if ephemeral_wall is not None:
+            rows.append(("`gristmill run` with Prefect's temporary API, wall", ephemeral_wall,
+                         ephemeral_wall / lib_wall))  # fmt: skip
+        print(f"\n{args.files} files ({args.copies} copies of {args.input.name}), "
+              f"{args.workers} workers, "
+              f"fastest of {args.repeat} rounds, "
+              f"{platform.python_version()}, {datetime.date.today()}\n")  # fmt: skip
+        print("| what | seconds | ratio |\n|---|---|---|")
+        for name, seconds, ratio in rows:
+            print(f"| {name} | {seconds:.1f} | {'' if ratio is None else f'{ratio:.3f}'} |")
+        print(
+            "\nratios: flow / library, run / library child, re-run / run, "
+            "temporary-API run / library child"
+        )
+    finally:
+        if server is not None and server.poll() is None:
+            server.send_signal(signal.SIGINT)
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                server.kill()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,429 @@
+"""Orchestration: the task cache, resume after SIGKILL, artifacts, schedules and runners."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from conftest import good_text, write_jsonl
+
+from gristmill.flows import ingest_flow, run_recipe_flow
+from gristmill.recipe import load_recipe
+from gristmill.storage import Workspace, queries
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+def _api_url() -> str:
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value() or ""
+
+
+def _recipe(tmp_path: Path, files: int, docs: int, name: str = "nightly") -> Path:
+    """A recipe over `files` JSONL files (one chunk and one shard each): quality, then a budget."""
+    raw = tmp_path / "raw"
+    for f in range(files):
+        records = [
+            {"text": good_text(f * docs + i) if i % 7 else "buy now " * 3, "site": f"s{i % 3}"}
+            for i in range(docs)
+        ]
+        write_jsonl(raw / f"part-{f:03d}.jsonl", records)
+    recipe = {
+        "name": name,
+        "ingest": [{"corpus": "web", "paths": [str(raw)], "domain_field": "site"}],
+        "select": [
+            {"name": "clean", "selector": "quality"},
+            {"name": "sample", "selector": "quality", "mode": "gumbel", "budget": "50%"},
+        ],
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    return path
+
+
+def _members(ws: Path, selection: str) -> list[tuple[int, int]]:
+    table = pq.read_table(ws / "selections" / selection / "members.parquet")
+    return list(zip(table["doc_id"].to_pylist(), table["rank"].to_pylist(), strict=True))
+
+
+def _task_states(flow_run_id: Any, expected: int | None = None) -> list[tuple[str, str]]:
+    """(task name, state name) of every worker task under a flow run and its sub-flows.
+
+    Task run states reach the API as events, a moment after the flow returns: wait for them.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        FlowRunFilterParentFlowRunId,
+    )
+
+    deadline = time.monotonic() + 30
+    with get_client(sync_client=True) as client:
+        while True:
+            runs, frontier = [flow_run_id], [flow_run_id]
+            while frontier:
+                children = client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(
+                        parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=frontier)
+                    )
+                )
+                frontier = [c.id for c in children]
+                runs += frontier
+            tasks = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=runs)), limit=200
+            )
+            states = [
+                (t.name.rsplit("-", 1)[0], t.state.name if t.state else "")
+                for t in tasks
+                if t.name.startswith(("ingest-chunk", "score-shard"))
+            ]
+            final = all(s in ("Completed", "Cached") for _, s in states)
+            if (final and (expected is None or len(states) >= expected)) or (
+                time.monotonic() > deadline
+            ):
+                return states
+            time.sleep(0.5)
+
+
+def _count(states: list[tuple[str, str]], task: str, state: str) -> int:
+    return sum(1 for name, s in states if name == task and s == state)
+
+
+def test_task_cache_serves_unrecorded_results_but_never_stale_ones(tmp_path: Path) -> None:
+    raw = write_jsonl(tmp_path / "a.jsonl", [{"text": good_text(i)} for i in range(30)])
+    ws = tmp_path / "ws"
+
+    def ingest() -> tuple[list[tuple[str, str]], int]:
+        state = ingest_flow(str(ws), [str(raw)], "c", return_state=True)
+        stats = queries.corpus_stats(Workspace(ws), "c")
+        assert stats["reconciles"]
+        return _task_states(state.state_details.flow_run_id, 1), stats["documents"]
+
+    assert ingest() == ([("ingest-chunk", "Completed")], 30)
+    # A kill after the chunk finished but before the catalog recorded it: Prefect's cache
+    # (in the workspace) serves the finished chunk.
+    (ws / "catalog.duckdb").unlink()
+    assert ingest() == ([("ingest-chunk", "Cached")], 30)
+    # The input changed: its fingerprint is an input of the task, so the chunk is read again.
+    (ws / "catalog.duckdb").unlink()
+    write_jsonl(raw, [{"text": good_text(i)} for i in range(20)])
+    assert ingest() == ([("ingest-chunk", "Completed")], 20)
+    # The cached result names shard files that were deleted since: recomputed, not served.
+    (ws / "catalog.duckdb").unlink()
+    for shard in (ws / "corpora" / "c").glob("*.parquet"):
+        shard.unlink()
+    states, documents = ingest()
+    assert documents == 20 and ("ingest-chunk", "Completed") in states
+    assert (ws / "prefect-results").is_dir()
+
+
+@pytest.mark.slow
+def test_run_killed_while_scoring_resumes_only_unfinished_shards(tmp_path: Path) -> None:
+    recipe = _recipe(tmp_path, files=24, docs=40)
+    ws = tmp_path / "ws"
+    command = [sys.executable, "-m", "gristmill.cli", "run", str(recipe), "-w", str(ws),
+               "--workers", "1"]  # fmt: skip
+    env = {**os.environ, "PREFECT_API_URL": _api_url()}
+    child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    signals = ws / "signals" / "web" / "quality"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(signals.glob("*/*.parquet"))) < 6:
+        assert child.poll() is None, child.stderr.read().decode() if child.stderr else ""
+        time.sleep(0.02)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    with duckdb.connect(str(ws / "catalog.duckdb"), read_only=True) as con:
+        chunks = con.execute("select count(*) from chunks").fetchall()[0][0]
+        recorded = con.execute("select count(*) from signals").fetchall()[0][0]
+    assert chunks == 24 and recorded < 24, recorded  # killed in the middle of scoring
+
+    state = run_recipe_flow(load_recipe(recipe), str(ws), "threads", 1, return_state=True)
+    assert state.is_completed()
+    states = _task_states(state.state_details.flow_run_id, 24 - recorded)
+    assert _count(states, "ingest-chunk", "Completed") == 0  # every chunk was recorded
+    ran = _count(states, "score-shard", "Completed")
+    cached = _count(states, "score-shard", "Cached")
+    # Only the shards the catalog had not recorded got a task, and those that had finished
+    # before the kill came from the cache.
+    assert ran + cached == 24 - recorded and ran >= 1
+    # One worker wrote 6 signal files before the kill, so at least 5 tasks had finished.
+    assert recorded + cached >= 5
+
+    clean = tmp_path / "clean"
+    run_recipe_flow(load_recipe(recipe), str(clean), "threads", 1)
+    for selection in ("clean", "sample"):
+        assert _members(ws, selection) == _members(clean, selection)
+
+
+def test_artifacts_in_the_prefect_api(tmp_path: Path) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    recipe = _recipe(tmp_path, files=2, docs=30, name="arts")
+    ws = tmp_path / "ws"
+    run_recipe_flow(load_recipe(recipe), str(ws), "threads", 1)
+    keys = ["selection-clean", "selection-sample", "progress-ingest-web",
+            "progress-score-web-with-quality"]  # fmt: skip
+    with get_client(sync_client=True) as client:
+        found = {
+            a.key: a
+            for a in client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)), limit=100
+            )
+        }  # newest version last is not guaranteed; any version of each key will do
+    assert set(found) == set(keys)
+    sample = found["selection-sample"]
+    assert sample.type == "table"
+    rows = sample.data if isinstance(sample.data, list) else __import__("json").loads(sample.data)
+    assert {r["domain"] for r in rows} == {"s0", "s1", "s2"}
+    assert sum(r["kept"] for r in rows) + sum(r["dropped"] for r in rows) == sum(
+        r["candidates"] for r in rows
+    )
+    assert "Budget 50%; used" in sample.description and "Top reasons" in sample.description
+    assert found["progress-ingest-web"].type == "progress"
+    assert found["progress-ingest-web"].data == 100.0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """Stop a process we started: SIGINT, then SIGKILL if it lingers."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.slow
+def test_serve_on_an_interval_against_a_prefect_server(tmp_path: Path) -> None:
+    import httpx
+
+    recipe = _recipe(tmp_path, files=1, docs=20, name="scheduled")
+    home = tmp_path / "prefect-home"
+    port = _free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_URL": api,
+        "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(home / "results"),
+        "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        "PREFECT_SERVER_API_PORT": str(port),
+        "PREFECT_RUNNER_POLL_FREQUENCY": "2",
+    }
+    prefect = Path(sys.executable).parent / "prefect"
+    logs = tmp_path / "server.log"
+    server = subprocess.Popen(
+        [str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=logs.open("w"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    served = None
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, logs.read_text()
+            try:
+                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "prefect server did not start"
+            time.sleep(0.5)
+        ws = tmp_path / "ws"
+        served = subprocess.Popen(
+            [sys.executable, "-m", "gristmill.cli", "serve", str(recipe), "--interval", "5",
+             "-w", str(ws)],
+            env=env, stdout=subprocess.DEVNULL, stderr=(tmp_path / "serve.log").open("w"),
+        )  # fmt: skip
+        deadline = time.monotonic() + 180
+        completed: list[dict] = []
+        while not completed:
+            assert served.poll() is None, (tmp_path / "serve.log").read_text()
+            assert time.monotonic() < deadline, "no scheduled run completed"
+            time.sleep(1)
+            runs = httpx.post(
+                f"{api}/flow_runs/filter",
+                json={"flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}},
+                timeout=10,
+            ).json()
+            completed = [r for r in runs if r.get("deployment_id")]
+        assert completed[0]["parameters"]["recipe"] == str(recipe.resolve())
+        assert len(_members(ws, "sample")) > 0
+    finally:
+        if served is not None:
+            _stop(served)
+        _stop(server)
+
+
+@pytest.mark.slow
+def test_ray_and_dask_select_what_threads_select(tmp_path: Path) -> None:
+    """Ray on a cluster the run starts; Dask on an existing cluster given by its address."""
+    recipe = _recipe(tmp_path, files=3, docs=30)
+    run_recipe_flow(load_recipe(recipe), str(tmp_path / "threads"), "threads", 2)
+    missing = []
+    for runner in ("ray", "dask"):
+        try:
+            __import__(f"prefect_{runner}")
+        except ImportError:
+            missing.append(runner)
+            continue
+        if runner == "ray":
+            run_recipe_flow(load_recipe(recipe), str(tmp_path / runner), runner, 2)
+        else:
+            from distributed import LocalCluster
+
+            with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as dask:
+                address = dask.scheduler_address
+                run_recipe_flow(load_recipe(recipe), str(tmp_path / runner), runner, None, address)
+        for selection in ("clean", "sample"):
+            assert _members(tmp_path / runner, selection) == _members(
+                tmp_path / "threads", selection
+            )
+    if missing:
+        pytest.skip(f"extras not installed: {', '.join(missing)} (pip install 'gristmill[...]')")
+
+
+def test_recipe_reads_fsspec_urls(tmp_path: Path) -> None:
+    """`file://` and `memory://` inputs, JSONL and Parquet, give the same corpus as local paths."""
+    import fsspec
+    import pyarrow as pa
+
+    records = [{"text": good_text(i), "site": f"s{i % 2}"} for i in range(12)]
+    local = write_jsonl(tmp_path / "in" / "a.jsonl", records)
+    pq.write_table(pa.Table.from_pylist(records), tmp_path / "in" / "b.parquet")
+    memory = fsspec.filesystem("memory")
+    memory.pipe("/gristmill-test/in/a.jsonl", local.read_bytes())
+    memory.pipe("/gristmill-test/in/b.parquet", (tmp_path / "in" / "b.parquet").read_bytes())
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "ingest": [
+                    {"corpus": "local", "paths": [str(tmp_path / "in")]},
+                    {"corpus": "file", "paths": [f"file://{tmp_path / 'in'}"]},
+                    {"corpus": "memory", "paths": ["memory://gristmill-test/in"]},
+                ]
+            }
+        ),
+        encoding="utf-8",
+    )
+    loaded = load_recipe(recipe)
+    assert loaded.ingest[2].paths == ["memory://gristmill-test/in"]
+    result = run_recipe_flow(loaded, str(tmp_path / "ws"), "threads", 1)
+    stats = [r["stats"] for r in result["ingest"]]
+    assert [s["documents"] for s in stats] == [24, 24, 24]
+    assert all(s["reconciles"] and s["sources"] == 2 for s in stats)
+    memory.rm("/gristmill-test", recursive=True)
+
+
+@pytest.mark.slow
+def test_two_runs_of_one_recipe_wait_or_fail_clearly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While one `gristmill run` holds the workspace, a second fails clearly or waits for it."""
+    from gristmill.errors import WorkspaceBusyError
+
+    recipe = _recipe(tmp_path, files=24, docs=40)
+    ws = tmp_path / "ws"
+    command = [sys.executable, "-m", "gristmill.cli", "run", str(recipe), "-w", str(ws),
+               "--workers", "1"]  # fmt: skip
+    env = {**os.environ, "PREFECT_API_URL": _api_url()}
+    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    lock = ws / ".lock"
+    deadline = time.monotonic() + 120
+    while not (lock.exists() and lock.read_text()):
+        assert first.poll() is None and time.monotonic() < deadline, first.stderr
+        time.sleep(0.05)
+    patient = subprocess.Popen(
+        command, env={**env, "GRISTMILL_LOCK_TIMEOUT": "300"}, stderr=subprocess.PIPE
+    )
+    monkeypatch.setenv("GRISTMILL_LOCK_TIMEOUT", "0.5")
+    with pytest.raises(WorkspaceBusyError, match=r"workspace busy.*run nightly"):
+        run_recipe_flow(load_recipe(recipe), str(ws), "threads", 1)
+    assert first.poll() is None  # the refusal came while the first run was still going
+    assert first.wait(timeout=300) == 0, first.stderr.read() if first.stderr else ""
+    # The patient run started while the first held the lock, so it waited, then found all done.
+    assert patient.wait(timeout=300) == 0, patient.stderr.read() if patient.stderr else ""
+
+    clean = tmp_path / "clean"
+    run_recipe_flow(load_recipe(recipe), str(clean), "threads", 1)
+    for selection in ("clean", "sample"):
+        assert _members(ws, selection) == _members(clean, selection)
+    assert queries.corpus_stats(Workspace(ws), "web")["reconciles"]
+
+
+@pytest.mark.slow
+def test_run_includes_the_experiment_and_publishes_its_artifacts(tmp_path: Path) -> None:
+    import json
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from test_training import RECIPE, _experiment_inputs
+    from typer.testing import CliRunner
+
+    from gristmill.cli import app
+    from gristmill.flows.ui import artifact_key
+
+    _experiment_inputs(tmp_path)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(RECIPE.replace("seeds: [0, 1]", "seeds: [0]"), encoding="utf-8")
+    result = CliRunner().invoke(app, ["run", str(recipe), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert [s["selection"]["name"] for s in summary["select"]] == ["long-stories"]
+    run_id = summary["experiment"]["run_id"]
+    training = "continue pretraining: long-stories, seed 0"  # the trainer's progress label
+    keys = [artifact_key("experiment", run_id), artifact_key("report", run_id)]
+    with get_client(sync_client=True) as client:
+        found = {
+            a.key: a
+            for a in client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)), limit=50
+            )
+        }
+        progress = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[artifact_key("progress", training)])
+            ),
+            limit=50,
+        )
+    table = found[keys[0]]
+    rows = table.data if isinstance(table.data, list) else json.loads(table.data)
+    pairs = {(r["arm"], r["metric"]) for r in rows}
+    assert {("none", "accuracy"), ("long-stories", "bits_per_byte")} <= pairs
+    report = found[keys[1]]
+    assert report.type == "markdown" and run_id in report.data
+    assert progress and progress[0].type == "progress" and progress[0].data == 100.0
+
+
+def test_serve_refuses_a_bad_schedule(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from gristmill.cli import app
+
+    recipe = _recipe(tmp_path, files=1, docs=2)
+    for args in (["--cron", "every night"], ["--interval", "0"], ["--cron", "0 3 * * *",
+                 "--interval", "60"], []):  # fmt: skip
+        result = CliRunner().invoke(app, ["serve", str(recipe), *args])
+        assert result.exit_code == 2, (args, result.output)
+        assert "--cron" in result.output or "--interval" in result.output

@@ -17,6 +17,8 @@ _BUILTINS = {
     "nudge": "gristmill.selectors.nudge:NudgeSelector",
     "lm_loss": "gristmill.selectors.lm_loss:LMLossSelector",
     "coreset": "gristmill.selectors.coreset:CoresetSelector",
+    "learnability": "gristmill.selectors.learnability:LearnabilitySelector",
+    "cartography": "gristmill.selectors.cartography:CartographySelector",
 }
 
 

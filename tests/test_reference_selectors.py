@@ -264,3 +264,27 @@ def test_cli_selects_a_region_and_inspect_shows_all_three(
     for region in ("ambiguous", "hard", "easy"):
         assert region in result.output
     assert learnability_module.LearnabilitySelector.name in cli.invoke(app, ["selectors"]).output
+
+
+def test_recipe_steps_take_both_selectors_and_name_bad_params(tmp_path: Path) -> None:
+    from gristmill.recipe import load_recipe
+
+    step = (
+        "  - name: {name}\n    corpus: pool\n    selector: {selector}\n    budget: 33%\n"
+        "    params: {params}\n"
+    )
+    text = "name: r\nworkspace: ws\nselect:\n" + "".join(
+        step.format(name=n, selector=s, params=p)
+        for n, s, p in (
+            ("amb", "cartography", "{region: ambiguous, epochs: 3}"),
+            ("learn", "learnability", "{method: rho}"),
+        )
+    )
+    (tmp_path / "r.yaml").write_text(text)
+    assert [s.selector for s in load_recipe(tmp_path / "r.yaml").select] == [
+        "cartography",
+        "learnability",
+    ]
+    (tmp_path / "bad.yaml").write_text(text.replace("region: ambiguous", "region: middle"))
+    with pytest.raises(InputError, match="region"):
+        load_recipe(tmp_path / "bad.yaml")

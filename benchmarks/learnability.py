@@ -6,7 +6,8 @@ noisy example's (a derangement among the swapped ones), as many again get a rand
 the default route (a preset pretrained on the candidate responses); the score should rank clean
 examples above noisy ones: AUROC of the score with clean = positive, overall and per noise kind.
 
-    nice -n 10 python benchmarks/learnability.py --data /work/shared/data --n 2000
+    nice -n 10 python benchmarks/learnability.py --data /work/shared/data --n 2000 --methods lobass
+    nice -n 10 python benchmarks/learnability.py --data /work/shared/data --n 2000 --methods rho
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=0.1, help="share of each noise kind")
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--base-steps", type=int, default=300)
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--methods", default="lobass,rho")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--methods", default="lobass", help="lobass, rho or both (lobass,rho)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     single_threaded()

@@ -38,6 +38,7 @@ class LearnabilityConfig(ReferenceConfig):
     prompt_template: str = Field(
         "{instruction}\n{input}\n", description="the prompt, from the document's meta fields"
     )
+    epochs: int = Field(3, ge=1, description="reference fine-tuning epochs")
     max_length: int = Field(256, ge=8, description="prompt + response tokens (longer are cut)")
     normalize: bool = Field(
         True, description="rank by (L_base - L_ref) / L_base (LoBaSS) or by L_base - L_ref"

@@ -384,6 +384,13 @@ def inspect(
             for m in example["members"]
         ]  # fmt: skip
         _table(rows, f"cluster {example['cluster']} ({example['size']} documents)")
+    for region, examples in result.get("regions", {}).items():
+        rows = [
+            {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items() if k != "text"}
+            | {"text": r["text"].replace("\n", " ")}
+            for r in examples
+        ]
+        _table(rows, region)
 
 
 @app.command()

@@ -20,6 +20,8 @@ _BUILTINS = {
     "perplexity_correlation": (
         "gristmill.selectors.perplexity_correlation:PerplexityCorrelationSelector"
     ),
+    "learnability": "gristmill.selectors.learnability:LearnabilitySelector",
+    "cartography": "gristmill.selectors.cartography:CartographySelector",
 }
 
 

@@ -166,7 +166,52 @@ def inspect_selection(
             result["cluster_sizes"], result["clusters"] = _coreset_clusters(
                 con, candidates, signal_paths, members, max_chars, seed, sample
             )
+        for columns, regions in REGIONS:
+            if set(columns) <= set(names):
+                result["regions"] = _regions(
+                    con, candidates, signal_paths, columns, regions, max_chars, sample
+                )
     return result
+
+
+# Signal columns that mark a selector's stored statistics, and the regions shown by inspect
+# (region name -> order by): a data map's regions, or the most and least learnable examples.
+REGIONS: list[tuple[tuple[str, ...], dict[str, str]]] = [
+    (
+        ("confidence", "variability", "correctness", "label"),
+        {
+            "ambiguous": "s.variability desc",
+            "hard": "s.confidence asc",
+            "easy": "s.confidence desc",
+        },
+    ),
+    (
+        ("loss_base", "loss_ref"),
+        {"high learnability": "s.score desc", "low learnability": "s.score asc"},
+    ),
+]
+
+
+def _regions(
+    con: duckdb.DuckDBPyConnection,
+    candidates: str,
+    signal_paths: list,
+    columns: tuple[str, ...],
+    regions: dict[str, str],
+    max_chars: int,
+    sample: int,
+) -> dict[str, list[dict[str, Any]]]:
+    """The `sample` candidates at the top of each region's order, with the statistics."""
+    stats = ", ".join(f"s.{c}" for c in columns)
+    query = (
+        f"select d.doc_id, s.score, {stats}, left(d.text, ?) as text from {candidates} "
+        f"join read_parquet({sql_files(signal_paths)}) s using (doc_id) "
+        "where s.score is not null and not isnan(s.score) order by {order}, d.doc_id limit ?"
+    )
+    return {
+        region: catalog.rows(con, query.format(order=order), [max_chars, sample])
+        for region, order in regions.items()
+    }
 
 
 def _example_clusters(

@@ -106,16 +106,26 @@ def finetune_classification(
     trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Train a sequence-classification head (and the body) from a causal-LM checkpoint."""
+    model = _classifier(base, tokenizer, data, config.seed, trust_remote_code)
+    batches = ClassificationBatches(
+        tokenizer, data, max_length, config.micro_batch_size, config.seed
+    )
+    return train(model, batches, config, out_dir, _saver(tokenizer), description)
+
+
+def _classifier(
+    base: str, tokenizer: Any, data: ClassificationData, seed: int, trust_remote_code: bool
+) -> Any:
+    """A sequence-classification model on a causal-LM checkpoint, with a fresh seeded head."""
     from transformers import AutoModelForSequenceClassification
 
     from gristmill.training.models import quiet_transformers
 
     quiet_transformers()
-    n_labels = len(data.label_names)
-    torch.manual_seed(config.seed)  # the new head's initial weights follow the run's seed
-    model = AutoModelForSequenceClassification.from_pretrained(
+    torch.manual_seed(seed)  # the new head's initial weights follow the run's seed
+    return AutoModelForSequenceClassification.from_pretrained(
         base,
-        num_labels=n_labels,
+        num_labels=len(data.label_names),
         pad_token_id=tokenizer.pad_token_id,
         id2label=dict(enumerate(data.label_names)),
         label2id={name: i for i, name in enumerate(data.label_names)},
@@ -124,10 +134,53 @@ def finetune_classification(
         local_files_only=True,
         trust_remote_code=trust_remote_code,
     )
+
+
+def classification_dynamics(
+    base: str,
+    tokenizer: Any,
+    data: ClassificationData,
+    config: TrainConfig,
+    out_dir: Path,
+    epochs: int,
+    max_length: int = 128,
+    description: str = "training dynamics",
+    trust_remote_code: bool = False,
+) -> np.ndarray:
+    """Fine-tune a classifier for `epochs` epochs; class probabilities of every training example
+    after each epoch, shape (epochs, examples, classes).
+
+    Each epoch's probabilities are saved in out_dir as it ends (with a checkpoint), so an
+    interrupted run resumes and a finished one is read back without training.
+    """
     batches = ClassificationBatches(
         tokenizer, data, max_length, config.micro_batch_size, config.seed
     )
-    return train(model, batches, config, out_dir, _saver(tokenizer), description)
+    per_step = config.micro_batch_size * config.grad_accum
+    steps_per_epoch = -(-len(data.texts) // per_step)
+    config = config.model_copy(
+        update={"max_steps": epochs * steps_per_epoch, "checkpoint_every": steps_per_epoch}
+    )
+    files = [out_dir / f"epoch-{e + 1}-probabilities.npy" for e in range(epochs)]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = _classifier(base, tokenizer, data, config.seed, trust_remote_code)
+
+    def record(step: int) -> None:
+        if step % steps_per_epoch:
+            return
+        probabilities = class_probabilities(
+            model, tokenizer, data.texts, max_length, device=config.device,
+            precision=config.precision,
+        )  # fmt: skip
+        model.train()
+        target = files[step // steps_per_epoch - 1]
+        staging = target.with_name(f".{target.name}")
+        with staging.open("wb") as handle:
+            np.save(handle, probabilities)
+        staging.replace(target)
+
+    train(model, batches, config, out_dir, _saver(tokenizer), description, on_step=record)
+    return np.stack([np.load(f) for f in files])
 
 
 def finetune_sft(
@@ -169,6 +222,34 @@ def macro_f1(labels: np.ndarray, predictions: np.ndarray, n_classes: int) -> flo
 
 
 @torch.inference_mode()
+def class_probabilities(
+    model: Any,
+    tokenizer: Any,
+    texts: list[str],
+    max_length: int = 128,
+    batch_size: int = 64,
+    device: str = "auto",
+    precision: str = "auto",
+) -> np.ndarray:
+    """Softmax class probabilities of a sequence classifier, shape (texts, classes)."""
+    target = resolve_device(device)
+    bf16 = use_bf16(target, precision)
+    model.to(target)
+    model.eval()
+    ids = [i[:max_length] or [tokenizer.eos_token_id] for i in tokenize(tokenizer, texts)]
+    out = np.empty((len(ids), model.config.num_labels), dtype=np.float32)
+    bar = progress.track("classify", len(ids))
+    for start in range(0, len(ids), batch_size):
+        batch = pad_batch(ids[start : start + batch_size], tokenizer.pad_token_id)
+        batch = {k: v.to(target) for k, v in batch.items()}
+        with torch.autocast(target.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(**batch).logits
+        out[start : start + len(logits)] = torch.softmax(logits.float(), -1).cpu().numpy()
+        bar.advance(len(logits))
+    bar.close()
+    return out
+
+
 def evaluate_classification(
     model: Any,
     tokenizer: Any,
@@ -181,21 +262,10 @@ def evaluate_classification(
     """Accuracy and macro-F1 of a sequence classifier."""
     if not data.texts:
         raise InputError("no classification examples to evaluate")
-    target = resolve_device(device)
-    bf16 = use_bf16(target, precision)
-    model.to(target)
-    model.eval()
-    ids = [i[:max_length] or [tokenizer.eos_token_id] for i in tokenize(tokenizer, data.texts)]
-    predictions = np.empty(len(ids), dtype=np.int64)
-    bar = progress.track("evaluate (classification)", len(ids))
-    for start in range(0, len(ids), batch_size):
-        batch = pad_batch(ids[start : start + batch_size], tokenizer.pad_token_id)
-        batch = {k: v.to(target) for k, v in batch.items()}
-        with torch.autocast(target.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = model(**batch).logits
-        predictions[start : start + len(logits)] = logits.argmax(-1).cpu().numpy()
-        bar.advance(len(logits))
-    bar.close()
+    probabilities = class_probabilities(
+        model, tokenizer, data.texts, max_length, batch_size, device, precision
+    )
+    predictions = probabilities.argmax(-1)
     labels = np.asarray(data.labels)
     return {
         "accuracy": float((predictions == labels).mean()),
@@ -204,7 +274,7 @@ def evaluate_classification(
 
 
 @torch.inference_mode()
-def evaluate_sft(
+def response_losses(
     model: Any,
     tokenizer: Any,
     data: SFTData,
@@ -212,8 +282,8 @@ def evaluate_sft(
     batch_size: int = 32,
     device: str = "auto",
     precision: str = "auto",
-) -> dict[str, float]:
-    """Mean loss per response token (nats) over held-out prompt/response pairs, and its ppl."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per example: summed response-token loss (nats) and the number of response tokens."""
     target = resolve_device(device)
     bf16 = use_bf16(target, precision)
     model.to(target)
@@ -222,10 +292,13 @@ def evaluate_sft(
         sft_example(tokenizer, p, r, max_length)
         for p, r in zip(data.prompts, data.responses, strict=True)
     ]
-    total, count = 0.0, 0
-    bar = progress.track("evaluate (SFT)", len(examples))
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start : start + batch_size]
+    nll = np.zeros(len(examples), dtype=np.float64)
+    counts = np.zeros(len(examples), dtype=np.int64)
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]))  # less padding
+    bar = progress.track("response loss", len(examples))
+    for start in range(0, len(order), batch_size):
+        chosen = order[start : start + batch_size]
+        chunk = [examples[i] for i in chosen]
         batch = pad_batch([e[0] for e in chunk], tokenizer.pad_token_id, [e[1] for e in chunk])
         batch = {k: v.to(target) for k, v in batch.items()}
         with torch.autocast(target.type, dtype=torch.bfloat16, enabled=bf16):
@@ -237,13 +310,27 @@ def evaluate_sft(
             logits[:, :-1].float().reshape(-1, logits.shape[-1]),
             shifted.reshape(-1),
             ignore_index=-100,
-            reduction="sum",
-        )
-        total += float(losses)
-        count += int((shifted != -100).sum())
+            reduction="none",
+        ).view(shifted.shape)
+        nll[chosen] = losses.sum(dim=1).cpu().numpy()
+        counts[chosen] = (shifted != -100).sum(dim=1).cpu().numpy()
         bar.advance(len(chunk))
     bar.close()
-    if count == 0:
+    return nll, counts
+
+
+def evaluate_sft(
+    model: Any,
+    tokenizer: Any,
+    data: SFTData,
+    max_length: int = 256,
+    batch_size: int = 32,
+    device: str = "auto",
+    precision: str = "auto",
+) -> dict[str, float]:
+    """Mean loss per response token (nats) over held-out prompt/response pairs, and its ppl."""
+    nll, counts = response_losses(model, tokenizer, data, max_length, batch_size, device, precision)
+    if counts.sum() == 0:
         raise InputError("no response tokens to evaluate")
-    loss = total / count
+    loss = float(nll.sum() / counts.sum())
     return {"response_loss": loss, "response_ppl": math.exp(min(loss, 50.0))}

@@ -14,7 +14,7 @@ from gristmill.selectors.base import describe_validation_error
 from gristmill.selectors.budget import Budget
 from gristmill.selectors.selection import SelectOptions
 from gristmill.storage.exporters import ExportFormat
-from gristmill.storage.readers import IngestOptions
+from gristmill.storage.readers import IngestOptions, is_url
 from gristmill.storage.workspace import validate_name
 from gristmill.training.config import ExperimentSpec
 from gristmill.training.zoo import ZooConfig
@@ -157,7 +157,7 @@ def _checked_name(kind: str, value: str) -> str:
 
 
 def _resolved(path: str, base: Path) -> str:
-    if "://" in path:  # an fsspec URL (s3://, memory://, file://) is already absolute
+    if is_url(path):  # an fsspec URL (s3://, memory://, file://) is already absolute
         return path
     expanded = Path(path).expanduser()
     return str(expanded if expanded.is_absolute() else (base / expanded).resolve())

@@ -38,6 +38,8 @@ def _smoke_recipe(name: str, out_dir: Path, arms: list[str]) -> Path:
     recipe["select"] = [
         s for s in recipe["select"] if s["name"] in arms or s["name"].startswith(str(pool))
     ]
+    zoos = {s.get("params", {}).get("zoo") for s in recipe["select"]}
+    recipe["zoo"] = [z for z in recipe.get("zoo", []) if z["name"] in zoos]
     experiment["arms"] = arms
     experiment.update(seeds=[0], max_eval_docs=20)
     if experiment.get("vary", "continued") == "continued":

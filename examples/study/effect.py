@@ -59,17 +59,25 @@ def arm_results(recipe_path: Path) -> tuple[str, Any, list[dict[str, Any]]]:
     return run_id, spec, [r for r in found if r is not None]
 
 
-def composition(recipe_path: Path) -> list[str]:
-    """Markdown: what each continued-pretraining arm is made of (domains, planted documents)."""
-    recipe = load_recipe(recipe_path)
-    spec = recipe.experiment
-    workspace = Workspace(recipe.workspace)
-    sources = [spec.pool, *spec.selection_arms()]
+def composition(recipe_paths: list[Path]) -> list[str]:
+    """Markdown: what each continued-pretraining arm is made of (domains, planted documents),
+    one table over the arms of every recipe that has run."""
     rows = {}
-    for name in sources:
-        table = read_documents(workspace, DataSource(selection=name), columns=("domain", "meta"))
-        planted = [json.loads(m).get("planted", "none") for m in table["meta"].to_pylist()]
-        rows[name] = (table["domain"].to_pylist(), planted)
+    for recipe_path in recipe_paths:
+        recipe = load_recipe(recipe_path)
+        spec = recipe.experiment
+        workspace = Workspace(recipe.workspace)
+        for name in [spec.pool, *spec.selection_arms()]:
+            if name in rows:
+                continue
+            try:
+                table = read_documents(
+                    workspace, DataSource(selection=name), columns=("domain", "meta")
+                )
+            except InputError:  # this recipe has not run yet
+                break
+            planted = [json.loads(m).get("planted", "none") for m in table["meta"].to_pylist()]
+            rows[name] = (table["domain"].to_pylist(), planted)
     domains = sorted({d for ds, _ in rows.values() for d in ds})
     kinds = ["duplicate", "near_duplicate", "junk", "contamination"]
     lines = [
@@ -159,19 +167,12 @@ def main() -> None:
     generated = [
         "### What the continued-pretraining arms are made of",
         "",
-        "Share of each domain and counts of the planted documents (`study-sst2.yaml`; the "
-        "AG News recipe's dsir and nudge arms are in its own table below).",
+        "Share of each domain and counts of the planted documents (`study-sst2.yaml`, then "
+        "the targeted arms of `study-agnews.yaml`).",
         "",
-        *composition(HERE / "study-sst2.yaml"),
+        *composition([HERE / "study-sst2.yaml", HERE / "study-agnews.yaml"]),
         "",
     ]
-    agnews = HERE / "study-agnews.yaml"
-    try:
-        extra = composition(agnews)
-    except InputError:  # not run yet
-        extra = []
-    generated += [line for line in extra if "agnews" in line]
-    generated += [""] if extra else []
     for name in RECIPES:
         generated += section(HERE / name, args.plots, args.effect.parent)
     text = args.effect.read_text(encoding="utf-8")

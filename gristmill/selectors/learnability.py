@@ -22,8 +22,9 @@ from pydantic import Field, model_validator
 
 from gristmill.errors import InputError
 from gristmill.selectors.base import PoolFeatures, SelectorContext
-from gristmill.selectors.reference import ReferenceConfig, ReferenceSetSelector, model_fingerprint
+from gristmill.selectors.reference import ReferenceConfig, ReferenceSetSelector
 from gristmill.selectors.selection import SelectOptions
+from gristmill.training.models import model_fingerprint
 
 
 class LearnabilityConfig(ReferenceConfig):

@@ -7,7 +7,6 @@ later selectors (perplexity correlation, learnability) and `gristmill sql` reuse
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -15,7 +14,6 @@ import pyarrow as pa
 from pydantic import Field
 
 from gristmill.selectors.base import Selector, SelectorConfig, SelectorContext
-from gristmill.storage.files import file_hash
 
 # One model per process, loaded on first use, shared by the scoring threads.
 _load_lock = threading.Lock()
@@ -54,11 +52,9 @@ class LMLossSelector(Selector):
     def config_dict(self) -> dict[str, Any]:
         """The config plus the model's content hash, so a retrained model gets new scores."""
         if self._fingerprint is None:
-            directory = Path(self.model_path)
-            files = sorted(directory.glob("*.safetensors")) + sorted(directory.glob("*.json"))
-            self._fingerprint = (
-                ",".join(f"{f.name}:{file_hash(f)}" for f in files) if files else self.model_path
-            )
+            from gristmill.training.models import model_fingerprint
+
+            self._fingerprint = model_fingerprint(self.model_path)
         # Device and precision change the numbers only within rounding: not part of the key.
         settings = self.config.model_dump(mode="json", exclude={"device", "batch_tokens"})
         return {**settings, "model_fingerprint": self._fingerprint}

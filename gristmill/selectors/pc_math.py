@@ -139,12 +139,6 @@ PROJECTIONS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
 }
 
 
-def caps(sizes: np.ndarray, keep_fraction: float) -> np.ndarray:
-    """tau_i = (size_i / total) / keep_fraction: no domain sampled beyond what it holds."""
-    sizes = np.asarray(sizes, np.float64)
-    return sizes / sizes.sum() / keep_fraction
-
-
 def grouped_bits_per_byte(
     bits_per_byte: np.ndarray, n_tokens: np.ndarray, groups: np.ndarray, n_groups: int
 ) -> np.ndarray:

@@ -131,7 +131,10 @@ def load_zoo(csv_path: Path) -> Zoo:
     metadata_path = csv_path.parent / ZOO_METADATA
     metadata = {}
     if metadata_path.exists():
-        metadata = json.loads(metadata_path.read_text(encoding="utf-8"))
+        try:
+            metadata = json.loads(metadata_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise InputError(f"{metadata_path}: not valid JSON: {error}") from None
     return Zoo(csv_path, models, metadata)
 
 

@@ -74,6 +74,8 @@ class ReferenceSetSelector(SetSelector):
     def set_key(self, context: SelectorContext) -> Any:
         """The base model's content, when one is given (a retrained model rescored)."""
         model = self.model_path(context, self.config.model) if self.config.model else None
+        from gristmill.training.models import model_fingerprint
+
         return [self.scoring_settings(), model_fingerprint(model)]
 
     def prepare(self, context: SelectorContext) -> None:
@@ -125,14 +127,3 @@ class ReferenceSetSelector(SetSelector):
             description=f"{self.name}: pretrain base ({self.config.preset})",
         )
         return str(out_dir)
-
-
-def model_fingerprint(path: str | None) -> str | None:
-    """Content hashes of a local model's weights and configs, so a retrained model rescores."""
-    from gristmill.storage.files import file_hash
-
-    if path is None:
-        return None
-    directory = Path(path)
-    files = sorted(directory.glob("*.safetensors")) + sorted(directory.glob("*.json"))
-    return ",".join(f"{f.name}:{file_hash(f)}" for f in files) or path

@@ -203,13 +203,14 @@ def _regions(
 ) -> dict[str, list[dict[str, Any]]]:
     """The `sample` candidates at the top of each region's order, with the statistics."""
     stats = ", ".join(f"s.{c}" for c in columns)
+    # Paths may contain braces, so the order is appended, not formatted in.
     query = (
         f"select d.doc_id, s.score, {stats}, left(d.text, ?) as text from {candidates} "
         f"join read_parquet({sql_files(signal_paths)}) s using (doc_id) "
-        "where s.score is not null and not isnan(s.score) order by {order}, d.doc_id limit ?"
+        "where s.score is not null and not isnan(s.score) order by "
     )
     return {
-        region: catalog.rows(con, query.format(order=order), [max_chars, sample])
+        region: catalog.rows(con, f"{query}{order}, d.doc_id limit ?", [max_chars, sample])
         for region, order in regions.items()
     }
 

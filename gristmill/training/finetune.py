@@ -119,21 +119,24 @@ def _classifier(
     """A sequence-classification model on a causal-LM checkpoint, with a fresh seeded head."""
     from transformers import AutoModelForSequenceClassification
 
-    from gristmill.training.models import quiet_transformers
+    from gristmill.training.models import offline, quiet_transformers
 
     quiet_transformers()
     torch.manual_seed(seed)  # the new head's initial weights follow the run's seed
-    return AutoModelForSequenceClassification.from_pretrained(
-        base,
-        num_labels=len(data.label_names),
-        pad_token_id=tokenizer.pad_token_id,
-        id2label=dict(enumerate(data.label_names)),
-        label2id={name: i for i, name in enumerate(data.label_names)},
-        attn_implementation="sdpa",
-        use_safetensors=True,
-        local_files_only=True,
-        trust_remote_code=trust_remote_code,
-    )
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(
+            base,
+            num_labels=len(data.label_names),
+            pad_token_id=tokenizer.pad_token_id,
+            id2label=dict(enumerate(data.label_names)),
+            label2id={name: i for i, name in enumerate(data.label_names)},
+            attn_implementation="sdpa",
+            use_safetensors=True,
+            local_files_only=offline(),
+            trust_remote_code=trust_remote_code,
+        )
+    except (OSError, ValueError) as error:
+        raise InputError(f"model {base!r} could not be loaded: {error}") from None
 
 
 def classification_dynamics(

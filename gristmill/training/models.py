@@ -115,12 +115,23 @@ def resolve_model_path(name_or_path: str, models_root: Path | None = None) -> st
     return name_or_path
 
 
+def model_fingerprint(path: str | None) -> str | None:
+    """Content hashes of a local model's weights and configs, so a retrained model rescores."""
+    from gristmill.storage.files import file_hash
+
+    if path is None:
+        return None
+    directory = Path(path)
+    files = sorted(directory.glob("*.safetensors")) + sorted(directory.glob("*.json"))
+    return ",".join(f"{f.name}:{file_hash(f)}" for f in files) or path
+
+
 def load_tokenizer(name_or_path: str) -> Any:
     """A tokenizer by HF name or local path, with a pad token (the EOS token if it has none)."""
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=_offline())
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=offline())
     except (OSError, ValueError) as error:
         raise InputError(f"tokenizer {name_or_path!r} could not be loaded: {error}") from None
     if tokenizer.pad_token is None:
@@ -139,14 +150,15 @@ def load_causal_lm(name_or_path: str, trust_remote_code: bool = False) -> Any:
             attn_implementation="sdpa",
             use_safetensors=True,
             trust_remote_code=trust_remote_code,
-            local_files_only=_offline(),
+            local_files_only=offline(),
             dtype=torch.float32,
         )
     except (OSError, ValueError) as error:
         raise InputError(f"model {name_or_path!r} could not be loaded: {error}") from None
 
 
-def _offline() -> bool:
+def offline() -> bool:
+    """True when HF_HUB_OFFLINE asks for local files only."""
     return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
 
 

@@ -166,3 +166,22 @@ def test_adding_an_arm_keeps_the_finished_arms(tmp_path: Path) -> None:
     write_parquet_atomic(pa.table({"doc_id": pa.array([1, 4], pa.uint64())}), members)
     assert arm_dir(ws, after, "picked", 0, None) != first_picked
     assert arm_dir(ws, after, "none", 0, None) == first_none
+
+
+def test_continued_checkpoints_are_shared_across_tasks_and_targets(tmp_path: Path) -> None:
+    from conftest import PROSE, write_jsonl
+    from ingest_helpers import CORPUS, ingest_catalogued
+
+    from gristmill.training.experiment import continued_dir
+
+    write_jsonl(tmp_path / "docs.jsonl", [{"text": f"{PROSE} {i}"} for i in range(6)])
+    ws = ingest_catalogued(tmp_path / "ws", [tmp_path / "docs.jsonl"])
+    sentiment = _spec(pool=CORPUS, tokens=100, arms=["full"], target=CORPUS)
+    news = _spec(pool=CORPUS, tokens=100, arms=["full", "random"], name="other",
+                 task={"kind": "sft", "corpus": CORPUS})  # fmt: skip
+    assert continued_dir(ws, sentiment, "full", 0, None) == continued_dir(ws, news, "full", 0, None)
+    # What the checkpoint depends on: the token budget, the seed, the arm.
+    longer = _spec(pool=CORPUS, tokens=200, arms=["full"])
+    assert continued_dir(ws, longer, "full", 0, None) != continued_dir(ws, news, "full", 0, None)
+    assert continued_dir(ws, news, "full", 1, None) != continued_dir(ws, news, "full", 0, None)
+    assert continued_dir(ws, news, "random", 0, 50) != continued_dir(ws, news, "random", 0, 60)

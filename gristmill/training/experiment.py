@@ -307,6 +307,26 @@ def arm_dir(
     return workspace.root / "runs" / "arms" / f"{arm}-seed{seed}-{digest}"
 
 
+def continued_dir(
+    workspace: Workspace, spec: ExperimentSpec, arm: str, seed: int, size: int | None
+) -> Path:
+    """Where an arm's continued-pretraining checkpoint lives: `runs/continued/<arm>-seed<n>-
+    <hash>`, the hash over what that training depends on alone (base, continued settings,
+    pool, the arm's data), so experiments that differ only in task or target share it."""
+    versions = data_versions(workspace, spec)
+    sources = {spec.pool, spec.base.corpus, arm} - {None}
+    own = {k: v for k, v in versions.items() if k.split(":", 1)[1] in sources}
+    settings = {
+        "base": spec.base.model_dump(mode="json"),
+        "continued": spec.run_config(seed).model_dump(mode="json"),
+        "pool": spec.pool,
+        "heldout_fraction": spec.heldout_fraction,
+    }
+    key = json.dumps([settings, own, arm, size if arm == "random" else None], sort_keys=True)
+    digest = xxhash.xxh3_64_hexdigest(key.encode())[:10]
+    return workspace.root / "runs" / "continued" / f"{arm}-seed{seed}-{digest}"
+
+
 def finished_arm(
     workspace: Workspace, spec: ExperimentSpec, base: str, arm: str, seed: int
 ) -> dict[str, Any] | None:
@@ -363,7 +383,7 @@ def run_arm(
         texts: list[str] = []
         if arm != "none":
             texts = arm_texts(workspace, spec, arm, seed, tokenizer, size)
-            lm_path = str(out_dir / "continued")
+            lm_path = str(continued_dir(workspace, spec, arm, seed, size))
             cpt = continue_pretraining(
                 base,
                 texts,

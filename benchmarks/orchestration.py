@@ -17,6 +17,9 @@ is a fixed few seconds per command and is reported separately):
 
 The library and flow figures are seconds inside the child around the calls; the `gristmill run`
 figures are the child's wall time, and the library child's wall time is shown beside them.
+Beside the library and flow figures are the CPU seconds (user + system) the child used during
+the calls and those the Prefect server's process tree used meanwhile: on a small machine the
+server's work for each task run competes with the workers for the same cores.
 Each round runs every system once, in that order; the fastest of `--repeat` rounds counts.
 
     python benchmarks/orchestration.py --workers 2
@@ -30,6 +33,7 @@ import functools
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import socket
@@ -117,9 +121,31 @@ def child(mode: str, recipe_file: str, root: str, workers: int) -> None:
         import gristmill.flows  # noqa: F401
 
     function = library_run if mode == "library" else flow_run
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), _own_cpu_seconds()
     function(recipe_file, root, workers)
-    print(json.dumps({"seconds": time.perf_counter() - start}))
+    seconds, cpu = time.perf_counter() - start, _own_cpu_seconds() - cpu_start
+    print(json.dumps({"seconds": seconds, "cpu": cpu}))
+
+
+def _own_cpu_seconds() -> float:
+    """User + system CPU seconds of this process, all its threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its live descendants (the Prefect server)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        total = 0.0
+        for process in [root, *root.children(recursive=True)]:
+            times = process.cpu_times()
+            total += times.user + times.system
+        return total
+    except psutil.Error:
+        return float("nan")
 
 
 def prepare(source: Path, scratch: Path, files: int, copies: int = 1) -> Path:
@@ -209,21 +235,32 @@ def main() -> None:
         gristmill = [str(Path(sys.executable).parent / "gristmill"), "run", str(recipe),
                      "--workers", str(args.workers), "-w"]  # fmt: skip
         best: dict[str, float] = {}
+        cpu: dict[str, str] = {}  # CPU seconds of the fastest round: the child's own, the server's
 
-        def keep(name: str, seconds: float) -> None:
-            best[name] = min(seconds, best.get(name, seconds))
-            print(f"round {round_}: {name} {seconds:.1f} s", flush=True)
+        def keep(
+            name: str, seconds: float, own: float | None = None, server_cpu: float = 0
+        ) -> None:
+            if seconds <= best.get(name, seconds):
+                best[name] = seconds
+                cpu[name] = "" if own is None else f"{own:.1f} / {server_cpu:.1f}"
+            shown = "" if own is None else f" (CPU: own {own:.1f} s, server {server_cpu:.1f} s)"
+            print(f"round {round_}: {name} {seconds:.1f} s{shown}", flush=True)
+
+        def timed(command: list[str]) -> tuple[float, dict[str, Any], float]:
+            before = _tree_cpu_seconds(server.pid)
+            wall, parsed = _timed(command, served)
+            return wall, parsed, _tree_cpu_seconds(server.pid) - before
 
         for round_ in range(args.repeat):
             ws = scratch / f"round-{round_}"
-            lib_wall, lib = _timed([*me, "library", str(recipe), str(ws / "lib")], served)
-            keep("library", lib["seconds"])
+            lib_wall, lib, lib_server = timed([*me, "library", str(recipe), str(ws / "lib")])
+            keep("library", lib["seconds"], lib["cpu"], lib_server)
             keep("library wall", lib_wall)
-            _, flow = _timed([*me, "flow", str(recipe), str(ws / "flow")], served)
-            keep("flow", flow["seconds"])
-            run_wall, _ = _timed([*gristmill, str(ws / "run")], served)
+            _, flow, flow_server = timed([*me, "flow", str(recipe), str(ws / "flow")])
+            keep("flow", flow["seconds"], flow["cpu"], flow_server)
+            run_wall, _, _ = timed([*gristmill, str(ws / "run")])
             keep("run", run_wall)
-            rerun_wall, _ = _timed([*gristmill, str(ws / "run")], served)
+            rerun_wall, _, _ = timed([*gristmill, str(ws / "run")])
             keep("rerun", rerun_wall)
         ephemeral_wall = None
         if not args.skip_temporary_api:
@@ -245,9 +282,11 @@ def main() -> None:
               f"{args.workers} workers, "
               f"fastest of {args.repeat} rounds, "
               f"{platform.python_version()}, {datetime.date.today()}\n")  # fmt: skip
-        print("| what | seconds | ratio |\n|---|---|---|")
-        for name, seconds, ratio in rows:
-            print(f"| {name} | {seconds:.1f} | {'' if ratio is None else f'{ratio:.3f}'} |")
+        print("| what | seconds | ratio | CPU s: own / server |\n|---|---|---|---|")
+        row_cpu = [cpu["library"], cpu["flow"], "", "", ""] + [""] * (len(rows) - 5)
+        for (name, seconds, ratio), used in zip(rows, row_cpu, strict=True):
+            shown = "" if ratio is None else f"{ratio:.3f}"
+            print(f"| {name} | {seconds:.1f} | {shown} | {used} |")
         print(
             "\nratios: flow / library, run / library child, re-run / run, "
             "temporary-API run / library child"

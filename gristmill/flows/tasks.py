@@ -1,10 +1,11 @@
 """Prefect flows: ingest, curate (score -> select), materialize.
 
 Each flow holds the workspace's write lock, fans work out as one task per chunk or shard, and
-records results in the catalog from the flow process as each task finishes. Two caches work
-together: the catalog skips finished chunks and stored signals before any task is made, and
-Prefect's task cache (task source + inputs, results under `<workspace>/prefect-results`)
-serves a task that finished but was never recorded, as when the flow process was killed.
+records results in the catalog from the flow process in batches (about every 2 s) as tasks
+finish. Two caches work together: the catalog skips finished chunks and stored signals before
+any task is made, and Prefect's task cache (task source + inputs, results under
+`<workspace>/prefect-results`) serves a task that finished but was never recorded, as when the
+flow process was killed.
 """
 
 from __future__ import annotations
@@ -122,7 +123,8 @@ def cluster(runner: str, workers: int | None, address: str | None) -> Iterator[s
     if runner == "ray":
         ray = __import__("ray")
         _import_runner("prefect_ray", "RayTaskRunner", "ray")
-        ray.init(num_cpus=workers, include_dashboard=False)
+        # A local cluster listens on loopback only, like every server gristmill starts.
+        ray.init(num_cpus=workers, include_dashboard=False, _node_ip_address="127.0.0.1")
         try:
             yield None
         finally:

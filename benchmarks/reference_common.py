@@ -12,14 +12,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from target_common import ingest
 
 from gristmill.selectors.base import SelectorContext
 from gristmill.selectors.budget import Budget
 from gristmill.selectors.scoring import build_selection, score_corpus, score_set
 from gristmill.selectors.selection import SelectOptions
 from gristmill.storage import catalog
-from gristmill.storage.ingest import ingest_chunk
-from gristmill.storage.readers import IngestOptions, plan_chunks
+from gristmill.storage.readers import IngestOptions
 from gristmill.storage.workspace import Workspace
 
 
@@ -36,16 +36,8 @@ def ingest_records(root: Path, records: list[dict], corpus: str, text_field: str
     root.mkdir(parents=True, exist_ok=True)
     path = root / f"{corpus}.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    options = IngestOptions(text_field=text_field, id_field="id")
-    chunks = plan_chunks([str(path)], options)
     ws = Workspace(root / "ws")
-    results = [ingest_chunk(str(ws.root), corpus, chunk, options) for chunk in chunks]
-    with ws.catalog() as con:
-        catalog.check_sources(
-            con, corpus, {c.source: (c.fingerprint, options.options_hash()) for c in chunks}
-        )
-        for result in results:
-            catalog.record_chunk(con, corpus, result)
+    ingest(ws, corpus, path, IngestOptions(text_field=text_field, id_field="id"))
     return ws
 
 

@@ -92,9 +92,9 @@ def write_corpus(path: Path, docs: list[tuple[str, str]]) -> Path:
     return path
 
 
-def ingest(ws: Workspace, corpus: str, path: Path) -> None:
+def ingest(ws: Workspace, corpus: str, path: Path, options: IngestOptions | None = None) -> None:
     """Ingest a JSONL file into a corpus through the library (no Prefect)."""
-    options = IngestOptions(domain_field="domain")
+    options = options or IngestOptions(domain_field="domain")
     chunks = plan_chunks([str(path)], options)
     results = [ingest_chunk(str(ws.root), corpus, chunk, options) for chunk in chunks]
     with ws.catalog() as con:

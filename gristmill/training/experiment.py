@@ -303,8 +303,7 @@ def arm_dir(
         [settings, own, arm, versions.get(f"selection:{arm}"), size if arm == "random" else None],
         sort_keys=True,
     )
-    digest = xxhash.xxh3_64_hexdigest(key.encode())[:10]
-    return workspace.root / "runs" / "arms" / f"{arm}-seed{seed}-{digest}"
+    return _run_path(workspace, "arms", arm, seed, key)
 
 
 def continued_dir(
@@ -323,8 +322,12 @@ def continued_dir(
         "heldout_fraction": spec.heldout_fraction,
     }
     key = json.dumps([settings, own, arm, size if arm == "random" else None], sort_keys=True)
+    return _run_path(workspace, "continued", arm, seed, key)
+
+
+def _run_path(workspace: Workspace, kind: str, arm: str, seed: int, key: str) -> Path:
     digest = xxhash.xxh3_64_hexdigest(key.encode())[:10]
-    return workspace.root / "runs" / "continued" / f"{arm}-seed{seed}-{digest}"
+    return workspace.root / "runs" / kind / f"{arm}-seed{seed}-{digest}"
 
 
 def finished_arm(

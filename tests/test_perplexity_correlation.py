@@ -127,6 +127,20 @@ def test_ranks_with_ties_average_and_linear_fills_best_first() -> None:
     np.testing.assert_allclose(grouped, [[2.5, 2.0], [2.0, 4.0]])  # token-weighted, NaN skipped
 
 
+def test_spearman_is_the_correlation_of_ranks_with_ties() -> None:
+    from scipy.stats import spearmanr as scipy_spearmanr
+
+    rng = np.random.default_rng(2)
+    x = rng.integers(0, 3, size=(12, 40)).astype(float)  # many ties in every column
+    y = rng.integers(0, 4, size=12).astype(float)  # ties in y too
+    x[:, 0] = 1.5  # a constant column: no correlation, not 0.5
+    expected = [scipy_spearmanr(x[:, j], y).statistic for j in range(1, x.shape[1])]
+    estimate = pc_math.spearmanr(x, y)
+    assert estimate[0] == 0
+    np.testing.assert_allclose(estimate[1:], expected, atol=1e-12)
+    assert pc_math.spearmanr(x, np.full(12, 0.3)).tolist() == [0.0] * 40  # constant y
+
+
 # -- the zoo and the planted check ----------------------------------------------------------------
 
 

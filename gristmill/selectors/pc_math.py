@@ -67,11 +67,19 @@ def sign_sign(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def spearmanr(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Spearman rank correlation between y and each column of X: 1 - 6 sum d^2 / (N (N^2 - 1))."""
+    """Spearman rank correlation between y and each column of X: Pearson's r of the ranks.
+
+    Ties share their average rank, as in scipy.stats.spearmanr; the shortcut
+    1 - 6 sum d^2 / (N (N^2 - 1)) holds only without ties (a constant column would score 0.5).
+    A constant column (or a constant y) has no correlation: 0.
+    """
     x, y = _check(x, y)
-    n = len(y)
-    d = rankdata(x, axis=0) - rankdata(y)[:, None]
-    return 1 - 6 * (d**2).sum(axis=0) / (n * (n**2 - 1))
+    rx = rankdata(x, axis=0)
+    ry = rankdata(y)
+    rx -= rx.mean(axis=0)
+    ry -= ry.mean()
+    scale = np.sqrt((rx**2).sum(axis=0) * (ry**2).sum())
+    return np.divide(ry @ rx, scale, out=np.zeros(x.shape[1]), where=scale > 0)
 
 
 ESTIMATORS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {

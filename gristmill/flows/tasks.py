@@ -82,11 +82,13 @@ def task_runner(
     if runner == "processes":
         return ProcessPoolTaskRunner(max_workers=workers)
     if runner == "ray":
-        ray_runner = _import_runner("prefect_ray", "RayTaskRunner", "ray")
+        _import_runner("prefect_ray", "RayTaskRunner", "ray")
+        from gristmill.flows.ray_runner import LocalRayTaskRunner
+
         if address is not None:
-            return ray_runner(address=address)
+            return LocalRayTaskRunner(address=address)
         # A Ray instance this process started (see `cluster`) is reused as it is.
-        return ray_runner(init_kwargs={"num_cpus": workers, "include_dashboard": False})
+        return LocalRayTaskRunner(init_kwargs={"num_cpus": workers})
     if runner == "dask":
         dask_runner = _import_runner("prefect_dask", "DaskTaskRunner", "dask")
         if address is not None:
@@ -105,8 +107,10 @@ def _import_runner(module: str, name: str, extra: str) -> Any:
 
 
 def _dask_cluster_kwargs(workers: int) -> dict[str, Any]:
-    # Worker processes, one thread each: scorers are CPU-bound Python and hold the GIL.
-    return {"n_workers": workers, "threads_per_worker": 1, "dashboard_address": None}
+    # Worker processes, one thread each: scorers are CPU-bound Python and hold the GIL. The
+    # scheduler and workers listen on loopback only.
+    return {"n_workers": workers, "threads_per_worker": 1, "dashboard_address": None,
+            "host": "127.0.0.1"}  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -121,10 +125,10 @@ def cluster(runner: str, workers: int | None, address: str | None) -> Iterator[s
         return
     workers = workers or os.cpu_count() or 1
     if runner == "ray":
-        ray = __import__("ray")
         _import_runner("prefect_ray", "RayTaskRunner", "ray")
-        # A local cluster listens on loopback only, like every server gristmill starts.
-        ray.init(num_cpus=workers, include_dashboard=False, _node_ip_address="127.0.0.1")
+        from gristmill.flows.ray_runner import ray, start_local_ray
+
+        start_local_ray(num_cpus=workers)
         try:
             yield None
         finally:

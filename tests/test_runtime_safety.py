@@ -1,8 +1,92 @@
-"""Runtime safety: Ray's own task runner starts Ray on loopback."""
+"""Runtime safety: task results are JSON and a tampered one never runs code; Ray's own task
+runner starts Ray on loopback."""
 
 from __future__ import annotations
 
+import base64
+import json
+import pickle
+from pathlib import Path
+
 import pytest
+from conftest import good_text, write_jsonl
+
+from gristmill.flows import ingest_flow
+from gristmill.storage import Workspace, queries
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+class _CreatesFileWhenUnpickled:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple:
+        return (open, (str(self.path), "w"))
+
+
+def _result_files(ws: Path) -> list[Path]:
+    return sorted(p for p in (ws / "prefect-results").rglob("*") if p.is_file())
+
+
+def test_task_results_are_json_and_a_tampered_one_never_runs(tmp_path: Path) -> None:
+    raw = write_jsonl(tmp_path / "a.jsonl", [{"text": good_text(i)} for i in range(10)])
+    ws = tmp_path / "ws"
+
+    def ingest() -> int:
+        ingest_flow(str(ws), [str(raw)], "c")
+        stats = queries.corpus_stats(Workspace(ws), "c")
+        assert stats["reconciles"]
+        return stats["documents"]
+
+    assert ingest() == 10
+    files = _result_files(ws)
+    assert files
+    for file in files:
+        text = file.read_text(encoding="utf-8")
+        json.loads(text)  # every file is plain JSON ...
+        assert "pickle" not in text  # ... and names no pickle serializer
+
+    # A record that claims Prefect's pickle serializer and would create a file when unpickled.
+    marker = tmp_path / "code-ran"
+    payload = base64.b64encode(pickle.dumps(_CreatesFileWhenUnpickled(marker))).decode()
+    for file in files:
+        record = {
+            "metadata": {
+                "storage_key": str(file),
+                "expiration": None,
+                "serializer": {"type": "pickle", "picklelib": "cloudpickle"},
+                "prefect_version": "3.8.8",
+                "storage_block_id": None,
+            },
+            "result": payload,
+        }
+        file.write_text(json.dumps(record), encoding="utf-8")
+    (ws / "catalog.duckdb").unlink()  # the chunk is unrecorded: the task cache is consulted
+    assert ingest() == 10  # computed again
+    assert not marker.exists()
+
+    for file in _result_files(ws):
+        file.write_bytes(b"\x80\x04garbage")
+    (ws / "catalog.duckdb").unlink()
+    assert ingest() == 10
+    assert not marker.exists()
+
+
+def test_nothing_else_is_persisted_and_only_result_records_are_written() -> None:
+    """Flows and experiment tasks keep their results in memory, even where Prefect's settings
+    persist results by default (with pickle); worker tasks write only their own records."""
+    from gristmill.flows import experiment, run_recipe_flow, tasks, zoo_build_flow
+    from gristmill.flows.results import ResultJSONSerializer
+
+    flows = [tasks.ingest_flow, tasks.curate_flow, tasks.materialize_flow, run_recipe_flow,
+             experiment.experiment_flow, zoo_build_flow]  # fmt: skip
+    assert [f.name for f in flows if f.persist_result is not False] == []
+    assert experiment.base_model_task.persist_result is experiment.arm_task.persist_result is False
+    for worker in (tasks.ingest_chunk_task, tasks.score_shard_task):
+        assert isinstance(worker.result_serializer, ResultJSONSerializer)
+    with pytest.raises(TypeError, match="not a gristmill task result"):
+        ResultJSONSerializer().dumps({"any": "dict"})
 
 
 def test_the_ray_task_runner_starts_its_own_ray_on_loopback(

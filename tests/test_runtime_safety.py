@@ -1,18 +1,21 @@
-"""Runtime safety: task results are JSON and a tampered one never runs code; Ray's own task
-runner starts Ray on loopback."""
+"""Runtime safety: task results are JSON and a tampered one never runs code; a killed export
+leaves no staging directory for good; Ray's own task runner starts Ray on loopback."""
 
 from __future__ import annotations
 
 import base64
 import json
 import pickle
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from conftest import good_text, write_jsonl
 
-from gristmill.flows import ingest_flow
-from gristmill.storage import Workspace, queries
+from gristmill.flows import curate_flow, ingest_flow
+from gristmill.storage import Workspace, exporters, queries
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -87,6 +90,53 @@ def test_nothing_else_is_persisted_and_only_result_records_are_written() -> None
         assert isinstance(worker.result_serializer, ResultJSONSerializer)
     with pytest.raises(TypeError, match="not a gristmill task result"):
         ResultJSONSerializer().dumps({"any": "dict"})
+
+
+@pytest.fixture
+def selection(tmp_path: Path) -> Path:
+    """A workspace with corpus `pool` and a selection `all` of it."""
+    raw = write_jsonl(tmp_path / "raw" / "pool.jsonl", [{"text": good_text(i)} for i in range(8)])
+    ws = tmp_path / "ws"
+    ingest_flow(str(ws), [str(raw)], "pool")
+    curate_flow(str(ws), "pool", "quality", name="all")
+    return ws
+
+
+def _export_in_child(ws: Path, out: Path, replace: str) -> subprocess.Popen:
+    """`materialize` in a child process whose final swap into place is replaced by `replace`."""
+    script = (
+        "import os, signal, sys, time\n"
+        "from gristmill.storage import Workspace, exporters\n"
+        f"exporters.os.replace = lambda *args: {replace}\n"
+        "exporters.materialize(Workspace(sys.argv[1]), 'all', sys.argv[2])\n"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", script, str(ws), str(out)], stdout=subprocess.PIPE, text=True
+    )
+
+
+def test_a_killed_export_leaves_no_staging_directory_for_good(
+    selection: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "exports" / "out"
+    killed = _export_in_child(selection, out, "os.kill(os.getpid(), signal.SIGKILL)")
+    assert killed.wait(timeout=120) == -signal.SIGKILL
+    left_behind = list(out.parent.glob(".out.tmp-*"))
+    assert len(left_behind) == 1 and (left_behind[0] / "data.parquet").exists()
+
+    other_target = out.parent / ".other.tmp-abc"  # another export's: not ours to remove
+    other_target.mkdir()
+    running = _export_in_child(selection, out, "print('staged', flush=True) or time.sleep(120)")
+    try:
+        assert running.stdout is not None and running.stdout.readline().strip() == "staged"
+        [held] = set(out.parent.glob(".out.tmp-*")) - set(left_behind)
+        result = exporters.materialize(Workspace(selection), "all", out)
+        assert result["documents"] == 8 and (out / "data.parquet").exists()
+        assert not any(p.exists() for p in left_behind)  # the killed export's staging is gone
+        assert held.is_dir() and other_target.is_dir()  # a running export's is kept
+    finally:
+        running.kill()
+        running.wait()
 
 
 def test_the_ray_task_runner_starts_its_own_ray_on_loopback(

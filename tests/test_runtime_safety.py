@@ -1,16 +1,20 @@
 """Runtime safety: task results are JSON and a tampered one never runs code; a killed export
-leaves no staging directory for good; Ray's own task runner starts Ray on loopback."""
+leaves no staging directory for good; no temporary Prefect server outlives its command; Ray's
+own task runner starts Ray on loopback."""
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 import pickle
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 from conftest import good_text, write_jsonl
 
@@ -137,6 +141,63 @@ def test_a_killed_export_leaves_no_staging_directory_for_good(
     finally:
         running.kill()
         running.wait()
+
+
+def _temporary_servers(process: psutil.Process) -> list[psutil.Process]:
+    """Prefect API servers (uvicorn) below a process."""
+    found = []
+    for child in process.children(recursive=True):
+        try:
+            if any("prefect.server.api.server" in arg for arg in child.cmdline()):
+                found.append(child)
+        except psutil.Error:
+            pass
+    return found
+
+
+def _gone(process: psutil.Process) -> bool:
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.mark.slow
+def test_no_temporary_prefect_server_outlives_its_command(tmp_path: Path) -> None:
+    raw = write_jsonl(tmp_path / "a.jsonl", [{"text": good_text(i)} for i in range(3)])
+    ws = tmp_path / "ws"
+    home = tmp_path / "prefect-home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_")}
+    env.update({"PREFECT_HOME": str(home), "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(home / "r"),
+                "GRISTMILL_LOCK_TIMEOUT": "300"})  # fmt: skip
+    command = [sys.executable, "-m", "gristmill.cli", "ingest", str(raw), "--corpus", "c",
+               "-w", str(ws)]  # fmt: skip
+    servers: list[psutil.Process] = []
+    # This process holds the workspace, so the command waits, its temporary server up, until
+    # it is killed.
+    with Workspace(ws).write_lock("the test"):
+        child = subprocess.Popen(
+            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        try:
+            deadline = time.monotonic() + 180
+            while not any(s.net_connections(kind="inet") for s in servers):
+                assert child.poll() is None, child.stderr.read().decode() if child.stderr else ""
+                assert time.monotonic() < deadline, "no temporary Prefect server started"
+                time.sleep(0.2)
+                servers = _temporary_servers(psutil.Process(child.pid)) or servers
+            child.send_signal(signal.SIGKILL)
+            child.wait()
+            deadline = time.monotonic() + 10
+            while not all(_gone(s) for s in servers) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert all(_gone(s) for s in servers), "the temporary Prefect server outlived it"
+        finally:
+            child.kill()
+            child.wait()
+            for server in servers:
+                if not _gone(server):
+                    server.kill()
 
 
 def test_the_ray_task_runner_starts_its_own_ray_on_loopback(

@@ -283,7 +283,7 @@ def test_serve_on_an_interval_against_a_prefect_server(tmp_path: Path) -> None:
 @contextlib.contextmanager
 def _new_listeners() -> Iterator[list[tuple[str, str]]]:
     """(process name, local address) of every socket that starts listening, in this process or
-    one below it, while the block runs (sampled every 0.2 s; filled in when the block ends)."""
+    one below it, while the block runs (sampled every 0.5 s; filled in when the block ends)."""
     import psutil
 
     me = psutil.Process()
@@ -300,7 +300,7 @@ def _new_listeners() -> Iterator[list[tuple[str, str]]]:
     stop = threading.Event()
 
     def sample() -> None:
-        while not stop.wait(0.2):
+        while not stop.wait(0.5):
             ours = {p.pid: p for p in me.children(recursive=True)} | {me.pid: me}
             for key, pid in listening().items():
                 if key not in before and key not in seen and pid in ours:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -276,9 +280,56 @@ def test_serve_on_an_interval_against_a_prefect_server(tmp_path: Path) -> None:
         _stop(server)
 
 
+@contextlib.contextmanager
+def _new_listeners() -> Iterator[list[tuple[str, str]]]:
+    """(process name, local address) of every socket that starts listening, in this process or
+    one below it, while the block runs (sampled every 0.5 s; filled in when the block ends)."""
+    import psutil
+
+    me = psutil.Process()
+
+    def listening() -> dict[tuple[int, str, int], int]:
+        return {
+            (c.pid, c.laddr.ip, c.laddr.port): c.pid
+            for c in psutil.net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN and c.pid is not None
+        }
+
+    before = set(listening())
+    seen: dict[tuple[int, str, int], str] = {}
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.5):
+            ours = {p.pid: p for p in me.children(recursive=True)} | {me.pid: me}
+            for key, pid in listening().items():
+                if key not in before and key not in seen and pid in ours:
+                    with contextlib.suppress(psutil.Error):
+                        seen[key] = ours[pid].name()
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    found: list[tuple[str, str]] = []
+    try:
+        yield found
+    finally:
+        stop.set()
+        sampler.join()
+        found += [(name, ip) for (_, ip, _), name in seen.items()]
+
+
+def _loopback(ip: str) -> bool:
+    address = ipaddress.ip_address(ip)
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1 from a dual-stack socket
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
 @pytest.mark.slow
 def test_ray_and_dask_select_what_threads_select(tmp_path: Path) -> None:
-    """Ray on a cluster the run starts; Dask on an existing cluster given by its address."""
+    """Ray on a cluster the run starts; Dask on an existing cluster given by its address. Every
+    component of both listens on loopback only."""
+    from gristmill.flows.tasks import _dask_cluster_kwargs
+
     recipe = _recipe(tmp_path, files=3, docs=30)
     run_recipe_flow(load_recipe(recipe), str(tmp_path / "threads"), "threads", 2)
     missing = []
@@ -289,13 +340,17 @@ def test_ray_and_dask_select_what_threads_select(tmp_path: Path) -> None:
             missing.append(runner)
             continue
         if runner == "ray":
-            run_recipe_flow(load_recipe(recipe), str(tmp_path / runner), runner, 2)
+            with _new_listeners() as listeners:
+                run_recipe_flow(load_recipe(recipe), str(tmp_path / runner), runner, 2)
+            assert {"gcs_server", "raylet"} <= {name for name, _ in listeners}, listeners
         else:
             from distributed import LocalCluster
 
-            with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as dask:
+            with _new_listeners() as listeners, LocalCluster(**_dask_cluster_kwargs(2)) as dask:
                 address = dask.scheduler_address
                 run_recipe_flow(load_recipe(recipe), str(tmp_path / runner), runner, None, address)
+            assert len(listeners) >= 3, listeners  # the scheduler and two workers at least
+        assert [(name, ip) for name, ip in listeners if not _loopback(ip)] == [], runner
         for selection in ("clean", "sample"):
             assert _members(tmp_path / runner, selection) == _members(
                 tmp_path / "threads", selection

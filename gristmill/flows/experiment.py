@@ -28,7 +28,7 @@ def run_id_for(spec: ExperimentSpec, versions: dict[str, str | None]) -> str:
     return f"{spec.name}-{xxhash.xxh3_64_hexdigest(settings.encode())[:10]}"
 
 
-@task(name="base-model", cache_policy=NO_CACHE)
+@task(name="base-model", cache_policy=NO_CACHE, persist_result=False)
 def base_model_task(root: str, spec: ExperimentSpec) -> str:
     """Load or pretrain the base model."""
     from gristmill.training import experiment as lib
@@ -36,7 +36,7 @@ def base_model_task(root: str, spec: ExperimentSpec) -> str:
     return lib.prepare_base(Workspace(root), spec)
 
 
-@task(name="arm", cache_policy=NO_CACHE, task_run_name="arm-{arm}-seed{seed}")
+@task(name="arm", cache_policy=NO_CACHE, persist_result=False, task_run_name="arm-{arm}-seed{seed}")
 def arm_task(root: str, spec: ExperimentSpec, base: str, arm: str, seed: int) -> dict[str, Any]:
     """Continue pretraining (or pick the fine-tuning set), fine-tune and evaluate one arm."""
     from gristmill.training import experiment as lib
@@ -54,7 +54,7 @@ def arm_task(root: str, spec: ExperimentSpec, base: str, arm: str, seed: int) ->
     return result
 
 
-@flow(name="experiment")
+@flow(name="experiment", persist_result=False)
 def experiment_flow(workspace: str, spec: ExperimentSpec) -> dict[str, Any]:
     """Train and measure every arm; write metrics.json, report.md, a plot and a table artifact."""
     from gristmill.training import experiment as lib  # torch loads only when training

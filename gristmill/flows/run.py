@@ -17,7 +17,7 @@ from gristmill.storage.readers import IngestOptions
 from gristmill.storage.workspace import Workspace
 
 
-@flow(name="run-recipe")
+@flow(name="run-recipe", persist_result=False)
 def run_recipe_flow(
     recipe: Recipe | str,
     workspace: str | None = None,

@@ -3,9 +3,9 @@
 Each flow holds the workspace's write lock, fans work out as one task per chunk or shard, and
 records results in the catalog from the flow process in batches (about every 2 s) as tasks
 finish. Two caches work together: the catalog skips finished chunks and stored signals before
-any task is made, and Prefect's task cache (task source + inputs, results under
-`<workspace>/prefect-results`) serves a task that finished but was never recorded, as when the
-flow process was killed.
+any task is made, and Prefect's task cache (task source + inputs, results as JSON under
+`<workspace>/prefect-results`, see flows/results.py) serves a task that finished but was never
+recorded, as when the flow process was killed.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
 from gristmill import progress
 from gristmill.errors import GristmillError, InputError
+from gristmill.flows.results import ResultJSONSerializer, with_results_in
 from gristmill.flows.ui import progress_artifacts, publish_selection
 from gristmill.selectors import registry
 from gristmill.selectors.base import Scorer, SelectorContext, SetSelector
@@ -82,11 +83,13 @@ def task_runner(
     if runner == "processes":
         return ProcessPoolTaskRunner(max_workers=workers)
     if runner == "ray":
-        ray_runner = _import_runner("prefect_ray", "RayTaskRunner", "ray")
+        _import_runner("prefect_ray", "RayTaskRunner", "ray")
+        from gristmill.flows.ray_runner import LocalRayTaskRunner
+
         if address is not None:
-            return ray_runner(address=address)
+            return LocalRayTaskRunner(address=address)
         # A Ray instance this process started (see `cluster`) is reused as it is.
-        return ray_runner(init_kwargs={"num_cpus": workers, "include_dashboard": False})
+        return LocalRayTaskRunner(init_kwargs={"num_cpus": workers})
     if runner == "dask":
         dask_runner = _import_runner("prefect_dask", "DaskTaskRunner", "dask")
         if address is not None:
@@ -105,8 +108,10 @@ def _import_runner(module: str, name: str, extra: str) -> Any:
 
 
 def _dask_cluster_kwargs(workers: int) -> dict[str, Any]:
-    # Worker processes, one thread each: scorers are CPU-bound Python and hold the GIL.
-    return {"n_workers": workers, "threads_per_worker": 1, "dashboard_address": None}
+    # Worker processes, one thread each: scorers are CPU-bound Python and hold the GIL. The
+    # scheduler and workers listen on loopback only.
+    return {"n_workers": workers, "threads_per_worker": 1, "dashboard_address": None,
+            "host": "127.0.0.1"}  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -121,10 +126,10 @@ def cluster(runner: str, workers: int | None, address: str | None) -> Iterator[s
         return
     workers = workers or os.cpu_count() or 1
     if runner == "ray":
-        ray = __import__("ray")
         _import_runner("prefect_ray", "RayTaskRunner", "ray")
-        # A local cluster listens on loopback only, like every server gristmill starts.
-        ray.init(num_cpus=workers, include_dashboard=False, _node_ip_address="127.0.0.1")
+        from gristmill.flows.ray_runner import ray, start_local_ray
+
+        start_local_ray(num_cpus=workers)
         try:
             yield None
         finally:
@@ -153,6 +158,7 @@ def _worker_task(name: str, cache_policy: Any = WORKER_CACHE) -> Any:
         retry_condition_fn=_retry_on_io,
         cache_policy=cache_policy,
         persist_result=True,
+        result_serializer=ResultJSONSerializer(),
     )
 
 
@@ -163,7 +169,7 @@ def run_each(
 
     A cached result whose files were deleted since is computed again rather than served stale.
     """
-    bound = worker.with_options(result_storage=result_storage(ws))
+    bound = with_results_in(worker, result_storage(ws))
     futures = [bound.submit(*args) for args in calls]
     arguments = {id(future): args for future, args in zip(futures, calls, strict=True)}
     for future in as_completed(futures):
@@ -205,7 +211,7 @@ def score_shard_task(
     return score_shard(root, corpus, shard, scorer, config_hash)
 
 
-@flow(name="ingest", task_runner=task_runner())
+@flow(name="ingest", task_runner=task_runner(), persist_result=False)
 def ingest_flow(
     workspace: str, paths: list[str], corpus: str, options: IngestOptions | None = None
 ) -> dict[str, Any]:
@@ -275,7 +281,7 @@ def _score(ws: Workspace, plan: ScoringPlan, scorer: Scorer, label: str) -> int:
     return scored
 
 
-@flow(name="curate", task_runner=task_runner())
+@flow(name="curate", task_runner=task_runner(), persist_result=False)
 def curate_flow(
     workspace: str,
     corpus: str,
@@ -336,7 +342,7 @@ def curate_flow(
     return {**result, "selection": record}
 
 
-@flow(name="materialize")
+@flow(name="materialize", persist_result=False)
 def materialize_flow(
     workspace: str, selection: str, out: str, fmt: str = "parquet", overwrite: bool = False
 ) -> dict[str, Any]:

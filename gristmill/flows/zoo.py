@@ -10,7 +10,7 @@ from gristmill.storage.workspace import Workspace
 from gristmill.training.zoo import ZooConfig, build_zoo, zoo_dir
 
 
-@flow(name="zoo-build")
+@flow(name="zoo-build", persist_result=False)
 def zoo_build_flow(workspace: str, corpus: str, name: str, config: ZooConfig) -> dict[str, Any]:
     """Build the zoo `name` from `corpus` into <workspace>/zoos/<name> (finished models kept)."""
     ws = Workspace(workspace)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import glob
 import os
+import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Literal
@@ -43,7 +46,9 @@ def materialize(
     members = workspace.selection_dir(selection) / "members.parquet"
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     # Build next to the destination, then swap it in, so a failed export leaves nothing half-done.
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    _remove_stale_staging(out_dir)
+    prefix = f"{_staging_prefix(out_dir)}{os.getpid()}-"
+    staging = Path(tempfile.mkdtemp(prefix=prefix, dir=out_dir.parent))
     try:
         query = (
             "select d.doc_id, d.text, d.domain, d.source, d.source_line, "
@@ -77,6 +82,36 @@ def materialize(
             "files": files}  # fmt: skip
 
 
+def _staging_prefix(out_dir: Path) -> str:
+    """`.<name>.tmp-<host>-`; a staging directory adds `<pid>-<random>`, so that one left by a
+    killed export can be told from one in use."""
+    return f".{out_dir.name}.tmp-{socket.gethostname()}-"
+
+
+def _remove_stale_staging(out_dir: Path) -> None:
+    """Remove the staging directories that exports to `out_dir` killed on this host left.
+
+    A staging directory is stale when the process named in it is gone; one of another host, of
+    another destination or of a running export is left alone.
+    """
+    prefix = _staging_prefix(out_dir)
+    named = re.compile(re.escape(prefix) + r"(\d+)-[^-]+")
+    for path in out_dir.parent.glob(glob.escape(prefix) + "*"):
+        match = named.fullmatch(path.name)
+        if match and path.is_dir() and not _process_alive(int(match[1])):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def _check_destination(workspace: Workspace, out_dir: Path, overwrite: bool) -> None:
     """Refuse destinations whose replacement could destroy anything but an earlier export."""
     root = workspace.root
@@ -97,7 +132,8 @@ def _parquet_to_hf(parquet: Path, staging: Path) -> None:
     """Turn the staged Parquet file into a `save_to_disk` dataset in the staging directory."""
     import datasets
 
-    with tempfile.TemporaryDirectory(dir=staging.parent) as cache:
+    # Inside the staging directory, so that an export killed here leaves nothing else behind.
+    with tempfile.TemporaryDirectory(dir=staging) as cache:
         dataset = datasets.Dataset.from_parquet(str(parquet), cache_dir=cache)
         hf_dir = Path(cache) / "dataset"
         dataset.save_to_disk(str(hf_dir))

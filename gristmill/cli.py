@@ -621,8 +621,7 @@ def quickstart(
     from gristmill.sample import build_sample
 
     ws = _ws(workspace)
-    ws.check_writable()
-    with ws.catalog():
+    with ws.write_lock("quickstart"):
         pass  # a workspace from now on, so its sample data may go inside it
     build_sample(ws.root / "sample-data")
     recipe_file = ws.root / "quickstart.yaml"

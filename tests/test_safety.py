@@ -149,9 +149,16 @@ def test_new_empty_and_existing_workspaces_are_fine(ws: Path, tmp_path: Path) ->
     for root in (tmp_path / "new" / "ws", empty, ws):
         with Workspace(root).write_lock("x"):
             pass
-    # A first command that failed leaves only the lock file; the next one may still start.
-    assert sorted(p.name for p in empty.iterdir()) == [".lock"]
+    # A workspace is known by its marker too: its catalog may be lost while its files are not.
+    assert sorted(p.name for p in empty.iterdir()) == [".gristmill-workspace", ".lock"]
+    (empty / "corpora").mkdir()
     with Workspace(empty).write_lock("again"):
+        pass
+    # An older gristmill's failed first command left only the lock file.
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / ".lock").touch()
+    with Workspace(old).write_lock("again"):
         pass
 
 

@@ -19,6 +19,9 @@ from gristmill.errors import InputError, NotFoundError, WorkspaceBusyError
 from gristmill.storage import catalog
 
 DEFAULT_WORKSPACE = "gristmill-workspace"
+# Written by the first writer: a workspace is recognised by it or by its catalog (the catalog
+# may be lost while the files are not).
+MARKER = ".gristmill-workspace"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -125,15 +128,13 @@ class Workspace:
     def check_writable(self) -> None:
         """Refuse to write a workspace into anything but a workspace, a new or an empty directory.
 
-        A workspace is recognised by its catalog; the lock file alone is what a first command
-        that failed leaves behind.
+        A workspace has its catalog or the marker its first writer left; a lock file alone is
+        what a failed first command of an older gristmill left behind.
         """
-        if self.exists():
+        if self.exists() or (self.root / MARKER).exists() or not self.root.exists():
             return
-        if self.root.exists() and not self.root.is_dir():
+        if not self.root.is_dir():
             raise InputError(f"{self.root}: exists and is not a directory, so not a workspace")
-        if not self.root.exists():
-            return
         others = sorted(p.name for p in self.root.iterdir() if p.name != ".lock")
         if others:
             shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
@@ -161,6 +162,7 @@ class Workspace:
             return
         self.check_writable()
         self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / MARKER).touch()
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         deadline = time.monotonic() + (lock_timeout() if timeout is None else timeout)
         while True:

@@ -9,6 +9,7 @@ import functools
 import json
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -56,16 +57,59 @@ AddressOption = Annotated[
 WorkersOption = Annotated[int | None, typer.Option(help="parallel workers [default: CPU count]")]
 
 
+DEBUG_VARIABLE = "GRISTMILL_DEBUG"
+
+
+def _fail(message: str, code: int, error: BaseException) -> typer.Exit:
+    """Print one error line; release what the error's frames hold; the exit to raise."""
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # A failed flow keeps its exception alive to interpreter exit (Prefect holds its state), and
+    # the DuckDB objects in its frames with it; DuckDB's nanobind bindings would then print a
+    # "leaked instances" report. Clearing the frames releases them now.
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if current.__traceback__ is not None:
+            traceback.clear_frames(current.__traceback__)
+        current = current.__cause__ or current.__context__
+    return typer.Exit(code)
+
+
+def _interrupted(error: Exception) -> bool:
+    """True for DuckDB's forms of Ctrl-C: a query the signal stopped raises RuntimeError."""
+    import duckdb
+
+    return isinstance(error, duckdb.InterruptException) or (
+        type(error) is RuntimeError and str(error) == "Query interrupted"
+    )
+
+
 def handle_errors(command: F) -> F:
-    """Print gristmill errors as one clear message and exit with their code."""
+    """Print errors as one clear message and exit with their code: a gristmill error's own,
+    130 on Ctrl-C, 1 for anything else (the traceback only with GRISTMILL_DEBUG=1)."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            raise  # typer's own exits and usage errors
         except GristmillError as error:
-            err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
-            raise typer.Exit(error.exit_code) from None
+            raise _fail(str(error), error.exit_code, error) from None
+        except KeyboardInterrupt as error:
+            raise _fail("interrupted", 130, error) from None
+        except Exception as error:
+            if _interrupted(error):
+                raise _fail("interrupted", 130, error) from None
+            if os.environ.get(DEBUG_VARIABLE, "") not in ("", "0"):
+                traceback.print_exception(error, file=sys.stderr)
+                raise _fail(f"internal error ({type(error).__name__}: {error})", 1, error) from None
+            message = (
+                f"internal error ({type(error).__name__}: {error}); "
+                f"rerun with {DEBUG_VARIABLE}=1 for the traceback"
+            )
+            raise _fail(message, 1, error) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -111,6 +155,13 @@ def _table(rows: list[dict[str, Any]], title: str | None = None) -> None:
 
 def _ws(workspace: Path | None) -> Workspace:
     return Workspace(workspace)
+
+
+def _recipe_workspace(loaded: Any, workspace: Path | None) -> Workspace:
+    """The workspace a recipe writes (--workspace wins over the recipe's), checked up front."""
+    ws = Workspace(str(workspace) if workspace else loaded.workspace)
+    ws.check_writable()
+    return ws
 
 
 def _params(pairs: list[str] | None) -> dict[str, Any]:
@@ -420,14 +471,20 @@ def materialize(
 @handle_errors
 def sql(
     query: str,
-    limit: Annotated[int | None, typer.Option(help="at most this many rows")] = 1000,
+    limit: Annotated[int | None, typer.Option(help="at most this many rows (0: all)")] = 1000,
     workspace: WorkspaceOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Run a read-only SQL query; every corpus, signal, selection and rejects is a view."""
+    """Run one read-only SELECT; every corpus, signal, selection and rejects is a view."""
     result = queries.run_sql(_ws(workspace), query, limit)
     rows = [dict(zip(result["columns"], r, strict=True)) for r in result["rows"]]
     _print_json(rows) if json_output else _table(rows)
+    if result["hidden"]:
+        err.print(f"note: no view for {', '.join(result['hidden'])}: the name is already taken",
+                  highlight=False)  # fmt: skip
+    if result["truncated"]:
+        err.print(f"(the first {limit} rows; there are more: raise --limit, or --limit 0 for all)",
+                  highlight=False)  # fmt: skip
 
 
 @app.command()
@@ -457,10 +514,8 @@ def _run_recipe(
 ) -> None:
     from gristmill.flows import run_recipe_flow
 
-    target = str(workspace) if workspace else loaded.workspace
-    result = _with_progress(
-        lambda: run_recipe_flow(loaded, str(Workspace(target).root), runner, workers, address)
-    )
+    root = str(_recipe_workspace(loaded, workspace).root)
+    result = _with_progress(lambda: run_recipe_flow(loaded, root, runner, workers, address))
     if json_output:
         _print_json(result)
         return
@@ -512,7 +567,7 @@ def experiment(
     loaded = load_recipe(recipe)
     if loaded.experiment is None:
         raise InputError(f"{recipe}: experiment: the recipe has no experiment section")
-    root = str(Workspace(str(workspace) if workspace else loaded.workspace).root)
+    root = str(_recipe_workspace(loaded, workspace).root)
     result = _with_progress(lambda: run_recipe_flow(loaded, root, runner, workers, address))
     if json_output:
         _print_json(result["experiment"])
@@ -538,7 +593,7 @@ def serve(
 
     check_schedule(cron, interval)
     loaded = load_recipe(recipe)  # refuse a bad recipe now, not at the first scheduled run
-    root = str(Workspace(str(workspace) if workspace else loaded.workspace).root)
+    root = str(_recipe_workspace(loaded, workspace).root)
     deployment = name or loaded.name
     api = os.environ.get("PREFECT_API_URL")
     err.print(
@@ -566,7 +621,8 @@ def quickstart(
     from gristmill.sample import build_sample
 
     ws = _ws(workspace)
-    ws.root.mkdir(parents=True, exist_ok=True)
+    with ws.write_lock("quickstart"):
+        pass  # a workspace from now on, so its sample data may go inside it
     build_sample(ws.root / "sample-data")
     recipe_file = ws.root / "quickstart.yaml"
     recipe_file.write_text(

@@ -196,6 +196,76 @@ def test_bad_usage_exits_2(corpus: tuple[Path, Path], tmp_path: Path) -> None:
 
 def test_sql_cannot_change_the_catalog(corpus: tuple[Path, Path]) -> None:
     ws, _ = corpus
-    cli("sql", "drop table corpora", "-w", str(ws))  # runs on a snapshot
+    catalog = ws / "catalog.duckdb"
+    refused = cli("sql", f"attach '{catalog}' as c; delete from c.corpora; select 1", "-w",
+                  str(ws), code=2)  # fmt: skip
+    assert "read-only" in refused
+    assert "read-only" in cli("sql", "drop table corpora", "-w", str(ws), code=2)
     listed = json.loads(cli("corpora", "-w", str(ws), "--json"))
     assert [c["corpus"] for c in listed] == ["pool"]
+
+
+def test_sql_says_when_rows_were_left_out(corpus: tuple[Path, Path]) -> None:
+    ws, _ = corpus
+    result = runner.invoke(app, ["sql", "select doc_id from pool", "--limit", "3", "-w", str(ws),
+                                 "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.stdout)) == 3
+    assert "first 3 rows" in result.stderr
+    whole = runner.invoke(app, ["sql", "select doc_id from pool", "--limit", "50", "-w", str(ws)])
+    assert whole.exit_code == 0 and "first" not in whole.stderr
+
+
+def test_internal_errors_are_one_line_with_exit_1(corpus: tuple[Path, Path], monkeypatch) -> None:
+    ws, _ = corpus
+    from gristmill.storage import queries
+
+    def broken(*args: object) -> None:
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(queries, "list_corpora", broken)
+    result = runner.invoke(app, ["corpora", "-w", str(ws)])
+    assert result.exit_code == 1
+    assert "internal error (ValueError: a bug)" in result.stderr
+    assert "GRISTMILL_DEBUG=1" in result.stderr and "Traceback" not in result.output
+    monkeypatch.setenv("GRISTMILL_DEBUG", "1")
+    debug = runner.invoke(app, ["corpora", "-w", str(ws)])
+    assert debug.exit_code == 1
+    assert "Traceback" in debug.stderr and "ValueError: a bug" in debug.stderr
+
+
+def test_interrupt_exits_130(corpus: tuple[Path, Path], monkeypatch) -> None:
+    ws, _ = corpus
+    from gristmill.storage import queries
+
+    def interrupted(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(queries, "list_corpora", interrupted)
+    result = runner.invoke(app, ["corpora", "-w", str(ws)])
+    assert result.exit_code == 130 and "interrupted" in result.stderr
+
+    def query_interrupted(*args: object) -> None:
+        raise RuntimeError("Query interrupted")  # DuckDB's form of Ctrl-C during a query
+
+    monkeypatch.setattr(queries, "list_corpora", query_interrupted)
+    result = runner.invoke(app, ["corpora", "-w", str(ws)])
+    assert result.exit_code == 130 and "interrupted" in result.stderr
+
+
+def test_failed_flow_prints_no_nanobind_leak_report(corpus: tuple[Path, Path]) -> None:
+    """A flow that fails keeps its exception (and the DuckDB objects in its frames) alive to
+    interpreter exit, where DuckDB's nanobind bindings reported them as leaks."""
+    import os
+    import subprocess
+    import sys
+
+    from prefect.settings import PREFECT_API_URL
+
+    ws, _ = corpus
+    command = [sys.executable, "-m", "gristmill.cli", "select", "pool", "--selector", "quality",
+               "--name", "a", "--input", "nope", "-w", str(ws)]  # fmt: skip
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value() or ""}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "no selection named 'nope'" in done.stderr
+    assert "nanobind" not in done.stderr and "leaked" not in done.stderr

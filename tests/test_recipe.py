@@ -80,6 +80,13 @@ def test_validation_errors_name_the_key(
     assert message in str(caught.value) and "recipe.yaml" in str(caught.value)
 
 
+@pytest.mark.parametrize("name", ["selections", "pool__rejects", "Selection"])
+def test_corpus_named_like_a_sql_view_or_table_is_refused(tmp_path: Path, name: str) -> None:
+    text = RECIPE.replace("corpus: pool", f"corpus: {name}")
+    with pytest.raises(InputError, match=rf"ingest\.0\.corpus.*corpus name '{name}'"):
+        load_recipe(_write(tmp_path, text))
+
+
 def test_unreadable_and_invalid_yaml(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="cannot read recipe"):
         load_recipe(tmp_path / "nope.yaml")

@@ -99,3 +99,71 @@ def test_bad_domain_weight_is_an_input_error(ws: Path) -> None:
     code, out = run("select", "pool", "--selector", "quality", "--name", "w",
                     "--domain-weight", "pool=lots", "-w", str(ws))  # fmt: skip
     assert code == 2 and "--domain-weight" in out
+
+
+def test_a_directory_that_is_not_a_workspace_is_never_written(tmp_path: Path) -> None:
+    from gristmill.storage import Workspace
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "notes.txt").write_text("keep me")
+    raw = write_jsonl(tmp_path / "raw.jsonl", [{"text": good_text(i)} for i in range(3)])
+    code, out = run("ingest", str(raw), "--corpus", "c", "-w", str(home))
+    assert code == 2 and "not a gristmill workspace" in out and str(home) in out
+    assert sorted(p.name for p in home.iterdir()) == ["notes.txt"]  # not even a lock file
+    with pytest.raises(InputError, match="not a gristmill workspace"):
+        Workspace("/").check_writable()
+    file = tmp_path / "file"
+    file.write_text("x")
+    with pytest.raises(InputError, match="not a directory"), Workspace(file).write_lock("x"):
+        pass
+
+
+def test_a_recipe_workspace_that_is_not_a_workspace_is_refused(tmp_path: Path, monkeypatch) -> None:
+    import gristmill.flows.serve
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("serve started on a directory that is not a workspace")
+
+    monkeypatch.setattr(gristmill.flows.serve, "serve_recipe", never)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "notes.txt").write_text("keep me")
+    write_jsonl(tmp_path / "data.jsonl", [{"text": good_text(i)} for i in range(3)])
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "name: r\nworkspace: home\ningest:\n  - {corpus: c, paths: [data.jsonl]}\n"
+        "select:\n  - {name: all, selector: quality}\n"
+    )
+    for args in (["run"], ["serve", "--interval", "60"]):
+        code, out = run(*args, str(recipe))
+        assert code == 2 and "not a gristmill workspace" in out, (args, out)
+    assert sorted(p.name for p in home.iterdir()) == ["notes.txt"]
+
+
+def test_new_empty_and_existing_workspaces_are_fine(ws: Path, tmp_path: Path) -> None:
+    from gristmill.storage import Workspace
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for root in (tmp_path / "new" / "ws", empty, ws):
+        with Workspace(root).write_lock("x"):
+            pass
+    # A workspace is known by its marker too: its catalog may be lost while its files are not.
+    assert sorted(p.name for p in empty.iterdir()) == [".gristmill-workspace", ".lock"]
+    (empty / "corpora").mkdir()
+    with Workspace(empty).write_lock("again"):
+        pass
+    # An older gristmill's failed first command left only the lock file.
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / ".lock").touch()
+    with Workspace(old).write_lock("again"):
+        pass
+
+
+@pytest.mark.parametrize("name", ["shards", "pool__rejects", "selection"])
+def test_ingest_refuses_a_corpus_named_like_a_view_or_table(tmp_path: Path, name: str) -> None:
+    raw = write_jsonl(tmp_path / "raw.jsonl", [{"text": good_text(0)}])
+    code, out = run("ingest", str(raw), "--corpus", name, "-w", str(tmp_path / "ws"))
+    assert code == 2 and f"corpus name {name!r}" in out

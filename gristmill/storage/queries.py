@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -278,72 +279,125 @@ def _coreset_clusters(
     return sizes, examples
 
 
-def _views(con: duckdb.DuckDBPyConnection, workspace: Workspace) -> list[str]:
-    """Temporary views: each corpus, each signal (latest config), each selection, rejects."""
-    created = []
-    for corpus in catalog.corpus_names(con):
-        files = [workspace.absolute(s["path"]) for s in catalog.shards(con, corpus)]
-        if files:
-            source = f"read_parquet({sql_files(files)})"
-            con.execute(f"create temp view {_ident(corpus)} as select * from {source}")
-            created.append(corpus)
+def _view_sources(con: duckdb.DuckDBPyConnection, workspace: Workspace) -> list[tuple[str, list]]:
+    """(view name, files) of each corpus and its rejects (oldest corpus first), each signal
+    (latest config) and each selection, read from the catalog itself."""
+    sources: list[tuple[str, list]] = []
+    for (corpus,) in con.execute("select name from corpora order by created_at, name").fetchall():
+        shards = [workspace.absolute(s["path"]) for s in catalog.shards(con, corpus)]
+        sources.append((corpus, shards))
         recorded = con.execute(
             "select rejects_path from chunks where corpus = ? and rejects_path is not null "
             "order by rejects_path",
             [corpus],
         ).fetchall()
-        rejects = [workspace.absolute(r[0]) for r in recorded]
-        if rejects:
-            view = f"{corpus}__rejects"
-            con.execute(
-                f"create temp view {_ident(view)} as "
-                f"select * from read_parquet({sql_files(rejects)})"
-            )
-            created.append(view)
+        sources.append((f"{corpus}__rejects", [workspace.absolute(r[0]) for r in recorded]))
     latest = catalog.rows(
         con,
         "select corpus, signal, arg_max(config_hash, created_at) as config_hash "
-        "from signals group by corpus, signal",
+        "from signals group by corpus, signal order by corpus, signal",
     )
     for row in latest:
         files = catalog.signal_files(con, row["corpus"], row["signal"], row["config_hash"])
-        view = f"{row['corpus']}__{row['signal']}"
-        paths = [workspace.absolute(p) for p in files.values()]
-        con.execute(
-            f"create temp view {_ident(view)} as select * from read_parquet({sql_files(paths)})"
-        )
-        created.append(view)
-    for (name,) in con.execute("select name from selections").fetchall():
+        paths = [workspace.absolute(p) for p in sorted(files.values())]
+        sources.append((f"{row['corpus']}__{row['signal']}", paths))
+    for (name,) in con.execute("select name from selections order by name").fetchall():
         path = workspace.selection_dir(name) / "members.parquet"
-        if path.exists():
-            view = f"selection__{name}"
-            con.execute(
-                f"create temp view {_ident(view)} as "
-                f"select * from read_parquet({sql_files([path])})"
-            )
-            created.append(view)
-    return created
+        sources.append((f"selection__{name}", [path] if path.exists() else []))
+    return [(view, files) for view, files in sources if files]
+
+
+def _create_views(
+    con: duckdb.DuckDBPyConnection, sources: list[tuple[str, list]], taken: set[str]
+) -> tuple[list[str], list[str]]:
+    """Temporary views over the sources; a name already taken (DuckDB ignores case) is left
+    out rather than shadowing a table or failing every query. Returns (created, left out)."""
+    created, hidden = [], []
+    taken = {name.lower() for name in taken}
+    for view, files in sources:
+        if view.lower() in taken:
+            hidden.append(view)
+            continue
+        source = f"read_parquet({sql_files(files)})"
+        con.execute(f"create temp view {_ident(view)} as select * from {source}")
+        taken.add(view.lower())
+        created.append(view)
+    return created, hidden
+
+
+def _lock_down(con: duckdb.DuckDBPyConnection, files: list[Path]) -> None:
+    """From now on the connection reads only `files`: no other file or URL, no extension to
+    install or load, no setting to change back."""
+    con.execute("set allowed_paths = ?", [[str(f) for f in files]])
+    for setting in (
+        "enable_progress_bar = false",  # it would write to stdout, into --json output
+        "autoinstall_known_extensions = false",
+        "autoload_known_extensions = false",
+        "enable_external_access = false",
+        "lock_configuration = true",
+    ):
+        con.execute(f"set {setting}")
+
+
+_EXPLAIN = re.compile(r"explain(\s+analyze)?\s+", re.IGNORECASE)
+READ_ONLY_HELP = (
+    "it takes one query: select, with, from, values, describe, summarize, show or explain select"
+)
+
+
+def _read_only_statement(con: duckdb.DuckDBPyConnection, query: str) -> Any:
+    """The query's one statement if it only reads (a SELECT, or EXPLAIN of one); else InputError."""
+    statements = con.extract_statements(query)
+    if not statements:
+        raise InputError(f"no statement to run: `gristmill sql` is read-only; {READ_ONLY_HELP}")
+    if len(statements) > 1:
+        raise InputError(
+            f"`gristmill sql` is read-only and runs one statement, got {len(statements)}; "
+            f"{READ_ONLY_HELP}"
+        )
+    statement = statements[0]
+    kind = statement.type
+    if kind == duckdb.StatementType.EXPLAIN:
+        # EXPLAIN ANALYZE runs its statement, so what it explains must be a SELECT too.
+        prefix = _EXPLAIN.match(statement.query)
+        explained = con.extract_statements(statement.query[prefix.end() :]) if prefix else []
+        kind = explained[0].type if len(explained) == 1 else kind
+    if kind != duckdb.StatementType.SELECT:
+        raise InputError(
+            f"`gristmill sql` is read-only: {kind.name.lower()} statements are refused; "
+            f"{READ_ONLY_HELP}"
+        )
+    return statement
 
 
 def run_sql(workspace: Workspace, query: str, limit: int | None = None) -> dict[str, Any]:
-    """Run a read-only query over the catalog and views of every corpus, signal and selection."""
+    """Run one read-only query over the catalog tables and a view of every corpus, signal,
+    selection and rejects; at most `limit` rows (`truncated` says whether more existed)."""
+    if limit is not None and limit < 0:
+        raise InputError(f"--limit: {limit} is negative (0 shows every row)")
     with duckdb.connect() as con:
         # Copy the (small) catalog tables and close the file at once: a long query must never
         # hold the catalog while a flow wants to write it.
         with workspace.catalog(read_only=True) as source:
-            for (table,) in source.execute("show tables").fetchall():
+            tables = {table for (table,) in source.execute("show tables").fetchall()}
+            for table in tables:
                 snapshot = source.sql(f"select * from {_ident(table)}").to_arrow_table()
                 con.register(f"snapshot_{table}", snapshot)
                 con.execute(f"create table {_ident(table)} as select * from snapshot_{table}")
                 con.unregister(f"snapshot_{table}")
-        views = _views(con, workspace)
+            sources = _view_sources(source, workspace)
+        views, hidden = _create_views(con, sources, tables)
+        # Only now: the views read their files while queried, so those stay readable.
+        _lock_down(con, [file for _, files in sources for file in files])
         try:
-            cursor = con.execute(query)
-            if cursor.description is None:
-                return {"columns": [], "rows": []}
+            statement = _read_only_statement(con, query)
+            cursor = con.execute(statement)
             columns = [d[0] for d in cursor.description]
-            data = cursor.fetchmany(limit) if limit else cursor.fetchall()
-            cursor.fetchall()  # read to the end so the connection is free
+            # One row past the limit says whether there were more; the rest is never read
+            # (closing the connection drops the streaming result).
+            data = cursor.fetchmany(limit + 1) if limit else cursor.fetchall()
         except duckdb.Error as error:
             raise InputError(f"SQL error: {error}\n(views: {', '.join(views) or 'none'})") from None
-    return {"columns": columns, "rows": [list(r) for r in data]}
+    truncated = bool(limit) and len(data) > limit
+    rows = [list(r) for r in (data[:limit] if limit else data)]
+    return {"columns": columns, "rows": rows, "truncated": truncated, "hidden": hidden}

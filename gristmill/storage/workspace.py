@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import re
@@ -18,6 +19,9 @@ from gristmill.errors import InputError, NotFoundError, WorkspaceBusyError
 from gristmill.storage import catalog
 
 DEFAULT_WORKSPACE = "gristmill-workspace"
+# Written by the first writer: a workspace is recognised by it or by its catalog (the catalog
+# may be lost while the files are not).
+MARKER = ".gristmill-workspace"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -26,12 +30,39 @@ def lock_timeout() -> float:
     return float(os.environ.get("GRISTMILL_LOCK_TIMEOUT", "10"))
 
 
+# `gristmill sql` names its views "<corpus>", "<corpus>__<signal>", "<corpus>__rejects" and
+# "selection__<name>" next to the catalog tables, and DuckDB matches names case-insensitively.
+VIEW_SEPARATOR = "__"
+SELECTION_VIEW_PREFIX = "selection"
+REJECTS_VIEW_SUFFIX = "rejects"
+
+
+@functools.cache
+def reserved_corpus_names() -> frozenset[str]:
+    """Corpus names (lower case) that `gristmill sql` needs: the catalog tables and the
+    selection views' prefix."""
+    with duckdb.connect() as con:
+        catalog.ensure_schema(con)
+        tables = {r[0].lower() for r in con.execute("show tables").fetchall()}
+    return frozenset(tables | {SELECTION_VIEW_PREFIX})
+
+
 def validate_name(kind: str, name: str) -> str:
     """Return `name` if it is safe as a file name and SQL view name, else raise InputError."""
     if not isinstance(name, str) or not _NAME_RE.match(name) or ".." in name:
         raise InputError(
             f"invalid {kind} name {name!r}: use letters, digits, '_', '-' and '.', "
             "starting with a letter or digit (at most 128 characters, no '..')"
+        )
+    if kind == "corpus" and (VIEW_SEPARATOR in name or name.lower() in reserved_corpus_names()):
+        raise InputError(
+            f"invalid corpus name {name!r}: it would take the name of a catalog table or view "
+            f"in `gristmill sql` (a corpus name has no '{VIEW_SEPARATOR}' and is none of "
+            f"{', '.join(sorted(reserved_corpus_names()))}, in any case)"
+        )
+    if kind == "signal" and name.lower() == REJECTS_VIEW_SUFFIX:
+        raise InputError(
+            f"invalid signal name {name!r}: '<corpus>__{REJECTS_VIEW_SUFFIX}' is the rejects view"
         )
     return name
 
@@ -94,11 +125,30 @@ class Workspace:
         """True when the workspace has a catalog."""
         return self.catalog_path.exists()
 
+    def check_writable(self) -> None:
+        """Refuse to write a workspace into anything but a workspace, a new or an empty directory.
+
+        A workspace has its catalog or the marker its first writer left; a lock file alone is
+        what a failed first command of an older gristmill left behind.
+        """
+        if self.exists() or (self.root / MARKER).exists() or not self.root.exists():
+            return
+        if not self.root.is_dir():
+            raise InputError(f"{self.root}: exists and is not a directory, so not a workspace")
+        others = sorted(p.name for p in self.root.iterdir() if p.name != ".lock")
+        if others:
+            shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+            raise InputError(
+                f"{self.root}: not a gristmill workspace (no catalog.duckdb) and not empty "
+                f"({shown}); refusing to write there: choose a new or empty directory"
+            )
+
     # -- locking -----------------------------------------------------------------------------
     @contextlib.contextmanager
     def write_lock(self, command: str, timeout: float | None = None) -> Iterator[None]:
-        """Hold the workspace for writing; raise WorkspaceBusyError if another process holds it."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        """Hold the workspace for writing; raise WorkspaceBusyError if another process holds it.
+
+        InputError if the directory is not a workspace (see `check_writable`)."""
         lock_path = self.root / ".lock"
         with _held_guard:
             held = _held_locks.get(lock_path)
@@ -110,6 +160,9 @@ class Workspace:
             finally:
                 self._release(lock_path)
             return
+        self.check_writable()
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / MARKER).touch()
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         deadline = time.monotonic() + (lock_timeout() if timeout is None else timeout)
         while True:

@@ -54,6 +54,7 @@ _EXTENSIONS = {
     ".md": "txt",
 }
 _READ_SIZE = 1 << 20
+RAW_CAP = 64 << 10  # a reject keeps at most this much of a huge record or an undecodable tail
 EXTRACTED_SCHEMA = pa.schema(
     [
         ("line", pa.int64()),

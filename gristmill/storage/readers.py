@@ -352,11 +352,27 @@ def _plan_hf(path: str, source: str, options: IngestOptions) -> list[Chunk]:
 
 
 # -- raw byte streams ----------------------------------------------------------------------------
+_CODEC_NAMES = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bzip2", ".xz": "xz"}
+_CODEC_ERRORS = (zlib.error, zstandard.ZstdError, OSError, lzma.LZMAError, EOFError)
+
+
+class _Undecodable(Exception):
+    """Compressed bytes that do not decode; `out` is what the stream gave before them."""
+
+    def __init__(self, out: bytes, error: Exception) -> None:
+        super().__init__(str(error))
+        self.out = out
+
+
 class _Decompressor:
-    """Incremental decompression that recovers every byte before a truncation."""
+    """Incremental decompression of one or more members that keeps every byte it decoded."""
 
     def __init__(self, suffix: str) -> None:
         self.suffix = suffix
+        self.members = 0  # members decoded to their end marker
+        self.member_start = 0  # offset in the file of the member being decoded
+        self.member_output = False  # whether that member has given any bytes yet
+        self.fed = 0  # compressed bytes fed so far
         self._new()
 
     def _new(self) -> None:
@@ -368,28 +384,73 @@ class _Decompressor:
             self.obj = bz2.BZ2Decompressor()
         else:
             self.obj = lzma.LZMADecompressor()
+        self.member_output = False
 
     def feed(self, data: bytes) -> bytes:
-        out = []
+        """The bytes `data` decodes to; _Undecodable (with those before it) where it cannot."""
+        out: list[bytes] = []
+        self.fed += len(data)
         while data:
-            out.append(self.obj.decompress(data))
+            try:
+                piece = self.obj.decompress(data)
+            except _CODEC_ERRORS as error:
+                raise _Undecodable(b"".join(out), error) from None
+            if piece:
+                out.append(piece)
+                self.member_output = True
             if not self.obj.eof:
                 break
             data = self.obj.unused_data  # the next member of a multi-member stream
-            if data:
-                self._new()
+            self.members += 1
+            self.member_start = self.fed - len(data)
+            self._new()
         return b"".join(out)
 
     @property
     def complete(self) -> bool:
-        return bool(self.obj.eof)
+        """True when the input so far ends exactly after a member's end marker."""
+        return self.members > 0 and self.member_start == self.fed
 
 
 @dataclass
 class StreamState:
-    """What a raw stream learned about its end: complete, truncated or corrupt."""
+    """What a raw stream learned about its end.
+
+    `problem`: a member was cut (truncated or corrupt), so the last record read may be cut too.
+    `tail`: bytes that decoded to nothing, as (reason, detail, first RAW_CAP bytes); they are
+    one reject of their own, after every record before them.
+    """
 
     problem: str | None = None
+    tail: tuple[str, str, bytes] | None = None
+
+
+def _stream_end(
+    state: StreamState, decoder: _Decompressor, handle: Any, path: str, error: str | None
+) -> None:
+    """Record why a compressed stream stopped before a clean end."""
+    if decoder.member_output:
+        state.problem = (
+            f"corrupt compressed stream ({error})"
+            if error
+            else "truncated compressed stream (the file ends before its end marker)"
+        )
+        return
+    # Nothing of the current member decoded: keep its compressed bytes as they are.
+    handle.seek(decoder.member_start)
+    head = handle.read(RAW_CAP)
+    size = input_size(path) - decoder.member_start
+    codec = _CODEC_NAMES[Path(path).suffix.lower()]
+    kept = f"first {RAW_CAP} bytes kept"
+    if decoder.members:
+        why = error or "the file ends inside them"
+        detail = f"{size} bytes after the last complete {codec} member do not decode ({why})"
+        state.tail = ("trailing_garbage", f"{detail}; {kept}", head)
+    elif error:
+        state.tail = ("undecodable", f"not {codec} data ({error}); {kept}", head)
+    else:
+        detail = f"the file ends before any of its {size} bytes decoded as {codec}; {kept}"
+        state.tail = ("truncated", detail, head)
 
 
 def raw_chunks(
@@ -414,21 +475,29 @@ def raw_chunks(
                         remaining -= len(piece)
                     yield piece
                 return
-            decompressor = _Decompressor(suffix)
-            saw_input = False
+            decoder = _Decompressor(suffix)
             while piece := handle.read(_READ_SIZE):
-                saw_input = True
                 try:
-                    out = decompressor.feed(piece)
-                except (zlib.error, zstandard.ZstdError, OSError, lzma.LZMAError, EOFError) as e:
-                    state.problem = f"corrupt compressed stream ({e})"
+                    out = decoder.feed(piece)
+                except _Undecodable as undecodable:
+                    if undecodable.out:
+                        yield undecodable.out
+                    _stream_end(state, decoder, handle, path, str(undecodable))
                     return
                 if out:
                     yield out
-            if saw_input and not decompressor.complete:
-                state.problem = "truncated compressed stream (the file ends before its end marker)"
+            if decoder.fed and not decoder.complete:
+                _stream_end(state, decoder, handle, path, None)
 
     return generate(), state
+
+
+def _tail_reject(extractor: Extractor, state: StreamState, line: int) -> list[Reject]:
+    """The reject for a stream's undecodable tail, if it has one."""
+    if state.tail is None:
+        return []
+    reason, detail, raw = state.tail
+    return [extractor.reject(line, reason, detail, raw)]
 
 
 @dataclass
@@ -472,7 +541,7 @@ def line_blocks(
                 yield LineBlock(block, line)
                 line += block.count(b"\n")
             elif len(buffer) > max_line:
-                on_oversize(line, bytes(buffer[:65536]))
+                on_oversize(line, bytes(buffer[:RAW_CAP]))
                 buffer.clear()
                 skipping = line
     if skipping is None and buffer:
@@ -739,6 +808,8 @@ def _read_jsonl(chunk: Chunk, options: IngestOptions, extractor: Extractor) -> I
         yield Parsed(pa.Table.from_pylist([], EXTRACTED_SCHEMA), oversize, len(oversize))
     if states[0].problem:
         yield _truncation(extractor, states[0], next_line, cut_record or b"")
+    if tail := _tail_reject(extractor, states[0], next_line):
+        yield Parsed(pa.Table.from_pylist([], EXTRACTED_SCHEMA), tail, len(tail))
 
 
 def _line_spans(data: bytes, first_line: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -845,6 +916,36 @@ def _has_surrogates(values: list[str]) -> bool:
     return any(any("\udc80" <= ch <= "\udcff" for ch in v) for v in values if not v.isascii())
 
 
+class _RowLines:
+    """The physical lines csv.reader reads, held (up to RAW_CAP) until their row is taken."""
+
+    def __init__(self, lines: Iterator[str]) -> None:
+        self._lines = lines
+        self._held: list[str] = []
+        self._held_size = 0
+        self.count = 0  # physical lines read so far
+        self.quotes = 0  # quote characters in the held row so far
+
+    def __iter__(self) -> _RowLines:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self._lines)
+        self.count += 1
+        self.quotes += line.count('"')
+        if self._held_size < RAW_CAP:
+            self._held.append(line)
+            self._held_size += len(line)
+        return line
+
+    def take(self) -> bytes:
+        """The held row as it was written (without its line break, at most RAW_CAP bytes)."""
+        raw = "".join(self._held).encode("utf-8", "surrogateescape")
+        self._held.clear()
+        self._held_size = self.quotes = 0
+        return raw.removesuffix(b"\n").removesuffix(b"\r")[:RAW_CAP]
+
+
 def _read_csv(chunk: Chunk, options: IngestOptions, extractor: Extractor) -> Iterator[Parsed]:
     pieces, state = raw_chunks(chunk.path)
     text = io.TextIOWrapper(
@@ -855,17 +956,18 @@ def _read_csv(chunk: Chunk, options: IngestOptions, extractor: Extractor) -> Ite
     quoting = options.csv_quoting
     if quoting == "auto":
         quoting = "none" if chunk.format == "tsv" else "minimal"
-    csv.field_size_limit(max(options.max_doc_bytes * 2, 1 << 20))
+    field_limit = max(options.max_doc_bytes * 2, 1 << 20)
+    csv.field_size_limit(field_limit)
+    lines = _RowLines(text)
     reader = csv.reader(
-        text,
+        lines,
         delimiter=delimiter,
         quoting=csv.QUOTE_NONE if quoting == "none" else csv.QUOTE_MINIMAL,
     )
     header: list[str] | None = None
     batch: list[tuple[int, Any, bytes]] = []
     rejects: list[Reject] = []
-    last_line = 0
-    pending: tuple[int, list[str]] | None = None  # held back: the last row may be truncated
+    pending: tuple[int, list[str], bytes] | None = None  # held back: the last row may be cut
 
     def flush() -> Parsed:
         parsed = extractor.from_dicts(batch)
@@ -875,17 +977,16 @@ def _read_csv(chunk: Chunk, options: IngestOptions, extractor: Extractor) -> Ite
         rejects.clear()
         return parsed
 
-    def handle(line: int, row: list[str]) -> None:
+    def handle(line: int, row: list[str], raw: bytes) -> None:
         nonlocal header
-        raw = delimiter.join(row).encode("utf-8", "surrogateescape")
+        if not raw.strip():
+            return  # a blank line is not a record, nor a header
         if _has_surrogates(row):
             rejects.append(extractor.reject(line, "invalid_utf8", "bytes are not UTF-8", raw))
             return
         if header is None and options.csv_header:
             header = row
             return
-        if not any(row):
-            return  # a blank line is not a record
         names = header or [str(i) for i in range(len(row))]
         if header is not None and len(row) != len(header):
             detail = f"{len(row)} fields, the header has {len(header)}"
@@ -894,29 +995,41 @@ def _read_csv(chunk: Chunk, options: IngestOptions, extractor: Extractor) -> Ite
         batch.append((line, dict(zip(names, row, strict=True)), raw))
 
     while True:
+        first = lines.count + 1
         try:
             row = next(reader)
         except StopIteration:
             break
         except csv.Error as error:
-            line = last_line + 1
-            rejects.append(extractor.reject(line, "bad_row", str(error), None))
-            last_line = reader.line_num
+            if "field limit" not in str(error):
+                rejects.append(extractor.reject(first, "bad_row", str(error), lines.take()))
+                continue
+            # Skip to the end of the quoted field (the row ends where a parser without a
+            # limit would end it), so that its lines are not read as rows of their own.
+            inside_quotes = quoting != "none" and lines.quotes % 2 == 1
+            with contextlib.suppress(StopIteration):
+                while inside_quotes:
+                    next(lines)
+                    inside_quotes = lines.quotes % 2 == 1
+            detail = (
+                f"a field over the {field_limit}-character limit, lines {first}-{lines.count} "
+                f"(first {RAW_CAP} bytes kept)"
+            )
+            rejects.append(extractor.reject(first, "oversize", detail, lines.take()))
             continue
         if pending is not None:
             handle(*pending)
-        pending = (last_line + 1, row)
-        last_line = reader.line_num
+        pending = (first, row, lines.take())
         if len(batch) >= 10_000:
             yield flush()
     if pending is not None:
         if state.problem:
-            raw = delimiter.join(pending[1]).encode("utf-8", "surrogateescape")
-            rejects.append(extractor.reject(pending[0], "truncated", state.problem, raw))
+            rejects.append(extractor.reject(pending[0], "truncated", state.problem, pending[2]))
         else:
             handle(*pending)
     elif state.problem:
-        rejects.append(extractor.reject(last_line + 1, "truncated", state.problem, b""))
+        rejects.append(extractor.reject(lines.count + 1, "truncated", state.problem, b""))
+    rejects.extend(_tail_reject(extractor, state, lines.count + 1))
     yield flush()
 
 
@@ -977,7 +1090,7 @@ def _read_txt(chunk: Chunk, options: IngestOptions, extractor: Extractor) -> Ite
             line += segment.count("\n") + separator.count("\n")
         if not skipping and len(buffer) > limit:  # more characters than bytes allowed
             detail = f"document longer than {limit} bytes (first 64 KiB kept)"
-            raw = buffer[:65536].encode("utf-8", "surrogateescape")
+            raw = buffer[:RAW_CAP].encode("utf-8", "surrogateescape")[:RAW_CAP]
             lead = len(buffer) - len(buffer.lstrip("\r\n")) if not by_line else 0
             rejects.append(extractor.reject(line + buffer.count("\n", 0, lead), "oversize",
                                             detail, raw))  # fmt: skip
@@ -994,6 +1107,7 @@ def _read_txt(chunk: Chunk, options: IngestOptions, extractor: Extractor) -> Ite
         rejects.append(extractor.reject(line, "truncated", state.problem, raw))
     elif not skipping and buffer.strip():
         emit(line, buffer.removesuffix("\n") if by_line else buffer)
+    rejects.extend(_tail_reject(extractor, state, line + buffer.count("\n")))
     yield take()
 
 
@@ -1002,25 +1116,35 @@ def _read_txt_file(chunk: Chunk, options: IngestOptions, extractor: Extractor) -
     size = input_size(chunk.path)
     empty = pa.Table.from_pylist([], EXTRACTED_SCHEMA)
     compressed = Path(chunk.path).suffix.lower() in _COMPRESSED
+    kept = f"(the file itself is kept; first {RAW_CAP} bytes here)"
     if not compressed and size > limit:
-        detail = f"file is {size} bytes, over the {limit}-byte limit (the file itself is kept)"
-        return Parsed(empty, [extractor.reject(1, "oversize", detail, None)], records=1)
+        detail = f"file is {size} bytes, over the {limit}-byte limit {kept}"
+        with open_input(chunk.path) as handle:
+            head = handle.read(RAW_CAP)
+        return Parsed(empty, [extractor.reject(1, "oversize", detail, head)], records=1)
     pieces, state = raw_chunks(chunk.path)
     data = bytearray()
     for piece in pieces:
         data += piece
         if len(data) > limit:
-            detail = f"document over the {limit}-byte limit (the file itself is kept)"
-            return Parsed(empty, [extractor.reject(1, "oversize", detail, None)], records=1)
+            detail = f"document over the {limit}-byte limit {kept}"
+            reject = extractor.reject(1, "oversize", detail, bytes(data[:RAW_CAP]))
+            return Parsed(empty, [reject], records=1)
+    tail = _tail_reject(extractor, state, 1 + data.count(b"\n"))
     if state.problem:
         return Parsed(empty, [extractor.reject(1, "truncated", state.problem, bytes(data))], 1)
+    if tail and not data:
+        return Parsed(empty, tail, records=1)
     try:
         text = bytes(data).decode("utf-8-sig")
     except UnicodeDecodeError as error:
         reject = extractor.reject(1, "invalid_utf8", str(error), bytes(data))
-        return Parsed(empty, [reject], records=1)
+        return Parsed(empty, [reject, *tail], records=1 + len(tail))
     plain = Extractor(options.model_copy(update={"text_field": "text"}), chunk.source)
-    return plain.from_dicts([(1, {"text": text}, b"")])
+    parsed = plain.from_dicts([(1, {"text": text}, b"")])
+    parsed.rejects.extend(tail)
+    parsed.records += len(tail)
+    return parsed
 
 
 def _read_parquet(chunk: Chunk, options: IngestOptions, extractor: Extractor) -> Iterator[Parsed]:

@@ -840,6 +840,8 @@ def _parse_jsonl_block(data: bytes, first_line: int, extractor: Extractor) -> Pa
     for i in np.flatnonzero(nonblank & np.isin(arr[np.minimum(starts, len(arr) - 1)], (9, 13, 32))):
         if not data[starts[i] : ends[i]].strip():
             nonblank[i] = False
+    if not nonblank.any():  # Arrow would give a table without columns
+        return Parsed(pa.Table.from_pylist([], EXTRACTED_SCHEMA))
     try:
         if not data.isascii():
             data.decode("utf-8")  # Arrow would silently replace invalid UTF-8 with U+FFFD

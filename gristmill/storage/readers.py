@@ -16,6 +16,7 @@ import io
 import json
 import lzma
 import os
+import re
 import threading
 import zlib
 from collections.abc import Callable, Iterator
@@ -611,6 +612,215 @@ def _has_timestamp(dtype: pa.DataType) -> bool:
     return False
 
 
+# JSON text read as written, for what parsing and re-encoding would change.
+_JSON_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{},:]', re.DOTALL)
+_SPACED_KEY_END = re.compile(rb'"\s+:')
+_HUGE = 2.0**63
+_ARROW_MAX_DEPTH = 64  # Arrow's JSON reader recurses per level and crashes past a few thousand
+
+
+class _BadRecord(Exception):
+    """A JSON line that cannot become a record: the reject's reason and detail."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+class _RepeatedKey(Exception):
+    pass
+
+
+def _object_members(raw: bytes) -> list[tuple[bytes, bytes, bytes]]:
+    """(key, member, value) of each top-level member of a JSON object, exactly as written."""
+    members: list[tuple[bytes, bytes, bytes]] = []
+    depth, start, colon = 0, 0, 0
+    key: bytes | None = None
+    for token in _JSON_TOKEN.finditer(raw):
+        at = token.start()
+        char = raw[at]
+        if char == 0x22:  # a string: the key when it opens a member
+            if depth == 1 and key is None:
+                key = token.group()
+        elif char == 0x3A:  # ':'
+            if depth == 1:
+                colon = token.end()
+        elif char in (0x5B, 0x7B):  # '[' '{'
+            depth += 1
+            if depth == 1:
+                start = token.end()
+        else:  # ',' ']' '}'
+            if depth == 1 and key is not None and char != 0x5D:
+                members.append((key, raw[start:at].strip(), raw[colon:at].strip()))
+                start, key = token.end(), None
+            if char != 0x2C:
+                depth -= 1
+    return members
+
+
+def _verbatim_meta(raw: bytes, text_key: str | None) -> str:
+    """Meta as the record wrote it: its other non-null members, repeated keys, numbers beyond
+    64 bits, NaN and all. A repeated text key gives its last value to the text, as parsers do."""
+    members = _object_members(raw)
+    keys = [json.loads(key) for key, _, _ in members]
+    text_at = max((i for i, key in enumerate(keys) if key == text_key), default=-1)
+    kept = [m for i, (_, m, value) in enumerate(members) if i != text_at and value != b"null"]
+    return (b"{" + b",".join(kept) + b"}").decode("utf-8")
+
+
+def _load_json_line(raw: bytes, faithful: bool = False) -> tuple[Any, int | None]:
+    """A JSON line's value and the keys of all its objects; None instead of a count where
+    encoding the value again would change the record (integers beyond 64 bits, NaN,
+    Infinity, 1e400). _BadRecord if the line cannot be a record. `faithful`: Arrow read the
+    line, so no number is beyond a double and the keys need no count (0 is returned)."""
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
+    else:
+        if faithful:
+            return value, 0
+        keys, huge = _walk_json(value)
+        if not huge:
+            return value, keys
+        # orjson reads an integer beyond 64 bits as a float; json reads it exactly.
+        with contextlib.suppress(RecursionError):
+            value = json.loads(raw)
+        return value, None
+    try:  # json reads what orjson refuses: NaN, Infinity, 1e400, lone surrogates
+        value = json.loads(raw)
+    except RecursionError:
+        detail = "nested too deep to parse (about 1,000 levels)"
+        raise _BadRecord("malformed_json", detail) from None
+    except ValueError as error:
+        raise _BadRecord("malformed_json", str(error)) from None
+    if _has_lone_surrogate(value):
+        detail = "a \\ud800-\\udfff escape without its pair: the text has no UTF-8 form"
+        raise _BadRecord("invalid_text", detail)
+    return value, None
+
+
+def _written_keys(data: bytes) -> int | None:
+    """How many keys some JSON text writes, counted without parsing; None where counting
+    cannot tell (a key with whitespace before its ':', or one ending in a backslash).
+
+    Otherwise a key ends in '":', and a '":' inside a string has its quote escaped.
+    """
+    arr = np.frombuffer(data, dtype=np.uint8)
+    pair = 0x3A22  # '":' read as a little-endian 16-bit word, at even and at odd offsets
+    even = np.frombuffer(data, dtype="<u2", count=len(data) // 2)
+    odd = np.frombuffer(data, dtype="<u2", offset=1, count=(len(data) - 1) // 2)
+    at = np.concatenate((np.flatnonzero(even == pair) * 2, np.flatnonzero(odd == pair) * 2 + 1))
+    at = at[at >= 2]  # a key's closing quote comes after '{"' at least
+    escaped = arr[at - 1] == 0x5C
+    if np.any(escaped & (arr[at - 2] == 0x5C)):
+        return None  # '\\":' ends a key in a backslash, or escapes a quote after one
+    if _SPACED_KEY_END.search(data):
+        for match in _SPACED_KEY_END.finditer(data):
+            quote = match.start()
+            if data[quote - 1] != 0x5C or data[quote - 2] == 0x5C:  # not escaped in a string
+                return None
+    return int(len(at) - np.count_nonzero(escaped))
+
+
+def _repeats_keys(raw: bytes) -> bool:
+    """Whether some object of a JSON line repeats a key."""
+
+    def unique(pairs: list[tuple[str, Any]]) -> dict:
+        found = dict(pairs)
+        if len(found) != len(pairs):
+            raise _RepeatedKey
+        return found
+
+    try:
+        json.loads(raw, object_pairs_hook=unique)
+    except (_RepeatedKey, RecursionError):
+        return True  # repeated, or too deep to tell: keep it as written either way
+    return False
+
+
+def _walk_json(value: Any) -> tuple[int, bool]:
+    """Keys of every object in a parsed JSON value, and whether it holds a float of 2**63 or
+    more (where an integer beyond 64 bits may have been)."""
+    count, huge, stack = 0, False, [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is dict:
+            count += len(item)
+            item = item.values()
+        elif kind is not list:
+            huge = huge or (kind is float and not -_HUGE < item < _HUGE)
+            continue
+        for v in item:
+            kind = type(v)
+            if kind is dict or kind is list:
+                stack.append(v)
+            elif kind is float and not -_HUGE < v < _HUGE:
+                huge = True
+    return count, huge
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """Whether a key or string of a parsed JSON value holds half a surrogate pair."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    return True
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def _nests_deeper(
+    data: bytes, arr: np.ndarray, starts: np.ndarray, ends: np.ndarray, limit: int
+) -> bool:
+    """Whether a line of a block nests brackets deeper than `limit`."""
+    opening = np.flatnonzero(np.bitwise_or(arr, 0x20) == 0x7B)  # '[' and '{'
+    if len(opening) <= limit:
+        return False
+    per_line = np.bincount(np.searchsorted(starts, opening, "right") - 1, minlength=len(starts))
+    for i in np.flatnonzero(per_line > limit):  # only these can; count exactly (strings skipped)
+        depth = 0
+        for token in _JSON_TOKEN.finditer(data, int(starts[i]), int(ends[i])):
+            char = data[token.start()]
+            if char in (0x5B, 0x7B):
+                depth += 1
+                if depth > limit:
+                    return True
+            elif char in (0x5D, 0x7D):
+                depth -= 1
+    return False
+
+
+def _inexact_numbers(table: pa.Table) -> bool:
+    """Whether a float column holds NaN, an infinity or a magnitude past 2**53: there Arrow's
+    double may not be the number as written (integers beyond 64 bits become doubles)."""
+    stack: list[Any] = list(table.columns)
+    while stack:
+        column = stack.pop()
+        dtype = column.type
+        if pa.types.is_floating(dtype):
+            odd = pc.or_kleene(
+                pc.invert(pc.is_finite(column)), pc.greater_equal(pc.abs(column), 2.0**53)
+            )
+            if pc.any(odd).as_py():
+                return True
+        elif pa.types.is_struct(dtype):
+            stack.extend(pc.struct_field(column, [i]) for i in range(dtype.num_fields))
+        elif pa.types.is_list(dtype) or pa.types.is_large_list(dtype):
+            stack.append(pc.list_flatten(column))
+    return False
+
+
 _meta_db: duckdb.DuckDBPyConnection | None = None
 _meta_db_guard = threading.Lock()
 
@@ -654,9 +864,8 @@ def _meta_json(table: pa.Table, exclude: str) -> pa.Array:
     if not nulls.any():
         return meta
     values = meta.to_pylist()
-    for row in np.flatnonzero(nulls):
-        fields = orjson.loads(values[row])
-        values[row] = orjson.dumps({k: v for k, v in fields.items() if v is not None}).decode()
+    for row in np.flatnonzero(nulls):  # as written: DuckDB writes NaN and Infinity as such
+        values[row] = _verbatim_meta(values[row].encode("utf-8"), None)
     return pa.array(values, pa.string())
 
 
@@ -671,12 +880,15 @@ class Extractor:
         """A reject of this source."""
         return Reject(self.source, line, reason, detail, raw)
 
-    def from_dicts(self, records: list[tuple[int, Any, bytes]]) -> Parsed:
-        """Extract from (line, parsed value, raw bytes) triples."""
+    def from_dicts(
+        self, records: list[tuple[int, Any, bytes]], verbatim: set[int] | frozenset = frozenset()
+    ) -> Parsed:
+        """Extract from (line, parsed value, raw bytes) triples; `verbatim`: the positions of
+        JSON records whose meta is taken from their raw bytes (re-encoding would change it)."""
         o = self.options
         lines, texts, ids, domains, metas, rejects = [], [], [], [], [], []
         top_level_text = "." not in o.text_field
-        for line, record, raw in records:
+        for position, (line, record, raw) in enumerate(records):
             if not isinstance(record, dict):
                 kind = type(record).__name__
                 rejects.append(self.reject(line, "not_an_object", f"record is a JSON {kind}", raw))
@@ -699,12 +911,19 @@ class Extractor:
                 domains.append(_as_str(_get_path(record, o.domain_field)))
             else:
                 domains.append(None)
-            rest = {
-                k: v
-                for k, v in record.items()
-                if v is not None and not (top_level_text and k == o.text_field)
-            }
-            metas.append(orjson.dumps(rest, default=str).decode() if rest else "{}")
+            text_key = o.text_field if top_level_text else None
+            if position in verbatim:
+                metas.append(_verbatim_meta(raw, text_key))
+                continue
+            rest = {k: v for k, v in record.items() if v is not None and k != text_key}
+            try:
+                metas.append(orjson.dumps(rest, default=str).decode() if rest else "{}")
+            except orjson.JSONEncodeError:  # nested deeper than orjson writes
+                metas.append(
+                    _verbatim_meta(raw, text_key)
+                    if raw.lstrip().startswith(b"{")
+                    else json.dumps(rest, default=str, ensure_ascii=False)
+                )
         table = pa.table([lines, texts, ids, domains, metas], schema=EXTRACTED_SCHEMA)
         return Parsed(table, rejects, records=len(records))
 
@@ -842,18 +1061,23 @@ def _parse_jsonl_block(data: bytes, first_line: int, extractor: Extractor) -> Pa
             nonblank[i] = False
     if not nonblank.any():  # Arrow would give a table without columns
         return Parsed(pa.Table.from_pylist([], EXTRACTED_SCHEMA))
+    faithful = False  # Arrow read every line: no key repeats, no number beyond a double
     try:
         if not data.isascii():
             data.decode("utf-8")  # Arrow would silently replace invalid UTF-8 with U+FFFD
+        if _nests_deeper(data, arr, starts, ends, _ARROW_MAX_DEPTH):
+            raise ValueError("nested too deep for Arrow")  # its reader recurses and can crash
         table = pa_json.read_json(
             io.BytesIO(data), read_options=pa_json.ReadOptions(block_size=4 << 20)
         )
-        # Whitespace-only lines shift rows against lines; parsed dates would be re-formatted.
+        # Whitespace-only lines shift rows against lines; parsed dates would be re-formatted;
+        # doubles lose integers beyond 64 bits and the text of 1e400.
         dated = any(_has_timestamp(f.type) for f in table.schema)
-        if table.num_rows != int(nonblank.sum()) or dated:
-            raise ValueError("rows differ from lines, or dates were parsed")
+        faithful = not _inexact_numbers(table)
+        if table.num_rows != int(nonblank.sum()) or dated or not faithful:
+            raise ValueError("rows differ from lines, dates were parsed, or numbers changed")
     except (pa.ArrowInvalid, ValueError):  # UnicodeDecodeError is a ValueError
-        return _parse_jsonl_lines(data, starts, ends, numbers, nonblank, extractor)
+        return _parse_jsonl_lines(data, starts, ends, numbers, nonblank, extractor, faithful)
     return extractor.from_table(table, numbers[nonblank])
 
 
@@ -864,8 +1088,14 @@ def _parse_jsonl_lines(
     numbers: np.ndarray,
     nonblank: np.ndarray,
     extractor: Extractor,
+    faithful: bool = False,
 ) -> Parsed:
+    """Parse a block line by line. `faithful`: Arrow read every line, so parsed values are
+    the records as written (no key repeats, no number orjson would change)."""
     records: list[tuple[int, Any, bytes]] = []
+    verbatim: set[int] = set()  # records whose meta is kept as written
+    counted: list[int] = []  # the others, and the keys parsed in each
+    key_counts: list[int] = []
     rejects: list[Reject] = []
     for start, end, number in zip(starts[nonblank], ends[nonblank], numbers[nonblank], strict=True):
         raw = data[start:end]
@@ -878,15 +1108,26 @@ def _parse_jsonl_lines(
             rejects.append(extractor.reject(line, "invalid_utf8", str(error), raw))
             continue
         try:
-            value = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            try:
-                value = json.loads(raw)  # orjson refuses integers beyond 64 bits; json does not
-            except ValueError as error:
-                rejects.append(extractor.reject(line, "malformed_json", str(error), raw))
-                continue
+            value, keys = _load_json_line(raw, faithful)
+        except _BadRecord as bad:
+            rejects.append(extractor.reject(line, bad.reason, bad.detail, raw))
+            continue
+        if keys is None:
+            verbatim.add(len(records))
+        else:
+            counted.append(len(records))
+            key_counts.append(keys)
         records.append((line, value, raw))
-    parsed = extractor.from_dicts(records)
+    # Parsers keep only the last value of a repeated key: those records keep their meta as
+    # written. Count keys over the whole block first, which is exact and cheap when none repeats.
+    if not faithful:
+        written = _written_keys(data)
+        if written is not None:
+            uncounted = [records[i][2] for i in verbatim] + [r.raw or b"" for r in rejects]
+            written -= sum(_written_keys(raw) or 0 for raw in uncounted)
+        if written != sum(key_counts):
+            verbatim.update(i for i in counted if _repeats_keys(records[i][2]))
+    parsed = extractor.from_dicts(records, verbatim)
     parsed.rejects[:0] = rejects
     parsed.records += len(rejects)
     return parsed

@@ -12,11 +12,13 @@ import bz2
 import codecs
 import contextlib
 import csv
+import errno
 import io
 import json
 import lzma
 import os
 import re
+import stat
 import threading
 import zlib
 from collections.abc import Callable, Iterator
@@ -159,9 +161,27 @@ def is_url(path: str) -> bool:
     return "://" in path
 
 
+# An input that vanished or cannot be read: bad input (exit 2, no retries), not a transient error.
+_UNREADABLE = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+def _unreadable_input(path: str, error: OSError) -> InputError:
+    """The InputError naming an input that vanished or cannot be read, and why."""
+    if isinstance(error, FileNotFoundError | NotADirectoryError):
+        why = "no longer exists (deleted or moved after the ingest began?)"
+    elif isinstance(error, PermissionError):
+        why = "not readable (permission denied)"
+    else:
+        why = "is a directory, not a file"
+    return InputError(f"{path}: {why}")
+
+
 def open_input(path: str) -> Any:
     """Open a local path or an fsspec URL for binary reading."""
-    return fsspec.open(path, "rb").open() if is_url(path) else open(path, "rb")
+    try:
+        return fsspec.open(path, "rb").open() if is_url(path) else open(path, "rb")
+    except _UNREADABLE as error:
+        raise _unreadable_input(path, error) from None
 
 
 def _parquet_source(path: str) -> Any:
@@ -171,10 +191,13 @@ def _parquet_source(path: str) -> Any:
 
 def input_size(path: str) -> int:
     """Size in bytes of a local path or an fsspec URL."""
-    if not is_url(path):
-        return os.path.getsize(path)
-    fs, inner = fsspec.core.url_to_fs(path)
-    return int(fs.size(inner))
+    try:
+        if not is_url(path):
+            return os.path.getsize(path)
+        fs, inner = fsspec.core.url_to_fs(path)
+        return int(fs.size(inner))
+    except _UNREADABLE as error:
+        raise _unreadable_input(path, error) from None
 
 
 def _fingerprint(path: str) -> str:
@@ -189,14 +212,22 @@ def _fingerprint(path: str) -> str:
     return f"{size}:{digest.hexdigest()}"
 
 
-def expand_inputs(paths: list[str], options: IngestOptions) -> list[tuple[str, str, str]]:
-    """(path, source key, format) for every input file; InputError for unreadable or unknown."""
+def expand_inputs(
+    paths: list[str], options: IngestOptions, skipped: list[dict[str, str]] | None = None
+) -> list[tuple[str, str, str]]:
+    """(path, source key, format) for every input file; InputError for unreadable or unknown.
+
+    Directory entries left out are appended to `skipped` as {"path", "reason"}: hidden
+    files and directories ("hidden"), symbolic links that loop ("symlink_loop") or lead
+    nowhere ("broken_symlink"), and sockets, pipes and devices ("not_a_file").
+    """
     found: list[tuple[str, str, str]] = []
+    skipped = [] if skipped is None else skipped
     for given in paths:
         if given.startswith("file://"):  # a local file is read as one, whatever the runner
             given = fsspec.core.url_to_fs(given)[1]
         elif is_url(given) and options.format != "hf":
-            found.extend(_expand_url(given, options))
+            found.extend(_expand_url(given, options, skipped))
             continue
         path = Path(given).expanduser()
         if options.format == "hf" or (path.is_dir() and _is_hf_dataset_dir(path)):
@@ -206,13 +237,13 @@ def expand_inputs(paths: list[str], options: IngestOptions) -> list[tuple[str, s
         if not path.exists():
             raise InputError(f"{given}: no such file or directory")
         if path.is_dir():
-            files = sorted(
-                p
-                for p in path.rglob("*")
-                if p.is_file() and not any(part.startswith(".") for part in p.parts[-1:])
-            )
+            before = len(skipped)
+            files = sorted(_directory_files(path, given, skipped))
             if not files:
-                raise InputError(f"{given}: directory has no files")
+                left_out = skipped[before:]
+                reasons = ", ".join(sorted({s["reason"] for s in left_out}))
+                note = f" ({len(left_out)} entries skipped: {reasons})" if left_out else ""
+                raise InputError(f"{given}: directory has no files{note}")
             for file in files:
                 source = f"{path.resolve().name}/{file.relative_to(path).as_posix()}"
                 found.append((str(file.resolve()), source, options.format or detect_format(file)))
@@ -231,7 +262,53 @@ def expand_inputs(paths: list[str], options: IngestOptions) -> list[tuple[str, s
     return found
 
 
-def _expand_url(url: str, options: IngestOptions) -> list[tuple[str, str, str]]:
+def _directory_files(root: Path, shown: str, skipped: list[dict[str, str]]) -> list[Path]:
+    """Regular files under a directory, following symbolic links; what is left out goes to
+    `skipped`, named as `shown` (the directory as given) joined with its place inside."""
+    files: list[Path] = []
+    top = root.stat()
+    stack = [(root, frozenset({(top.st_dev, top.st_ino)}))]  # with the directories above it
+    while stack:
+        directory, above = stack.pop()
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError as error:
+            raise _unreadable_input(str(directory), error) from None
+        for entry in entries:
+            path = Path(entry.path)
+            reason, info = _entry_status(entry)
+            if info is not None and stat.S_ISDIR(info.st_mode):
+                identity = (info.st_dev, info.st_ino)
+                if identity not in above:
+                    stack.append((path, above | {identity}))
+                    continue
+                reason = "symlink_loop"  # a link back to a directory it is inside
+            elif info is not None and stat.S_ISREG(info.st_mode):
+                files.append(path)
+                continue
+            elif info is not None:
+                reason = "not_a_file"  # a socket, pipe or device: reading it could block
+            skipped.append({"path": str(Path(shown) / path.relative_to(root)), "reason": reason})
+    return files
+
+
+def _entry_status(entry: os.DirEntry) -> tuple[str, os.stat_result | None]:
+    """A directory entry's status through links, or why it is skipped (status None)."""
+    if entry.name.startswith("."):
+        return "hidden", None
+    try:
+        return "", os.stat(entry.path)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "symlink_loop", None
+        if entry.is_symlink() and error.errno == errno.ENOENT:
+            return "broken_symlink", None
+        raise _unreadable_input(entry.path, error) from None
+
+
+def _expand_url(
+    url: str, options: IngestOptions, skipped: list[dict[str, str]]
+) -> list[tuple[str, str, str]]:
     """Files under an fsspec URL, with source keys as for a local file or directory."""
     fs, root = fsspec.core.url_to_fs(url)
     root = root.rstrip("/")
@@ -244,7 +321,8 @@ def _expand_url(url: str, options: IngestOptions) -> list[tuple[str, str, str]]:
     found = []
     for file in sorted(fs.find(root)):
         inside = file[len(root) :].lstrip("/")
-        if inside.rsplit("/", 1)[-1].startswith("."):
+        if any(part.startswith(".") for part in inside.split("/")):
+            skipped.append({"path": f"{url.rstrip('/')}/{inside}", "reason": "hidden"})
             continue
         fmt = options.format or detect_format(Path(inside))
         found.append((fs.unstrip_protocol(file), f"{base}/{inside}", fmt))
@@ -253,10 +331,14 @@ def _expand_url(url: str, options: IngestOptions) -> list[tuple[str, str, str]]:
     return found
 
 
-def plan_chunks(paths: list[str], options: IngestOptions) -> list[Chunk]:
-    """Split inputs into chunks: big plain JSONL/text files by byte range, Parquet by row group."""
+def plan_chunks(
+    paths: list[str], options: IngestOptions, skipped: list[dict[str, str]] | None = None
+) -> list[Chunk]:
+    """Split inputs into chunks: big plain JSONL/text files by byte range, Parquet by row group.
+
+    Directory entries left out are appended to `skipped` (see `expand_inputs`)."""
     chunks: list[Chunk] = []
-    for path, source, fmt in expand_inputs(paths, options):
+    for path, source, fmt in expand_inputs(paths, options, skipped):
         if fmt == "hf":
             chunks.extend(_plan_hf(path, source, options))
             continue
@@ -983,6 +1065,13 @@ def read_chunk(chunk: Chunk, options: IngestOptions) -> Iterator[Parsed]:
     }
     if chunk.format not in readers:
         raise InputError(f"{chunk.path}: unknown format {chunk.format!r}")
+    if chunk.format != "hf":  # byte ranges and row groups were planned for the file as it was
+        planned, size = int(chunk.fingerprint.split(":", 1)[0]), input_size(chunk.path)
+        if size != planned:
+            raise InputError(
+                f"{chunk.path}: changed after the ingest began ({planned} bytes when planned, "
+                f"{size} now)"
+            )
     yield from readers[chunk.format](chunk, options, extractor)
 
 
@@ -1418,7 +1507,10 @@ def _read_hf(chunk: Chunk, options: IngestOptions, extractor: Extractor) -> Iter
                 batch = []
         yield extractor.from_dicts(batch)
         return
-    loaded = datasets.load_from_disk(chunk.path)
+    try:
+        loaded = datasets.load_from_disk(chunk.path)
+    except _UNREADABLE as error:
+        raise _unreadable_input(chunk.path, error) from None
     dataset = loaded[chunk.split] if chunk.split is not None else loaded
     row = 1
     for table in dataset.with_format("arrow").iter(batch_size=16_384):

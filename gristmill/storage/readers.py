@@ -21,7 +21,7 @@ import re
 import stat
 import threading
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -710,7 +710,7 @@ class _BadRecord(Exception):
 
 
 class _RepeatedKey(Exception):
-    pass
+    """A JSON object names a key twice."""
 
 
 def _object_members(raw: bytes) -> list[tuple[bytes, bytes, bytes]]:
@@ -963,13 +963,13 @@ class Extractor:
         return Reject(self.source, line, reason, detail, raw)
 
     def from_dicts(
-        self, records: list[tuple[int, Any, bytes]], verbatim: set[int] | frozenset = frozenset()
+        self, records: list[tuple[int, Any, bytes]], verbatim: Collection[int] = ()
     ) -> Parsed:
         """Extract from (line, parsed value, raw bytes) triples; `verbatim`: the positions of
         JSON records whose meta is taken from their raw bytes (re-encoding would change it)."""
         o = self.options
         lines, texts, ids, domains, metas, rejects = [], [], [], [], [], []
-        top_level_text = "." not in o.text_field
+        text_key = o.text_field if "." not in o.text_field else None  # left out of meta
         for position, (line, record, raw) in enumerate(records):
             if not isinstance(record, dict):
                 kind = type(record).__name__
@@ -993,7 +993,6 @@ class Extractor:
                 domains.append(_as_str(_get_path(record, o.domain_field)))
             else:
                 domains.append(None)
-            text_key = o.text_field if top_level_text else None
             if position in verbatim:
                 metas.append(_verbatim_meta(raw, text_key))
                 continue

@@ -92,6 +92,10 @@ def ingest(
     # n_bytes is the UTF-8 size of the text; doc_ids never repeat.
     for row in docs.to_pylist():
         assert row["n_bytes"] == len(row["text"].encode("utf-8"))
+    # Every reject keeps the bytes of what it rejects (a truncated stream may have cut nothing).
+    for row in rejects.to_pylist():
+        assert row["raw"] is not None, row
+        assert row["raw"] or row["reason"] == "truncated", row
     reject_counts = Counter(rejects["reason"].to_pylist())
     assert reject_counts == sum((Counter(r.reject_counts) for r in results), Counter())
     if unique_ids:

@@ -220,7 +220,8 @@ def ingest_flow(
     validate_name("corpus", corpus)
     ws = Workspace(workspace)
     with ws.write_lock(f"ingest {corpus}"), progress_artifacts():
-        chunks = plan_chunks(paths, options)
+        skipped: list[dict[str, str]] = []  # directory entries left out, named with why
+        chunks = plan_chunks(paths, options, skipped=skipped)
         options_hash = options.options_hash()
         sources = {c.source: (c.fingerprint, options_hash) for c in chunks}
         with ws.catalog() as con:
@@ -249,6 +250,7 @@ def ingest_flow(
         "chunks_skipped": len(chunks) - len(todo),
         "added": added,
         "stats": stats,
+        "skipped_inputs": skipped,
     }
 
 

@@ -12,13 +12,16 @@ import bz2
 import codecs
 import contextlib
 import csv
+import errno
 import io
 import json
 import lzma
 import os
+import re
+import stat
 import threading
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -54,6 +57,7 @@ _EXTENSIONS = {
     ".md": "txt",
 }
 _READ_SIZE = 1 << 20
+RAW_CAP = 64 << 10  # a reject keeps at most this much of a huge record or an undecodable tail
 EXTRACTED_SCHEMA = pa.schema(
     [
         ("line", pa.int64()),
@@ -157,9 +161,27 @@ def is_url(path: str) -> bool:
     return "://" in path
 
 
+# An input that vanished or cannot be read: bad input (exit 2, no retries), not a transient error.
+_UNREADABLE = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+def _unreadable_input(path: str, error: OSError) -> InputError:
+    """The InputError naming an input that vanished or cannot be read, and why."""
+    if isinstance(error, FileNotFoundError | NotADirectoryError):
+        why = "no longer exists (deleted or moved after the ingest began?)"
+    elif isinstance(error, PermissionError):
+        why = "not readable (permission denied)"
+    else:
+        why = "is a directory, not a file"
+    return InputError(f"{path}: {why}")
+
+
 def open_input(path: str) -> Any:
     """Open a local path or an fsspec URL for binary reading."""
-    return fsspec.open(path, "rb").open() if is_url(path) else open(path, "rb")
+    try:
+        return fsspec.open(path, "rb").open() if is_url(path) else open(path, "rb")
+    except _UNREADABLE as error:
+        raise _unreadable_input(path, error) from None
 
 
 def _parquet_source(path: str) -> Any:
@@ -169,10 +191,13 @@ def _parquet_source(path: str) -> Any:
 
 def input_size(path: str) -> int:
     """Size in bytes of a local path or an fsspec URL."""
-    if not is_url(path):
-        return os.path.getsize(path)
-    fs, inner = fsspec.core.url_to_fs(path)
-    return int(fs.size(inner))
+    try:
+        if not is_url(path):
+            return os.path.getsize(path)
+        fs, inner = fsspec.core.url_to_fs(path)
+        return int(fs.size(inner))
+    except _UNREADABLE as error:
+        raise _unreadable_input(path, error) from None
 
 
 def _fingerprint(path: str) -> str:
@@ -187,14 +212,22 @@ def _fingerprint(path: str) -> str:
     return f"{size}:{digest.hexdigest()}"
 
 
-def expand_inputs(paths: list[str], options: IngestOptions) -> list[tuple[str, str, str]]:
-    """(path, source key, format) for every input file; InputError for unreadable or unknown."""
+def expand_inputs(
+    paths: list[str], options: IngestOptions, skipped: list[dict[str, str]] | None = None
+) -> list[tuple[str, str, str]]:
+    """(path, source key, format) for every input file; InputError for unreadable or unknown.
+
+    Directory entries left out are appended to `skipped` as {"path", "reason"}: hidden
+    files and directories ("hidden"), symbolic links that loop ("symlink_loop") or lead
+    nowhere ("broken_symlink"), and sockets, pipes and devices ("not_a_file").
+    """
     found: list[tuple[str, str, str]] = []
+    skipped = [] if skipped is None else skipped
     for given in paths:
         if given.startswith("file://"):  # a local file is read as one, whatever the runner
             given = fsspec.core.url_to_fs(given)[1]
         elif is_url(given) and options.format != "hf":
-            found.extend(_expand_url(given, options))
+            found.extend(_expand_url(given, options, skipped))
             continue
         path = Path(given).expanduser()
         if options.format == "hf" or (path.is_dir() and _is_hf_dataset_dir(path)):
@@ -204,13 +237,13 @@ def expand_inputs(paths: list[str], options: IngestOptions) -> list[tuple[str, s
         if not path.exists():
             raise InputError(f"{given}: no such file or directory")
         if path.is_dir():
-            files = sorted(
-                p
-                for p in path.rglob("*")
-                if p.is_file() and not any(part.startswith(".") for part in p.parts[-1:])
-            )
+            before = len(skipped)
+            files = sorted(_directory_files(path, given, skipped))
             if not files:
-                raise InputError(f"{given}: directory has no files")
+                left_out = skipped[before:]
+                reasons = ", ".join(sorted({s["reason"] for s in left_out}))
+                note = f" ({len(left_out)} entries skipped: {reasons})" if left_out else ""
+                raise InputError(f"{given}: directory has no files{note}")
             for file in files:
                 source = f"{path.resolve().name}/{file.relative_to(path).as_posix()}"
                 found.append((str(file.resolve()), source, options.format or detect_format(file)))
@@ -229,7 +262,53 @@ def expand_inputs(paths: list[str], options: IngestOptions) -> list[tuple[str, s
     return found
 
 
-def _expand_url(url: str, options: IngestOptions) -> list[tuple[str, str, str]]:
+def _directory_files(root: Path, shown: str, skipped: list[dict[str, str]]) -> list[Path]:
+    """Regular files under a directory, following symbolic links; what is left out goes to
+    `skipped`, named as `shown` (the directory as given) joined with its place inside."""
+    files: list[Path] = []
+    top = root.stat()
+    stack = [(root, frozenset({(top.st_dev, top.st_ino)}))]  # with the directories above it
+    while stack:
+        directory, above = stack.pop()
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError as error:
+            raise _unreadable_input(str(directory), error) from None
+        for entry in entries:
+            path = Path(entry.path)
+            reason, info = _entry_status(entry)
+            if info is not None and stat.S_ISDIR(info.st_mode):
+                identity = (info.st_dev, info.st_ino)
+                if identity not in above:
+                    stack.append((path, above | {identity}))
+                    continue
+                reason = "symlink_loop"  # a link back to a directory it is inside
+            elif info is not None and stat.S_ISREG(info.st_mode):
+                files.append(path)
+                continue
+            elif info is not None:
+                reason = "not_a_file"  # a socket, pipe or device: reading it could block
+            skipped.append({"path": str(Path(shown) / path.relative_to(root)), "reason": reason})
+    return files
+
+
+def _entry_status(entry: os.DirEntry) -> tuple[str, os.stat_result | None]:
+    """A directory entry's status through links, or why it is skipped (status None)."""
+    if entry.name.startswith("."):
+        return "hidden", None
+    try:
+        return "", os.stat(entry.path)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "symlink_loop", None
+        if entry.is_symlink() and error.errno == errno.ENOENT:
+            return "broken_symlink", None
+        raise _unreadable_input(entry.path, error) from None
+
+
+def _expand_url(
+    url: str, options: IngestOptions, skipped: list[dict[str, str]]
+) -> list[tuple[str, str, str]]:
     """Files under an fsspec URL, with source keys as for a local file or directory."""
     fs, root = fsspec.core.url_to_fs(url)
     root = root.rstrip("/")
@@ -242,7 +321,8 @@ def _expand_url(url: str, options: IngestOptions) -> list[tuple[str, str, str]]:
     found = []
     for file in sorted(fs.find(root)):
         inside = file[len(root) :].lstrip("/")
-        if inside.rsplit("/", 1)[-1].startswith("."):
+        if any(part.startswith(".") for part in inside.split("/")):
+            skipped.append({"path": f"{url.rstrip('/')}/{inside}", "reason": "hidden"})
             continue
         fmt = options.format or detect_format(Path(inside))
         found.append((fs.unstrip_protocol(file), f"{base}/{inside}", fmt))
@@ -251,10 +331,14 @@ def _expand_url(url: str, options: IngestOptions) -> list[tuple[str, str, str]]:
     return found
 
 
-def plan_chunks(paths: list[str], options: IngestOptions) -> list[Chunk]:
-    """Split inputs into chunks: big plain JSONL/text files by byte range, Parquet by row group."""
+def plan_chunks(
+    paths: list[str], options: IngestOptions, skipped: list[dict[str, str]] | None = None
+) -> list[Chunk]:
+    """Split inputs into chunks: big plain JSONL/text files by byte range, Parquet by row group.
+
+    Directory entries left out are appended to `skipped` (see `expand_inputs`)."""
     chunks: list[Chunk] = []
-    for path, source, fmt in expand_inputs(paths, options):
+    for path, source, fmt in expand_inputs(paths, options, skipped):
         if fmt == "hf":
             chunks.extend(_plan_hf(path, source, options))
             continue
@@ -351,11 +435,27 @@ def _plan_hf(path: str, source: str, options: IngestOptions) -> list[Chunk]:
 
 
 # -- raw byte streams ----------------------------------------------------------------------------
+_CODEC_NAMES = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bzip2", ".xz": "xz"}
+_CODEC_ERRORS = (zlib.error, zstandard.ZstdError, OSError, lzma.LZMAError, EOFError)
+
+
+class _Undecodable(Exception):
+    """Compressed bytes that do not decode; `out` is what the stream gave before them."""
+
+    def __init__(self, out: bytes, error: Exception) -> None:
+        super().__init__(str(error))
+        self.out = out
+
+
 class _Decompressor:
-    """Incremental decompression that recovers every byte before a truncation."""
+    """Incremental decompression of one or more members that keeps every byte it decoded."""
 
     def __init__(self, suffix: str) -> None:
         self.suffix = suffix
+        self.members = 0  # members decoded to their end marker
+        self.member_start = 0  # offset in the file of the member being decoded
+        self.member_output = False  # whether that member has given any bytes yet
+        self.fed = 0  # compressed bytes fed so far
         self._new()
 
     def _new(self) -> None:
@@ -367,28 +467,73 @@ class _Decompressor:
             self.obj = bz2.BZ2Decompressor()
         else:
             self.obj = lzma.LZMADecompressor()
+        self.member_output = False
 
     def feed(self, data: bytes) -> bytes:
-        out = []
+        """The bytes `data` decodes to; _Undecodable (with those before it) where it cannot."""
+        out: list[bytes] = []
+        self.fed += len(data)
         while data:
-            out.append(self.obj.decompress(data))
+            try:
+                piece = self.obj.decompress(data)
+            except _CODEC_ERRORS as error:
+                raise _Undecodable(b"".join(out), error) from None
+            if piece:
+                out.append(piece)
+                self.member_output = True
             if not self.obj.eof:
                 break
             data = self.obj.unused_data  # the next member of a multi-member stream
-            if data:
-                self._new()
+            self.members += 1
+            self.member_start = self.fed - len(data)
+            self._new()
         return b"".join(out)
 
     @property
     def complete(self) -> bool:
-        return bool(self.obj.eof)
+        """True when the input so far ends exactly after a member's end marker."""
+        return self.members > 0 and self.member_start == self.fed
 
 
 @dataclass
 class StreamState:
-    """What a raw stream learned about its end: complete, truncated or corrupt."""
+    """What a raw stream learned about its end.
+
+    `problem`: a member was cut (truncated or corrupt), so the last record read may be cut too.
+    `tail`: bytes that decoded to nothing, as (reason, detail, first RAW_CAP bytes); they are
+    one reject of their own, after every record before them.
+    """
 
     problem: str | None = None
+    tail: tuple[str, str, bytes] | None = None
+
+
+def _stream_end(
+    state: StreamState, decoder: _Decompressor, handle: Any, path: str, error: str | None
+) -> None:
+    """Record why a compressed stream stopped before a clean end."""
+    if decoder.member_output:
+        state.problem = (
+            f"corrupt compressed stream ({error})"
+            if error
+            else "truncated compressed stream (the file ends before its end marker)"
+        )
+        return
+    # Nothing of the current member decoded: keep its compressed bytes as they are.
+    handle.seek(decoder.member_start)
+    head = handle.read(RAW_CAP)
+    size = input_size(path) - decoder.member_start
+    codec = _CODEC_NAMES[Path(path).suffix.lower()]
+    kept = f"first {RAW_CAP} bytes kept"
+    if decoder.members:
+        why = error or "the file ends inside them"
+        detail = f"{size} bytes after the last complete {codec} member do not decode ({why})"
+        state.tail = ("trailing_garbage", f"{detail}; {kept}", head)
+    elif error:
+        state.tail = ("undecodable", f"not {codec} data ({error}); {kept}", head)
+    else:
+        detail = f"the file ends before any of its {size} bytes decoded as {codec}; {kept}"
+        state.tail = ("truncated", detail, head)
 
 
 def raw_chunks(
@@ -413,21 +558,29 @@ def raw_chunks(
                         remaining -= len(piece)
                     yield piece
                 return
-            decompressor = _Decompressor(suffix)
-            saw_input = False
+            decoder = _Decompressor(suffix)
             while piece := handle.read(_READ_SIZE):
-                saw_input = True
                 try:
-                    out = decompressor.feed(piece)
-                except (zlib.error, zstandard.ZstdError, OSError, lzma.LZMAError, EOFError) as e:
-                    state.problem = f"corrupt compressed stream ({e})"
+                    out = decoder.feed(piece)
+                except _Undecodable as undecodable:
+                    if undecodable.out:
+                        yield undecodable.out
+                    _stream_end(state, decoder, handle, path, str(undecodable))
                     return
                 if out:
                     yield out
-            if saw_input and not decompressor.complete:
-                state.problem = "truncated compressed stream (the file ends before its end marker)"
+            if decoder.fed and not decoder.complete:
+                _stream_end(state, decoder, handle, path, None)
 
     return generate(), state
+
+
+def _tail_reject(extractor: Extractor, state: StreamState, line: int) -> list[Reject]:
+    """The reject for a stream's undecodable tail, if it has one."""
+    if state.tail is None:
+        return []
+    reason, detail, raw = state.tail
+    return [extractor.reject(line, reason, detail, raw)]
 
 
 @dataclass
@@ -471,7 +624,7 @@ def line_blocks(
                 yield LineBlock(block, line)
                 line += block.count(b"\n")
             elif len(buffer) > max_line:
-                on_oversize(line, bytes(buffer[:65536]))
+                on_oversize(line, bytes(buffer[:RAW_CAP]))
                 buffer.clear()
                 skipping = line
     if skipping is None and buffer:
@@ -541,6 +694,215 @@ def _has_timestamp(dtype: pa.DataType) -> bool:
     return False
 
 
+# JSON text read as written, for what parsing and re-encoding would change.
+_JSON_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{},:]', re.DOTALL)
+_SPACED_KEY_END = re.compile(rb'"\s+:')
+_HUGE = 2.0**63
+_ARROW_MAX_DEPTH = 64  # Arrow's JSON reader recurses per level and crashes past a few thousand
+
+
+class _BadRecord(Exception):
+    """A JSON line that cannot become a record: the reject's reason and detail."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+class _RepeatedKey(Exception):
+    """A JSON object names a key twice."""
+
+
+def _object_members(raw: bytes) -> list[tuple[bytes, bytes, bytes]]:
+    """(key, member, value) of each top-level member of a JSON object, exactly as written."""
+    members: list[tuple[bytes, bytes, bytes]] = []
+    depth, start, colon = 0, 0, 0
+    key: bytes | None = None
+    for token in _JSON_TOKEN.finditer(raw):
+        at = token.start()
+        char = raw[at]
+        if char == 0x22:  # a string: the key when it opens a member
+            if depth == 1 and key is None:
+                key = token.group()
+        elif char == 0x3A:  # ':'
+            if depth == 1:
+                colon = token.end()
+        elif char in (0x5B, 0x7B):  # '[' '{'
+            depth += 1
+            if depth == 1:
+                start = token.end()
+        else:  # ',' ']' '}'
+            if depth == 1 and key is not None and char != 0x5D:
+                members.append((key, raw[start:at].strip(), raw[colon:at].strip()))
+                start, key = token.end(), None
+            if char != 0x2C:
+                depth -= 1
+    return members
+
+
+def _verbatim_meta(raw: bytes, text_key: str | None) -> str:
+    """Meta as the record wrote it: its other non-null members, repeated keys, numbers beyond
+    64 bits, NaN and all. A repeated text key gives its last value to the text, as parsers do."""
+    members = _object_members(raw)
+    keys = [json.loads(key) for key, _, _ in members]
+    text_at = max((i for i, key in enumerate(keys) if key == text_key), default=-1)
+    kept = [m for i, (_, m, value) in enumerate(members) if i != text_at and value != b"null"]
+    return (b"{" + b",".join(kept) + b"}").decode("utf-8")
+
+
+def _load_json_line(raw: bytes, faithful: bool = False) -> tuple[Any, int | None]:
+    """A JSON line's value and the keys of all its objects; None instead of a count where
+    encoding the value again would change the record (integers beyond 64 bits, NaN,
+    Infinity, 1e400). _BadRecord if the line cannot be a record. `faithful`: Arrow read the
+    line, so no number is beyond a double and the keys need no count (0 is returned)."""
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
+    else:
+        if faithful:
+            return value, 0
+        keys, huge = _walk_json(value)
+        if not huge:
+            return value, keys
+        # orjson reads an integer beyond 64 bits as a float; json reads it exactly.
+        with contextlib.suppress(RecursionError):
+            value = json.loads(raw)
+        return value, None
+    try:  # json reads what orjson refuses: NaN, Infinity, 1e400, lone surrogates
+        value = json.loads(raw)
+    except RecursionError:
+        detail = "nested too deep to parse (about 1,000 levels)"
+        raise _BadRecord("malformed_json", detail) from None
+    except ValueError as error:
+        raise _BadRecord("malformed_json", str(error)) from None
+    if _has_lone_surrogate(value):
+        detail = "a \\ud800-\\udfff escape without its pair: the text has no UTF-8 form"
+        raise _BadRecord("invalid_text", detail)
+    return value, None
+
+
+def _written_keys(data: bytes) -> int | None:
+    """How many keys some JSON text writes, counted without parsing; None where counting
+    cannot tell (a key with whitespace before its ':', or one ending in a backslash).
+
+    Otherwise a key ends in '":', and a '":' inside a string has its quote escaped.
+    """
+    arr = np.frombuffer(data, dtype=np.uint8)
+    pair = 0x3A22  # '":' read as a little-endian 16-bit word, at even and at odd offsets
+    even = np.frombuffer(data, dtype="<u2", count=len(data) // 2)
+    odd = np.frombuffer(data, dtype="<u2", offset=1, count=(len(data) - 1) // 2)
+    at = np.concatenate((np.flatnonzero(even == pair) * 2, np.flatnonzero(odd == pair) * 2 + 1))
+    at = at[at >= 2]  # a key's closing quote comes after '{"' at least
+    escaped = arr[at - 1] == 0x5C
+    if np.any(escaped & (arr[at - 2] == 0x5C)):
+        return None  # '\\":' ends a key in a backslash, or escapes a quote after one
+    if _SPACED_KEY_END.search(data):
+        for match in _SPACED_KEY_END.finditer(data):
+            quote = match.start()
+            if data[quote - 1] != 0x5C or data[quote - 2] == 0x5C:  # not escaped in a string
+                return None
+    return int(len(at) - np.count_nonzero(escaped))
+
+
+def _repeats_keys(raw: bytes) -> bool:
+    """Whether some object of a JSON line repeats a key."""
+
+    def unique(pairs: list[tuple[str, Any]]) -> dict:
+        found = dict(pairs)
+        if len(found) != len(pairs):
+            raise _RepeatedKey
+        return found
+
+    try:
+        json.loads(raw, object_pairs_hook=unique)
+    except (_RepeatedKey, RecursionError):
+        return True  # repeated, or too deep to tell: keep it as written either way
+    return False
+
+
+def _walk_json(value: Any) -> tuple[int, bool]:
+    """Keys of every object in a parsed JSON value, and whether it holds a float of 2**63 or
+    more (where an integer beyond 64 bits may have been)."""
+    count, huge, stack = 0, False, [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is dict:
+            count += len(item)
+            item = item.values()
+        elif kind is not list:
+            huge = huge or (kind is float and not -_HUGE < item < _HUGE)
+            continue
+        for v in item:
+            kind = type(v)
+            if kind is dict or kind is list:
+                stack.append(v)
+            elif kind is float and not -_HUGE < v < _HUGE:
+                huge = True
+    return count, huge
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """Whether a key or string of a parsed JSON value holds half a surrogate pair."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    return True
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def _nests_deeper(
+    data: bytes, arr: np.ndarray, starts: np.ndarray, ends: np.ndarray, limit: int
+) -> bool:
+    """Whether a line of a block nests brackets deeper than `limit`."""
+    opening = np.flatnonzero(np.bitwise_or(arr, 0x20) == 0x7B)  # '[' and '{'
+    if len(opening) <= limit:
+        return False
+    per_line = np.bincount(np.searchsorted(starts, opening, "right") - 1, minlength=len(starts))
+    for i in np.flatnonzero(per_line > limit):  # only these can; count exactly (strings skipped)
+        depth = 0
+        for token in _JSON_TOKEN.finditer(data, int(starts[i]), int(ends[i])):
+            char = data[token.start()]
+            if char in (0x5B, 0x7B):
+                depth += 1
+                if depth > limit:
+                    return True
+            elif char in (0x5D, 0x7D):
+                depth -= 1
+    return False
+
+
+def _inexact_numbers(table: pa.Table) -> bool:
+    """Whether a float column holds NaN, an infinity or a magnitude past 2**53: there Arrow's
+    double may not be the number as written (integers beyond 64 bits become doubles)."""
+    stack: list[Any] = list(table.columns)
+    while stack:
+        column = stack.pop()
+        dtype = column.type
+        if pa.types.is_floating(dtype):
+            odd = pc.or_kleene(
+                pc.invert(pc.is_finite(column)), pc.greater_equal(pc.abs(column), 2.0**53)
+            )
+            if pc.any(odd).as_py():
+                return True
+        elif pa.types.is_struct(dtype):
+            stack.extend(pc.struct_field(column, [i]) for i in range(dtype.num_fields))
+        elif pa.types.is_list(dtype) or pa.types.is_large_list(dtype):
+            stack.append(pc.list_flatten(column))
+    return False
+
+
 _meta_db: duckdb.DuckDBPyConnection | None = None
 _meta_db_guard = threading.Lock()
 
@@ -584,9 +946,8 @@ def _meta_json(table: pa.Table, exclude: str) -> pa.Array:
     if not nulls.any():
         return meta
     values = meta.to_pylist()
-    for row in np.flatnonzero(nulls):
-        fields = orjson.loads(values[row])
-        values[row] = orjson.dumps({k: v for k, v in fields.items() if v is not None}).decode()
+    for row in np.flatnonzero(nulls):  # as written: DuckDB writes NaN and Infinity as such
+        values[row] = _verbatim_meta(values[row].encode("utf-8"), None)
     return pa.array(values, pa.string())
 
 
@@ -601,12 +962,15 @@ class Extractor:
         """A reject of this source."""
         return Reject(self.source, line, reason, detail, raw)
 
-    def from_dicts(self, records: list[tuple[int, Any, bytes]]) -> Parsed:
-        """Extract from (line, parsed value, raw bytes) triples."""
+    def from_dicts(
+        self, records: list[tuple[int, Any, bytes]], verbatim: Collection[int] = ()
+    ) -> Parsed:
+        """Extract from (line, parsed value, raw bytes) triples; `verbatim`: the positions of
+        JSON records whose meta is taken from their raw bytes (re-encoding would change it)."""
         o = self.options
         lines, texts, ids, domains, metas, rejects = [], [], [], [], [], []
-        top_level_text = "." not in o.text_field
-        for line, record, raw in records:
+        text_key = o.text_field if "." not in o.text_field else None  # left out of meta
+        for position, (line, record, raw) in enumerate(records):
             if not isinstance(record, dict):
                 kind = type(record).__name__
                 rejects.append(self.reject(line, "not_an_object", f"record is a JSON {kind}", raw))
@@ -629,12 +993,18 @@ class Extractor:
                 domains.append(_as_str(_get_path(record, o.domain_field)))
             else:
                 domains.append(None)
-            rest = {
-                k: v
-                for k, v in record.items()
-                if v is not None and not (top_level_text and k == o.text_field)
-            }
-            metas.append(orjson.dumps(rest, default=str).decode() if rest else "{}")
+            if position in verbatim:
+                metas.append(_verbatim_meta(raw, text_key))
+                continue
+            rest = {k: v for k, v in record.items() if v is not None and k != text_key}
+            try:
+                metas.append(orjson.dumps(rest, default=str).decode() if rest else "{}")
+            except orjson.JSONEncodeError:  # nested deeper than orjson writes
+                metas.append(
+                    _verbatim_meta(raw, text_key)
+                    if raw.lstrip().startswith(b"{")
+                    else json.dumps(rest, default=str, ensure_ascii=False)
+                )
         table = pa.table([lines, texts, ids, domains, metas], schema=EXTRACTED_SCHEMA)
         return Parsed(table, rejects, records=len(records))
 
@@ -694,6 +1064,13 @@ def read_chunk(chunk: Chunk, options: IngestOptions) -> Iterator[Parsed]:
     }
     if chunk.format not in readers:
         raise InputError(f"{chunk.path}: unknown format {chunk.format!r}")
+    if chunk.format != "hf":  # byte ranges and row groups were planned for the file as it was
+        planned, size = int(chunk.fingerprint.split(":", 1)[0]), input_size(chunk.path)
+        if size != planned:
+            raise InputError(
+                f"{chunk.path}: changed after the ingest began ({planned} bytes when planned, "
+                f"{size} now)"
+            )
     yield from readers[chunk.format](chunk, options, extractor)
 
 
@@ -738,6 +1115,8 @@ def _read_jsonl(chunk: Chunk, options: IngestOptions, extractor: Extractor) -> I
         yield Parsed(pa.Table.from_pylist([], EXTRACTED_SCHEMA), oversize, len(oversize))
     if states[0].problem:
         yield _truncation(extractor, states[0], next_line, cut_record or b"")
+    if tail := _tail_reject(extractor, states[0], next_line):
+        yield Parsed(pa.Table.from_pylist([], EXTRACTED_SCHEMA), tail, len(tail))
 
 
 def _line_spans(data: bytes, first_line: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -768,18 +1147,25 @@ def _parse_jsonl_block(data: bytes, first_line: int, extractor: Extractor) -> Pa
     for i in np.flatnonzero(nonblank & np.isin(arr[np.minimum(starts, len(arr) - 1)], (9, 13, 32))):
         if not data[starts[i] : ends[i]].strip():
             nonblank[i] = False
+    if not nonblank.any():  # Arrow would give a table without columns
+        return Parsed(pa.Table.from_pylist([], EXTRACTED_SCHEMA))
+    faithful = False  # Arrow read every line: no key repeats, no number beyond a double
     try:
         if not data.isascii():
             data.decode("utf-8")  # Arrow would silently replace invalid UTF-8 with U+FFFD
+        if _nests_deeper(data, arr, starts, ends, _ARROW_MAX_DEPTH):
+            raise ValueError("nested too deep for Arrow")  # its reader recurses and can crash
         table = pa_json.read_json(
             io.BytesIO(data), read_options=pa_json.ReadOptions(block_size=4 << 20)
         )
-        # Whitespace-only lines shift rows against lines; parsed dates would be re-formatted.
+        # Whitespace-only lines shift rows against lines; parsed dates would be re-formatted;
+        # doubles lose integers beyond 64 bits and the text of 1e400.
         dated = any(_has_timestamp(f.type) for f in table.schema)
-        if table.num_rows != int(nonblank.sum()) or dated:
-            raise ValueError("rows differ from lines, or dates were parsed")
+        faithful = not _inexact_numbers(table)
+        if table.num_rows != int(nonblank.sum()) or dated or not faithful:
+            raise ValueError("rows differ from lines, dates were parsed, or numbers changed")
     except (pa.ArrowInvalid, ValueError):  # UnicodeDecodeError is a ValueError
-        return _parse_jsonl_lines(data, starts, ends, numbers, nonblank, extractor)
+        return _parse_jsonl_lines(data, starts, ends, numbers, nonblank, extractor, faithful)
     return extractor.from_table(table, numbers[nonblank])
 
 
@@ -790,8 +1176,14 @@ def _parse_jsonl_lines(
     numbers: np.ndarray,
     nonblank: np.ndarray,
     extractor: Extractor,
+    faithful: bool = False,
 ) -> Parsed:
+    """Parse a block line by line. `faithful`: Arrow read every line, so parsed values are
+    the records as written (no key repeats, no number orjson would change)."""
     records: list[tuple[int, Any, bytes]] = []
+    verbatim: set[int] = set()  # records whose meta is kept as written
+    counted: list[int] = []  # the others, and the keys parsed in each
+    key_counts: list[int] = []
     rejects: list[Reject] = []
     for start, end, number in zip(starts[nonblank], ends[nonblank], numbers[nonblank], strict=True):
         raw = data[start:end]
@@ -804,15 +1196,26 @@ def _parse_jsonl_lines(
             rejects.append(extractor.reject(line, "invalid_utf8", str(error), raw))
             continue
         try:
-            value = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            try:
-                value = json.loads(raw)  # orjson refuses integers beyond 64 bits; json does not
-            except ValueError as error:
-                rejects.append(extractor.reject(line, "malformed_json", str(error), raw))
-                continue
+            value, keys = _load_json_line(raw, faithful)
+        except _BadRecord as bad:
+            rejects.append(extractor.reject(line, bad.reason, bad.detail, raw))
+            continue
+        if keys is None:
+            verbatim.add(len(records))
+        else:
+            counted.append(len(records))
+            key_counts.append(keys)
         records.append((line, value, raw))
-    parsed = extractor.from_dicts(records)
+    # Parsers keep only the last value of a repeated key: those records keep their meta as
+    # written. Count keys over the whole block first, which is exact and cheap when none repeats.
+    if not faithful:
+        written = _written_keys(data)
+        if written is not None:
+            uncounted = [records[i][2] for i in verbatim] + [r.raw or b"" for r in rejects]
+            written -= sum(_written_keys(raw) or 0 for raw in uncounted)
+        if written != sum(key_counts):
+            verbatim.update(i for i in counted if _repeats_keys(records[i][2]))
+    parsed = extractor.from_dicts(records, verbatim)
     parsed.rejects[:0] = rejects
     parsed.records += len(rejects)
     return parsed
@@ -844,6 +1247,36 @@ def _has_surrogates(values: list[str]) -> bool:
     return any(any("\udc80" <= ch <= "\udcff" for ch in v) for v in values if not v.isascii())
 
 
+class _RowLines:
+    """The physical lines csv.reader reads, held (up to RAW_CAP) until their row is taken."""
+
+    def __init__(self, lines: Iterator[str]) -> None:
+        self._lines = lines
+        self._held: list[str] = []
+        self._held_size = 0
+        self.count = 0  # physical lines read so far
+        self.quotes = 0  # quote characters in the held row so far
+
+    def __iter__(self) -> _RowLines:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self._lines)
+        self.count += 1
+        self.quotes += line.count('"')
+        if self._held_size < RAW_CAP:
+            self._held.append(line)
+            self._held_size += len(line)
+        return line
+
+    def take(self) -> bytes:
+        """The held row as it was written (without its line break, at most RAW_CAP bytes)."""
+        raw = "".join(self._held).encode("utf-8", "surrogateescape")
+        self._held.clear()
+        self._held_size = self.quotes = 0
+        return raw.removesuffix(b"\n").removesuffix(b"\r")[:RAW_CAP]
+
+
 def _read_csv(chunk: Chunk, options: IngestOptions, extractor: Extractor) -> Iterator[Parsed]:
     pieces, state = raw_chunks(chunk.path)
     text = io.TextIOWrapper(
@@ -854,17 +1287,18 @@ def _read_csv(chunk: Chunk, options: IngestOptions, extractor: Extractor) -> Ite
     quoting = options.csv_quoting
     if quoting == "auto":
         quoting = "none" if chunk.format == "tsv" else "minimal"
-    csv.field_size_limit(max(options.max_doc_bytes * 2, 1 << 20))
+    field_limit = max(options.max_doc_bytes * 2, 1 << 20)
+    csv.field_size_limit(field_limit)
+    lines = _RowLines(text)
     reader = csv.reader(
-        text,
+        lines,
         delimiter=delimiter,
         quoting=csv.QUOTE_NONE if quoting == "none" else csv.QUOTE_MINIMAL,
     )
     header: list[str] | None = None
     batch: list[tuple[int, Any, bytes]] = []
     rejects: list[Reject] = []
-    last_line = 0
-    pending: tuple[int, list[str]] | None = None  # held back: the last row may be truncated
+    pending: tuple[int, list[str], bytes] | None = None  # held back: the last row may be cut
 
     def flush() -> Parsed:
         parsed = extractor.from_dicts(batch)
@@ -874,17 +1308,16 @@ def _read_csv(chunk: Chunk, options: IngestOptions, extractor: Extractor) -> Ite
         rejects.clear()
         return parsed
 
-    def handle(line: int, row: list[str]) -> None:
+    def handle(line: int, row: list[str], raw: bytes) -> None:
         nonlocal header
-        raw = delimiter.join(row).encode("utf-8", "surrogateescape")
+        if not raw.strip():
+            return  # a blank line is not a record, nor a header
         if _has_surrogates(row):
             rejects.append(extractor.reject(line, "invalid_utf8", "bytes are not UTF-8", raw))
             return
         if header is None and options.csv_header:
             header = row
             return
-        if not any(row):
-            return  # a blank line is not a record
         names = header or [str(i) for i in range(len(row))]
         if header is not None and len(row) != len(header):
             detail = f"{len(row)} fields, the header has {len(header)}"
@@ -893,29 +1326,41 @@ def _read_csv(chunk: Chunk, options: IngestOptions, extractor: Extractor) -> Ite
         batch.append((line, dict(zip(names, row, strict=True)), raw))
 
     while True:
+        first = lines.count + 1
         try:
             row = next(reader)
         except StopIteration:
             break
         except csv.Error as error:
-            line = last_line + 1
-            rejects.append(extractor.reject(line, "bad_row", str(error), None))
-            last_line = reader.line_num
+            if "field limit" not in str(error):
+                rejects.append(extractor.reject(first, "bad_row", str(error), lines.take()))
+                continue
+            # Skip to the end of the quoted field (the row ends where a parser without a
+            # limit would end it), so that its lines are not read as rows of their own.
+            inside_quotes = quoting != "none" and lines.quotes % 2 == 1
+            with contextlib.suppress(StopIteration):
+                while inside_quotes:
+                    next(lines)
+                    inside_quotes = lines.quotes % 2 == 1
+            detail = (
+                f"a field over the {field_limit}-character limit, lines {first}-{lines.count} "
+                f"(first {RAW_CAP} bytes kept)"
+            )
+            rejects.append(extractor.reject(first, "oversize", detail, lines.take()))
             continue
         if pending is not None:
             handle(*pending)
-        pending = (last_line + 1, row)
-        last_line = reader.line_num
+        pending = (first, row, lines.take())
         if len(batch) >= 10_000:
             yield flush()
     if pending is not None:
         if state.problem:
-            raw = delimiter.join(pending[1]).encode("utf-8", "surrogateescape")
-            rejects.append(extractor.reject(pending[0], "truncated", state.problem, raw))
+            rejects.append(extractor.reject(pending[0], "truncated", state.problem, pending[2]))
         else:
             handle(*pending)
     elif state.problem:
-        rejects.append(extractor.reject(last_line + 1, "truncated", state.problem, b""))
+        rejects.append(extractor.reject(lines.count + 1, "truncated", state.problem, b""))
+    rejects.extend(_tail_reject(extractor, state, lines.count + 1))
     yield flush()
 
 
@@ -976,7 +1421,7 @@ def _read_txt(chunk: Chunk, options: IngestOptions, extractor: Extractor) -> Ite
             line += segment.count("\n") + separator.count("\n")
         if not skipping and len(buffer) > limit:  # more characters than bytes allowed
             detail = f"document longer than {limit} bytes (first 64 KiB kept)"
-            raw = buffer[:65536].encode("utf-8", "surrogateescape")
+            raw = buffer[:RAW_CAP].encode("utf-8", "surrogateescape")[:RAW_CAP]
             lead = len(buffer) - len(buffer.lstrip("\r\n")) if not by_line else 0
             rejects.append(extractor.reject(line + buffer.count("\n", 0, lead), "oversize",
                                             detail, raw))  # fmt: skip
@@ -993,6 +1438,7 @@ def _read_txt(chunk: Chunk, options: IngestOptions, extractor: Extractor) -> Ite
         rejects.append(extractor.reject(line, "truncated", state.problem, raw))
     elif not skipping and buffer.strip():
         emit(line, buffer.removesuffix("\n") if by_line else buffer)
+    rejects.extend(_tail_reject(extractor, state, line + buffer.count("\n")))
     yield take()
 
 
@@ -1001,25 +1447,35 @@ def _read_txt_file(chunk: Chunk, options: IngestOptions, extractor: Extractor) -
     size = input_size(chunk.path)
     empty = pa.Table.from_pylist([], EXTRACTED_SCHEMA)
     compressed = Path(chunk.path).suffix.lower() in _COMPRESSED
+    kept = f"(the file itself is kept; first {RAW_CAP} bytes here)"
     if not compressed and size > limit:
-        detail = f"file is {size} bytes, over the {limit}-byte limit (the file itself is kept)"
-        return Parsed(empty, [extractor.reject(1, "oversize", detail, None)], records=1)
+        detail = f"file is {size} bytes, over the {limit}-byte limit {kept}"
+        with open_input(chunk.path) as handle:
+            head = handle.read(RAW_CAP)
+        return Parsed(empty, [extractor.reject(1, "oversize", detail, head)], records=1)
     pieces, state = raw_chunks(chunk.path)
     data = bytearray()
     for piece in pieces:
         data += piece
         if len(data) > limit:
-            detail = f"document over the {limit}-byte limit (the file itself is kept)"
-            return Parsed(empty, [extractor.reject(1, "oversize", detail, None)], records=1)
+            detail = f"document over the {limit}-byte limit {kept}"
+            reject = extractor.reject(1, "oversize", detail, bytes(data[:RAW_CAP]))
+            return Parsed(empty, [reject], records=1)
+    tail = _tail_reject(extractor, state, 1 + data.count(b"\n"))
     if state.problem:
         return Parsed(empty, [extractor.reject(1, "truncated", state.problem, bytes(data))], 1)
+    if tail and not data:
+        return Parsed(empty, tail, records=1)
     try:
         text = bytes(data).decode("utf-8-sig")
     except UnicodeDecodeError as error:
         reject = extractor.reject(1, "invalid_utf8", str(error), bytes(data))
-        return Parsed(empty, [reject], records=1)
+        return Parsed(empty, [reject, *tail], records=1 + len(tail))
     plain = Extractor(options.model_copy(update={"text_field": "text"}), chunk.source)
-    return plain.from_dicts([(1, {"text": text}, b"")])
+    parsed = plain.from_dicts([(1, {"text": text}, b"")])
+    parsed.rejects.extend(tail)
+    parsed.records += len(tail)
+    return parsed
 
 
 def _read_parquet(chunk: Chunk, options: IngestOptions, extractor: Extractor) -> Iterator[Parsed]:
@@ -1050,7 +1506,10 @@ def _read_hf(chunk: Chunk, options: IngestOptions, extractor: Extractor) -> Iter
                 batch = []
         yield extractor.from_dicts(batch)
         return
-    loaded = datasets.load_from_disk(chunk.path)
+    try:
+        loaded = datasets.load_from_disk(chunk.path)
+    except _UNREADABLE as error:
+        raise _unreadable_input(chunk.path, error) from None
     dataset = loaded[chunk.split] if chunk.split is not None else loaded
     row = 1
     for table in dataset.with_format("arrow").iter(batch_size=16_384):

@@ -224,6 +224,11 @@ def ingest(
     if json_output:
         _print_json(result)
         return
+    _print_ingest(corpus, result)
+
+
+def _print_ingest(corpus: str, result: dict[str, Any]) -> None:
+    """One ingest's summary: what was added, the corpus now, rejects and skipped entries."""
     stats, added = result["stats"], result["added"]
     out.print(
         f"[bold]{corpus}[/]: +{added['documents']} documents, +{added['rejected']} rejected "
@@ -234,6 +239,11 @@ def ingest(
     if stats["rejects_by_reason"]:
         reasons = ", ".join(f"{k} {v}" for k, v in stats["rejects_by_reason"].items())
         out.print(f"rejects: {reasons} (see `gristmill sql 'select * from \"{corpus}__rejects\"'`)")
+    if result["skipped_inputs"]:
+        skipped = result["skipped_inputs"]
+        named = ", ".join(f"{s['path']} ({s['reason']})" for s in skipped[:10])
+        more = f" and {len(skipped) - 10} more (--json lists all)" if len(skipped) > 10 else ""
+        out.print(f"skipped {len(skipped)} directory entries: {named}{more}", highlight=False)
 
 
 @app.command()

@@ -366,7 +366,7 @@ def test_flow_fails_fast_with_input_error_for_a_deleted_file(
         (
             b'{"text": "t", "a": NaN, "b": -Infinity, "c": 1e400}',
             '{"a": NaN,"b": -Infinity,"c": 1e400}',
-        ),  # noqa: E501
+        ),
     ],
     ids=["dup", "dup-text", "dup-nested", "bigint", "neg-bigint", "uint64", "nan"],
 )
@@ -448,3 +448,47 @@ def test_ingest_flow_reports_skipped_inputs(tmp_path: Path) -> None:
     named = sorted(result["skipped_inputs"], key=lambda s: s["path"])
     assert [s["reason"] for s in named] == [s["reason"] for s in EXPECTED_SKIPS]
     assert [Path(s["path"]).name for s in named] == [Path(s["path"]).name for s in EXPECTED_SKIPS]
+
+
+# -- settings and names: exit 2 with the setting's name, never a traceback -----------------------
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_bad_settings_and_case_only_name_clashes_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from gristmill.cli import app
+
+    def run(*args: str) -> tuple[int, str]:
+        result = CliRunner().invoke(app, [*args, "-w", str(tmp_path / "ws")])
+        return result.exit_code, result.output
+
+    data = write_jsonl(tmp_path / "pool.jsonl", [{"text": good_text(i)} for i in range(6)])
+    code, output = run("ingest", str(data), "--corpus", "Pool")
+    assert code == 0, output
+    code, output = run("ingest", str(data), "--corpus", "pool")
+    assert code == 2 and "differs only in case" in output and "'Pool'" in output
+    code, output = run(
+        "select", "Pool", "--selector", "dedup", "--name", "d", "--param", "memory_limit=lots"
+    )
+    assert code == 2 and "memory_limit 'lots'" in output, output
+    monkeypatch.setenv("GRISTMILL_LOCK_TIMEOUT", "abc")
+    code, output = run("ingest", str(data), "--corpus", "Pool")
+    assert code == 2 and "GRISTMILL_LOCK_TIMEOUT" in output and "'abc'" in output
+
+
+def test_the_ingest_summary_names_skipped_entries(tmp_path: Path) -> None:
+    from gristmill import cli
+
+    skipped = [{"path": f"raw/.h{i}", "reason": "hidden"} for i in range(12)]
+    result = {
+        "stats": {"documents": 1, "text_bytes": 1, "rejected": 0, "rejects_by_reason": {}},
+        "added": {"documents": 1, "rejected": 0}, "chunks": 1, "chunks_skipped": 0,
+        "skipped_inputs": skipped,
+    }  # fmt: skip
+    with cli.out.capture() as captured:
+        cli._print_ingest("c", result)
+    text = captured.get()
+    assert "skipped 12 directory entries: raw/.h0 (hidden)" in text and "2 more" in text

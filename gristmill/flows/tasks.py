@@ -225,6 +225,7 @@ def ingest_flow(
         options_hash = options.options_hash()
         sources = {c.source: (c.fingerprint, options_hash) for c in chunks}
         with ws.catalog() as con:
+            catalog.check_corpus_name(con, corpus)
             catalog.check_sources(con, corpus, sources)
             done = catalog.done_chunks(con, corpus)
         todo = [c for c in chunks if c.key(corpus, options_hash) not in done]

@@ -231,13 +231,16 @@ def cluster_pool(
     if not sources[-1][1]:
         return empty
     near = config.mode == "near"
-    con = duckdb.connect(
-        config={
-            "memory_limit": config.memory_limit,
-            "temp_directory": str(scratch / "duckdb"),
-            "preserve_insertion_order": False,
-        }
-    )
+    try:
+        con = duckdb.connect(
+            config={
+                "memory_limit": config.memory_limit,
+                "temp_directory": str(scratch / "duckdb"),
+                "preserve_insertion_order": False,
+            }
+        )
+    except duckdb.Error as error:  # a bad setting, such as memory_limit=lots
+        raise InputError(f"dedup memory_limit {config.memory_limit!r}: {error}") from None
     try:
         priority = "priority" if config.keep == "priority" else "null::double as priority"
         columns = f"doc_id, source, source_line, n_bytes, content_hash, {priority}"

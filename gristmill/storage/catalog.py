@@ -101,6 +101,19 @@ def require_corpus(con: duckdb.DuckDBPyConnection, corpus: str) -> None:
         raise NotFoundError(f"no corpus named {corpus!r} in this workspace (corpora: {known})")
 
 
+def check_corpus_name(con: duckdb.DuckDBPyConnection, corpus: str) -> None:
+    """Refuse a new corpus whose name differs only in case from an existing one: SQL names
+    are case-insensitive, so `gristmill sql` could show only one of the two."""
+    found = con.execute(
+        "select name from corpora where lower(name) = lower(?) and name <> ?", [corpus, corpus]
+    ).fetchone()
+    if found:
+        raise InputError(
+            f"corpus name {corpus!r} differs only in case from the existing corpus {found[0]!r}; "
+            "use that name or another"
+        )
+
+
 def check_sources(
     con: duckdb.DuckDBPyConnection, corpus: str, sources: dict[str, tuple[str, str]]
 ) -> None:

@@ -27,7 +27,13 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 def lock_timeout() -> float:
     """Seconds a process waits for a busy workspace before giving up (GRISTMILL_LOCK_TIMEOUT)."""
-    return float(os.environ.get("GRISTMILL_LOCK_TIMEOUT", "10"))
+    value = os.environ.get("GRISTMILL_LOCK_TIMEOUT", "10")
+    try:
+        return float(value)
+    except ValueError:
+        raise InputError(
+            f"GRISTMILL_LOCK_TIMEOUT must be a number of seconds, not {value!r}"
+        ) from None
 
 
 # `gristmill sql` names its views "<corpus>", "<corpus>__<signal>", "<corpus>__rejects" and

@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gristmill.devices import Device
 from gristmill.errors import InputError
 from gristmill.storage.workspace import validate_name
 
@@ -33,7 +34,7 @@ class TrainConfig(BaseModel):
     max_steps: int | None = Field(None, ge=1, description="default: from the token budget")
     tokens: int | None = Field(None, ge=1, description="token budget (fixes the step count)")
     seed: int = 0
-    device: str = "auto"
+    device: Device = "auto"
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     compile: bool = False
     checkpoint_every: int = Field(50, ge=1, description="steps between checkpoints")

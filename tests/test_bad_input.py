@@ -21,9 +21,9 @@ from conftest import good_text, write_jsonl
 from ingest_helpers import ingest
 
 from gristmill.errors import InputError
-from gristmill.storage import readers
 from gristmill.storage.ingest import ingest_chunk
 from gristmill.storage.readers import RAW_CAP, IngestOptions, expand_inputs, plan_chunks
+from gristmill.storage.readers import inputs as reader_inputs
 
 COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
     ".gz": gzip.compress,
@@ -311,7 +311,7 @@ def test_input_unreadable_after_planning_is_an_input_error(
     def refuse(file: str, mode: str = "r") -> None:
         raise PermissionError(13, "Permission denied", file)
 
-    monkeypatch.setattr(readers, "open", refuse, raising=False)
+    monkeypatch.setattr(reader_inputs, "open", refuse, raising=False)
     with pytest.raises(InputError, match=r"locked\.jsonl.*permission denied"):
         ingest_chunk(str(tmp_path / "ws"), "c", chunk, options)
 

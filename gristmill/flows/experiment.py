@@ -16,6 +16,7 @@ from prefect.cache_policies import NO_CACHE
 
 from gristmill.flows.ui import artifact_key, progress_artifacts
 from gristmill.storage import catalog
+from gristmill.storage.files import write_json_atomic
 from gristmill.storage.workspace import Workspace
 from gristmill.training.config import ExperimentSpec
 from gristmill.training.report import aggregate, write_plot, write_report
@@ -89,7 +90,7 @@ def experiment_flow(workspace: str, spec: ExperimentSpec) -> dict[str, Any]:
             "table": table,
             "runs": results,
         }
-        (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        write_json_atomic(run_dir / "metrics.json", summary)
         write_plot(table, run_dir / "metrics.png", f"{run_id}: metric per arm")
         write_report(run_dir / "report.md", run_id, params, table, results, "metrics.png")
         with ws.catalog() as con:

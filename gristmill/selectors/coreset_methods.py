@@ -17,7 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from gristmill.selectors.transport import default_device
+from gristmill.devices import resolve_device
 
 
 @dataclass
@@ -67,7 +67,7 @@ def kcenter_greedy(
     matrix product. The result is the eager algorithm's (every (point, centre) pair is computed
     at most once), without touching the whole pool for every centre.
     """
-    device = device or default_device()
+    device = resolve_device(device)
     threads = torch.get_num_threads()
     if device == "cpu":
         # The per-block products are small: with several OpenMP threads on a busy machine they

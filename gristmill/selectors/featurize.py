@@ -24,6 +24,7 @@ import scipy.sparse as sp
 import xxhash
 from pydantic import BaseModel, ConfigDict, Field
 
+from gristmill.devices import Device, resolve_device
 from gristmill.errors import InputError
 from gristmill.selectors.base import Scorer, SelectorConfig, SelectorContext, SetSelector
 from gristmill.selectors.selection import splitmix64
@@ -172,7 +173,7 @@ class EmbedderConfig(BaseModel):
         1000, ge=1, description="embed the first this many characters (GOT-D uses ~1,000)"
     )
     batch_size: int = Field(64, ge=1, description="model embedders: documents per batch")
-    device: str | None = Field(None, description="model embedders: default cuda when present")
+    device: Device | None = Field(None, description="model embedders: default cuda when present")
 
 
 def vector_array(vectors: np.ndarray) -> pa.FixedSizeListArray:
@@ -215,12 +216,6 @@ class _HashProjection(_Encoder):
         vectors = np.asarray(counts @ self.projection, dtype=np.float32)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return vectors / np.maximum(norms, 1e-12)
-
-
-def _device(requested: str | None) -> str:
-    import torch
-
-    return requested or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class _SentenceTransformer(_Encoder):
@@ -292,7 +287,7 @@ def load_encoder(config: EmbedderConfig) -> _Encoder:
     if config.model == "hash":
         key: tuple[Any, ...] = ("hash", config.dim, config.buckets, config.seed)
     else:
-        key = (config.model, _device(config.device))
+        key = (config.model, resolve_device(config.device))
     with _ENCODERS_LOCK:
         if key not in _ENCODERS:
             _ENCODERS[key] = _build_encoder(config)
@@ -302,7 +297,7 @@ def load_encoder(config: EmbedderConfig) -> _Encoder:
 def _build_encoder(config: EmbedderConfig) -> _Encoder:
     if config.model == "hash":
         return _HashProjection(config.dim, config.buckets, config.seed)
-    device = _device(config.device)
+    device = resolve_device(config.device)
     path = minilm_path() if config.model.lower() in MINILM_NAMES else config.model
     local = Path(path).expanduser()
     try:

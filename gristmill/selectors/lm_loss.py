@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
+from gristmill.devices import Device
 from gristmill.selectors.base import Selector, SelectorConfig, SelectorContext
 
 # One model per process, loaded on first use, shared by the scoring threads.
@@ -26,7 +27,7 @@ class LMLossConfig(SelectorConfig):
     model: str = Field(description="HF name, local path or workspace model (models/<name>)")
     batch_tokens: int = Field(16384, ge=64, description="padded tokens per forward batch")
     max_length: int | None = Field(None, ge=8, description="window length (default: the model's)")
-    device: str = "auto"
+    device: Device = "auto"
     precision: Literal["auto", "bf16", "fp32"] = "auto"
 
 

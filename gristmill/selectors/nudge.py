@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
+from gristmill.devices import Device
 from gristmill.errors import InputError
 from gristmill.selectors.base import PoolFeatures, SelectorConfig, SelectorContext
 from gristmill.selectors.featurize import VECTOR_COLUMN, EmbeddingSetSelector, vectors_of
@@ -43,7 +44,7 @@ class NudgeConfig(SelectorConfig):
     max_cost_bytes: int = Field(
         1 << 30, ge=1024, description="keep the cost matrix whole only when it fits this"
     )
-    device: str | None = Field(None, description="torch device; default cuda when present")
+    device: Device | None = Field(None, description="torch device; default cuda when present")
     center: bool = Field(
         True,
         description="subtract the candidates' mean vector (then re-normalise) before transport: "

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from gristmill.devices import resolve_device
+
 
 @dataclass
 class SinkhornResult:
@@ -50,11 +52,6 @@ class SinkhornResult:
         }
 
 
-def default_device() -> str:
-    """cuda when a GPU is present, else cpu."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def sinkhorn(
     x: np.ndarray | torch.Tensor,
     y: np.ndarray | torch.Tensor,
@@ -71,7 +68,7 @@ def sinkhorn(
     any embedding norm. `momentum` over-relaxes the updates (1 is plain Sinkhorn); it starts
     after a few plain iterations, where over-relaxation is safe.
     """
-    device = device or default_device()
+    device = resolve_device(device)
     xs, ys = (
         torch.as_tensor(np.array(v, np.float32) if isinstance(v, np.ndarray) else v).to(
             device, torch.float32

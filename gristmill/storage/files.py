@@ -1,9 +1,13 @@
-"""File helpers shared by everything that writes the workspace: atomic Parquet, content hashes."""
+"""File helpers shared by everything that writes the workspace: atomic writes, content hashes."""
 
 from __future__ import annotations
 
+import json
 import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -33,3 +37,34 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     pq.write_table(table, tmp, **PARQUET_OPTIONS)
     os.replace(tmp, path)
+
+
+def _staging_name(path: Path) -> Path:
+    """A hidden temporary name beside `path`, unique to this process and thread."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a text file under a temporary name, then rename it into place: a reader sees the
+    old file or the new one, never part of one, and a failed write leaves no temporary file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _staging_name(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(
+    path: Path,
+    value: Any,
+    *,
+    indent: int | None = 2,
+    sort_keys: bool = False,
+    default: Callable[[Any], Any] | None = str,
+) -> None:
+    """Write `value` as JSON atomically (see `write_text_atomic`); encoded before any file opens."""
+    text = json.dumps(value, indent=indent, sort_keys=sort_keys, default=default)
+    write_text_atomic(path, text)

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gristmill.devices import Device
 from gristmill.errors import InputError
 from gristmill.storage.workspace import validate_name
 
@@ -33,7 +34,7 @@ class TrainConfig(BaseModel):
     max_steps: int | None = Field(None, ge=1, description="default: from the token budget")
     tokens: int | None = Field(None, ge=1, description="token budget (fixes the step count)")
     seed: int = 0
-    device: str = "auto"
+    device: Device = "auto"
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     compile: bool = False
     checkpoint_every: int = Field(50, ge=1, description="steps between checkpoints")
@@ -88,6 +89,17 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+def known_preset(name: str) -> str:
+    """`name` if it is a model preset; ValueError (a config error) listing them otherwise."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r} (presets: {', '.join(PRESETS)})")
+    return name
+
+
+# A config field naming a model preset.
+PresetName = Annotated[str, AfterValidator(known_preset)]
+
+
 BUILTIN_ARMS = ("none", "random", "full")
 
 
@@ -97,19 +109,12 @@ class BaseSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str | None = Field(None, description="HF name, local path or workspace model name")
-    preset: str = "tiny"
+    preset: PresetName = "tiny"
     corpus: str | None = Field(None, description="pretraining corpus (default: the pool)")
     name: str = Field("base", description="saved as models/<name> in the workspace")
     vocab_size: int | None = Field(None, ge=64)
     trust_remote_code: bool = False
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(max_steps=200))
-
-    @field_validator("preset")
-    @classmethod
-    def _known_preset(cls, value: str) -> str:
-        if value not in PRESETS:
-            raise ValueError(f"unknown preset {value!r} (presets: {', '.join(PRESETS)})")
-        return value
 
     @field_validator("name")
     @classmethod

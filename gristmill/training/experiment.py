@@ -18,6 +18,7 @@ import numpy as np
 import xxhash
 
 from gristmill.errors import InputError
+from gristmill.storage.files import write_json_atomic
 from gristmill.storage.workspace import Workspace
 from gristmill.training.config import BUILTIN_ARMS, ExperimentSpec, TaskSpec
 from gristmill.training.data import DataSource, heldout_mask, read_documents, take_tokens, tokenize
@@ -138,7 +139,7 @@ def prepare_base(workspace: Workspace, spec: ExperimentSpec) -> str:
     if is_done(out_dir) or (spec.base.model is not None and (out_dir / "config.json").exists()):
         return str(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    origin.write_text(json.dumps(settings, indent=2), encoding="utf-8")
+    write_json_atomic(origin, settings)
     if spec.base.model is not None:  # a hub model, copied into the workspace once
         tokenizer = load_tokenizer(model_path)
         model = load_causal_lm(model_path, trust_remote_code=spec.base.trust_remote_code)
@@ -464,9 +465,7 @@ def run_arm(
         "wall_s": time.monotonic() - started,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = result_file.with_name(".metrics.json.tmp")
-    tmp.write_text(json.dumps(result, indent=2), encoding="utf-8")
-    tmp.replace(result_file)
+    write_json_atomic(result_file, result)
     return result
 
 

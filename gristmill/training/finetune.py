@@ -13,10 +13,11 @@ import numpy as np
 import torch
 
 from gristmill import progress
+from gristmill.devices import resolve_device
 from gristmill.errors import InputError
 from gristmill.training.config import TrainConfig
 from gristmill.training.data import Batches, pad_batch, tokenize
-from gristmill.training.trainer import resolve_device, train, use_bf16
+from gristmill.training.trainer import train, use_bf16
 
 
 @dataclass
@@ -235,7 +236,7 @@ def class_probabilities(
     precision: str = "auto",
 ) -> np.ndarray:
     """Softmax class probabilities of a sequence classifier, shape (texts, classes)."""
-    target = resolve_device(device)
+    target = torch.device(resolve_device(device))
     bf16 = use_bf16(target, precision)
     model.to(target)
     model.eval()
@@ -287,7 +288,7 @@ def response_losses(
     precision: str = "auto",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per example: summed response-token loss (nats) and the number of response tokens."""
-    target = resolve_device(device)
+    target = torch.device(resolve_device(device))
     bf16 = use_bf16(target, precision)
     model.to(target)
     model.eval()

@@ -16,8 +16,9 @@ import numpy as np
 import torch
 
 from gristmill import progress
+from gristmill.devices import resolve_device
 from gristmill.training.data import tokenize
-from gristmill.training.trainer import resolve_device, use_bf16
+from gristmill.training.trainer import use_bf16
 
 LN2 = math.log(2.0)
 
@@ -73,7 +74,7 @@ def score_documents(
     description: str | None = None,
 ) -> DocumentScores:
     """Sum of token losses, token and byte counts per text, for one causal LM."""
-    target = resolve_device(device)
+    target = torch.device(resolve_device(device))
     bf16 = use_bf16(target, precision)
     model.to(target)
     model.eval()

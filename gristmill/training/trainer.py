@@ -22,6 +22,8 @@ import numpy as np
 import torch
 
 from gristmill import progress
+from gristmill.devices import resolve_device
+from gristmill.storage.files import write_json_atomic
 from gristmill.training.config import TrainConfig
 from gristmill.training.data import Batches
 from gristmill.training.models import flops_per_token, peak_flops
@@ -29,13 +31,6 @@ from gristmill.training.models import flops_per_token, peak_flops
 log = logging.getLogger(__name__)
 DONE_FILE = "training.json"
 CHECKPOINT = "checkpoint"
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """cuda when available for 'auto', else the named device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def use_bf16(device: torch.device, precision: str) -> bool:
@@ -75,12 +70,6 @@ def _set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _write_json(path: Path, value: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _save_checkpoint(
@@ -163,7 +152,7 @@ def train(
     out_dir.mkdir(parents=True, exist_ok=True)
     if is_done(out_dir):
         return json.loads((out_dir / DONE_FILE).read_text(encoding="utf-8"))
-    device = resolve_device(config.device)
+    device = torch.device(resolve_device(config.device))
     bf16 = use_bf16(device, config.precision)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -259,7 +248,7 @@ def train(
         "config": config.model_dump(),
         "history": history,
     }
-    _write_json(out_dir / DONE_FILE, summary)
+    write_json_atomic(out_dir / DONE_FILE, summary)
     if tokens_per_s:
         log.info(
             "%s: %d steps, %d tokens, %s",

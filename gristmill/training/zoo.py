@@ -12,7 +12,6 @@ models, and `zoo.json` with the mixtures, sizes, costs and the held-out split.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gristmill import progress
+from gristmill.devices import Device, resolve_device
 from gristmill.errors import InputError
 from gristmill.storage import catalog
+from gristmill.storage.files import write_json_atomic, write_text_atomic
 from gristmill.storage.workspace import Workspace, validate_name
 from gristmill.training.config import Preset, TrainConfig
 
@@ -67,7 +68,7 @@ class ZooConfig(BaseModel):
     micro_batch_size: int = Field(16, ge=1)
     lr: float = Field(3e-3, gt=0)
     seed: int = 0
-    device: str = "auto"
+    device: Device = "auto"
     threads: int | None = Field(
         1, ge=1, description="torch CPU threads while building (None: torch's default); tiny "
         "models lose more to thread synchronisation than they gain, most of all on busy cores",
@@ -158,7 +159,7 @@ def build_zoo(
         save_model,
         train_tokenizer,
     )
-    from gristmill.training.trainer import is_done, resolve_device, train
+    from gristmill.training.trainer import is_done, train
 
     started = time.perf_counter()
     columns = ("doc_id", "text", "domain")
@@ -243,9 +244,9 @@ def build_zoo(
         "device": str(device), "threads": config.threads or default_threads,
         "wall_seconds": time.perf_counter() - started, "models": details,
     }  # fmt: skip
-    _write_atomic(out_dir / ZOO_METADATA, json.dumps(metadata, indent=2))
+    write_json_atomic(out_dir / ZOO_METADATA, metadata)
     lines = [",".join(rows[0])] + [",".join(_csv_value(v) for v in r.values()) for r in rows]
-    _write_atomic(out_dir / ZOO_FILE, "\n".join(lines) + "\n")
+    write_text_atomic(out_dir / ZOO_FILE, "\n".join(lines) + "\n")
     return {"zoo": str(out_dir), **metadata}
 
 
@@ -261,17 +262,11 @@ def _claim(out_dir: Path, settings: dict[str, Any]) -> None:
             )
         return
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, json.dumps(settings, indent=2, sort_keys=True))
+    write_json_atomic(path, settings, sort_keys=True)
 
 
 def _csv_value(value: Any) -> str:
     return f"{value:.8g}" if isinstance(value, float) else str(value)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _benchmark_texts(

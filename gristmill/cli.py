@@ -52,7 +52,8 @@ WorkspaceOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
 RunnerOption = Annotated[str, typer.Option(help="task runner: threads, processes, ray or dask")]
 AddressOption = Annotated[
-    str | None, typer.Option(help="address of a running Ray or Dask cluster [default: start one]")
+    str | None,
+    typer.Option(help="address of a running Ray head or Dask scheduler [default: start one]"),
 ]
 WorkersOption = Annotated[int | None, typer.Option(help="parallel workers [default: CPU count]")]
 

@@ -405,7 +405,8 @@ def inspect(
     workspace: WorkspaceOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Show kept and dropped documents with their scores and reasons."""
+    """Show kept and dropped documents with their scores and reasons, and what the selector
+    explains about the selection."""
     result = queries.inspect_selection(_ws(workspace), selection, sample, seed, ranked=ranked)
     if json_output:
         _print_json(result)

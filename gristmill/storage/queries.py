@@ -118,9 +118,9 @@ def selection_record(workspace: Workspace, name: str) -> dict[str, Any]:
 class SelectionView:
     """What a selector's `explain` may query about one of its selections, on an open connection.
 
-    In SQL, `candidates` is a FROM item of the candidate documents (alias `d`), `signal` one of
-    the selection's signal rows (alias `s`, joined `using (doc_id)`) and `kept` a condition that
-    holds when `d.doc_id` was kept.
+    SQL fragments: `candidates` is a FROM item of the candidate documents (alias `d`), `signal`
+    one of the selection's signal (alias `s`, joined `using (doc_id)`), and `kept` a condition
+    that holds when `d.doc_id` was kept. `columns` names the signal's columns.
     """
 
     record: dict[str, Any]
@@ -208,7 +208,7 @@ def inspect_selection(
     return result
 
 
-def _explain(view: SelectionView) -> list:
+def _explain(view: SelectionView) -> list[Any]:
     """The selection's selector's sections; none when the selector is no longer installed, or
     the record's config no longer builds it (an older record)."""
     # Imported here: storage sits below selectors, which import it.

@@ -52,7 +52,8 @@ WorkspaceOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
 RunnerOption = Annotated[str, typer.Option(help="task runner: threads, processes, ray or dask")]
 AddressOption = Annotated[
-    str | None, typer.Option(help="address of a running Ray or Dask cluster [default: start one]")
+    str | None,
+    typer.Option(help="address of a running Ray head or Dask scheduler [default: start one]"),
 ]
 WorkersOption = Annotated[int | None, typer.Option(help="parallel workers [default: CPU count]")]
 
@@ -404,7 +405,8 @@ def inspect(
     workspace: WorkspaceOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Show kept and dropped documents with their scores and reasons."""
+    """Show kept and dropped documents with their scores and reasons, and what the selector
+    explains about the selection."""
     result = queries.inspect_selection(_ws(workspace), selection, sample, seed, ranked=ranked)
     if json_output:
         _print_json(result)
@@ -417,41 +419,40 @@ def inspect(
         f"kept {record['n_selected']} of {record['n_candidates']}; {record['code_version']}"
     )
     _table(record["summary"]["domains"], "per domain")
+    shown = {key for section in result["sections"] for key in section["shows"]}
     if "scoring" in record["summary"]:
         scoring = record["summary"]["scoring"]
-        ranked_domains = scoring.get("domains") if isinstance(scoring, dict) else None
-        if ranked_domains:  # perplexity_correlation: domains ordered by their estimate
-            scoring = {k: v for k, v in scoring.items() if k != "domains"}
+        if isinstance(scoring, dict):  # less what a section shows as a table
+            scoring = {k: v for k, v in scoring.items() if k not in shown}
         out.print(f"scoring: {json.dumps(scoring)}")
-        if ranked_domains:
-            shown = ranked_domains if len(ranked_domains) <= 10 else (
-                ranked_domains[:5] + ranked_domains[-5:])  # fmt: skip
-            _table(shown, "domains by estimate (top and bottom)")
     for kind in ("kept", "dropped", "highest", "lowest"):
         if kind not in result:
             continue
         rows = [
-            {"doc_id": r["doc_id"], "domain": r["domain"], "score": round(r["score"], 4),
-             "reasons": ", ".join(r["reasons"] or []), "text": r["text"].replace("\n", " ")}
+            {"doc_id": r["doc_id"], "domain": r["domain"], "score": r["score"],
+             "reasons": r["reasons"] or [], "text": r["text"]}
             for r in result[kind]
         ]  # fmt: skip
-        _table(rows, f"{kind} (sample)" if kind in ("kept", "dropped") else f"{kind} scored")
-    if result.get("cluster_sizes"):
-        _table(result["cluster_sizes"], "largest clusters")
-    for example in result.get("clusters", []):
-        rows = [
-            {"doc_id": m["doc_id"], "domain": m["domain"], "kept": "kept" if m["kept"] else "",
-             "text": m["text"].replace("\n", " ")}
-            for m in example["members"]
-        ]  # fmt: skip
-        _table(rows, f"cluster {example['cluster']} ({example['size']} documents)")
-    for region, examples in result.get("regions", {}).items():
-        rows = [
-            {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items() if k != "text"}
-            | {"text": r["text"].replace("\n", " ")}
-            for r in examples
-        ]
-        _table(rows, region)
+        _cells_table(rows, f"{kind} (sample)" if kind in ("kept", "dropped") else f"{kind} scored")
+    for section in result["sections"]:
+        for table in section["tables"]:
+            _cells_table(table["rows"], table["title"])
+
+
+def _cell(value: Any) -> Any:
+    """A value as one table cell: floats to 4 places, text on one line, lists comma-separated."""
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, str):
+        return value.replace("\n", " ")
+    if isinstance(value, list | tuple):
+        return ", ".join(str(_cell(v)) for v in value)
+    return value
+
+
+def _cells_table(rows: list[dict[str, Any]], title: str) -> None:
+    """A table of rows whose values are made cells first."""
+    _table([{k: _cell(v) for k, v in row.items()} for row in rows], title)
 
 
 @app.command()
@@ -647,8 +648,11 @@ def quickstart(
         )
 
 
-zoo_app = typer.Typer(help="Model zoos for the perplexity_correlation selector.",
-                      no_args_is_help=True)  # fmt: skip
+zoo_app = typer.Typer(
+    help="Model zoos: small models trained on mixtures of a pool's domains, each scored on a "
+    "benchmark, for selectors that take a zoo parameter.",
+    no_args_is_help=True,
+)
 app.add_typer(zoo_app, name="zoo")
 
 
@@ -688,7 +692,8 @@ def zoo_build(
     out.print(
         f"zoo [bold]{name}[/]: {len(result['models'])} models in {result['zoo']} "
         f"({result['wall_seconds']:.0f} s on {result['device']}); use it with "
-        f"`gristmill select {corpus} --selector perplexity_correlation --param zoo={name}`"
+        f"`gristmill select {corpus} --selector S --param zoo={name}`, S a selector that takes "
+        f"a zoo (see `gristmill selectors`)"
     )
     _table(
         [{k: m[k] for k in ("model", "size", "params", "tokens", "bits_per_byte", "error")}

@@ -92,6 +92,9 @@ def test_select_inspect_materialize(corpus: tuple[Path, Path], tmp_path: Path) -
     assert len(shown["kept"]) == 3 and len(shown["dropped"]) == 3
     assert all("min_words" in d["reasons"] for d in shown["dropped"])
     assert all(d["score"] == 1.0 and not d["reasons"] for d in shown["kept"])
+    assert shown["sections"] == [] and "clusters" not in shown  # quality explains nothing more
+    text = cli("inspect", "clean", "--sample", "3", "-w", str(ws))
+    assert "kept (sample)" in text and "dropped (sample)" in text and "min_words" in text
 
     # A chained step with a byte budget sees only what `clean` kept.
     half = json.loads(

@@ -6,7 +6,7 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import duckdb
 import numpy as np
@@ -19,6 +19,9 @@ from gristmill.selectors.budget import Budget
 from gristmill.selectors.selection import Mode, SelectOptions, select
 from gristmill.storage.files import sql_files
 from gristmill.storage.workspace import Workspace
+
+if TYPE_CHECKING:  # storage builds the view and calls explain (a runtime import would cycle)
+    from gristmill.storage.queries import SelectionView
 
 
 class SelectorConfig(BaseModel):
@@ -39,6 +42,34 @@ class SelectorContext:
     # The selection's budget and tokenizer, for set selectors whose greedy stops at the budget.
     budget: Budget | None = None
     tokenizer: str | None = None
+
+
+@dataclass
+class Table:
+    """Rows shown as one text table by `inspect` (every row has the same keys)."""
+
+    title: str
+    rows: list[dict[str, Any]]
+
+
+@dataclass
+class Section:
+    """One part of a selector's explanation of a selection, for `inspect`.
+
+    `data` appears under `key` in `inspect --json`; `tables` are what the text output shows;
+    `shows` names the scoring-report keys those tables display, left out of the one-line
+    scoring summary.
+    """
+
+    key: str
+    data: Any
+    tables: list[Table]
+    shows: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data: the key, the tables (title and rows) and the report keys shown."""
+        tables = [{"title": t.title, "rows": t.rows} for t in self.tables]
+        return {"key": self.key, "tables": tables, "shows": list(self.shows)}
 
 
 def describe_validation_error(error: ValidationError, where: str) -> str:
@@ -100,6 +131,10 @@ class Selector(Scorer):
 
     def prepare(self, context: SelectorContext) -> None:
         """Global fitting before scoring (target statistics, reference models); default none."""
+
+    def explain(self, view: SelectionView) -> list[Section]:
+        """What `inspect` shows of a selection besides its samples (clusters, regions); none."""
+        return []
 
     def select(
         self,

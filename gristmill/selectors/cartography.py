@@ -16,16 +16,20 @@ calls them ambiguous.
 from __future__ import annotations
 
 import json
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
 from gristmill.errors import InputError
-from gristmill.selectors.base import PoolFeatures, SelectorContext
+from gristmill.selectors.base import PoolFeatures, Section, SelectorContext
+from gristmill.selectors.explain import ranked_regions
 from gristmill.selectors.reference import ReferenceConfig, ReferenceSetSelector
 from gristmill.selectors.selection import SelectOptions
+
+if TYPE_CHECKING:
+    from gristmill.storage.queries import SelectionView
 
 Region = Literal["ambiguous", "hard", "easy"]
 
@@ -140,6 +144,15 @@ class CartographySelector(ReferenceSetSelector):
             candidates.schema.get_field_index("score"), "score", pa.array(score, pa.float64())
         )
         return super().select(ranked, units, options)
+
+    def explain(self, view: SelectionView) -> list[Section]:
+        """Examples from each data-map region, with their statistics."""
+        return ranked_regions(
+            view,
+            ("confidence", "variability", "correctness", "label"),
+            {"ambiguous": "s.variability desc", "hard": "s.confidence asc",
+             "easy": "s.confidence desc"},
+        )  # fmt: skip
 
 
 def region_score(confidence: np.ndarray, variability: np.ndarray, region: Region) -> np.ndarray:

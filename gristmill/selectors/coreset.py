@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import duckdb
 import numpy as np
@@ -22,11 +22,15 @@ from pydantic import Field, model_validator
 
 from gristmill.errors import InputError
 from gristmill.selectors import coreset_methods as methods
-from gristmill.selectors.base import PoolFeatures, SelectorConfig, SelectorContext
+from gristmill.selectors.base import PoolFeatures, Section, SelectorConfig, SelectorContext, Table
+from gristmill.selectors.explain import cluster_tables, example_clusters
 from gristmill.selectors.featurize import VECTOR_COLUMN, EmbeddingSetSelector, vectors_of
 from gristmill.selectors.scoring import score_corpus
 from gristmill.selectors.tokens import TokenCounter
 from gristmill.storage.files import sql_files
+
+if TYPE_CHECKING:
+    from gristmill.storage.queries import SelectionView
 
 Method = Literal["deft", "kcenter", "facility_location"]
 
@@ -161,6 +165,31 @@ class CoresetSelector(EmbeddingSetSelector):
             "cluster": pa.array(cluster_ids, table["doc_id"].type, mask=cluster < 0),
         }
         return pa.table(columns).replace_schema_metadata({"gristmill": json.dumps(report)})
+
+    def explain(self, view: SelectionView) -> list[Section]:
+        """Sizes (and kept counts) of the largest clusters, and a few random ones' members."""
+        if "cluster" not in view.columns:
+            return []
+        grouped = (
+            f"select s.cluster, count(*) as size, count(*) filter ({view.kept}) as kept "
+            f"from {view.candidates} join {view.signal} using (doc_id) "
+            f"where s.cluster is not null group by s.cluster"
+        )
+        sizes = view.rows(f"{grouped} order by size desc, cluster limit 20")
+        picked = view.rows(
+            f"select * from ({grouped}) order by hash(cluster, ?) limit ?", [view.seed, view.sample]
+        )
+        members = (
+            f"select d.doc_id, d.domain, {view.kept} as kept, left(d.text, ?) as text "
+            f"from {view.candidates} join {view.signal} using (doc_id) where s.cluster = ? "
+            f"order by kept desc, s.score desc nulls last, d.doc_id limit 5"
+        )
+        examples = example_clusters(view, picked, members)
+        largest = [Table("largest clusters", sizes)] if sizes else []
+        return [
+            Section("cluster_sizes", sizes, largest),
+            Section("clusters", examples, cluster_tables(examples)),
+        ]
 
     def _cluster_ids(self, cluster: np.ndarray, doc_ids: np.ndarray) -> np.ndarray:
         """k-means cluster numbers for deft; the centre's or facility's doc_id otherwise."""

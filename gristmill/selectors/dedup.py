@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import duckdb
 import numpy as np
@@ -29,9 +29,19 @@ from pydantic import Field, model_validator
 
 from gristmill.errors import InputError
 from gristmill.selectors import minhash
-from gristmill.selectors.base import PoolFeatures, SelectorConfig, SelectorContext, SetSelector
+from gristmill.selectors.base import (
+    PoolFeatures,
+    Section,
+    SelectorConfig,
+    SelectorContext,
+    SetSelector,
+)
+from gristmill.selectors.explain import cluster_tables, example_clusters
 from gristmill.storage import catalog
 from gristmill.storage.files import sql_files
+
+if TYPE_CHECKING:
+    from gristmill.storage.queries import SelectionView
 
 KeepPolicy = Literal["first", "longest", "priority"]
 
@@ -185,6 +195,23 @@ class DedupSelector(SetSelector):
             sources.append((other, files, None))
         sources.append((context.corpus, pool.files, pool.members))
         return cluster_pool(sources, config, pool.scratch)
+
+    def explain(self, view: SelectionView) -> list[Section]:
+        """A few random duplicate clusters: every member (at most 20), the kept one first."""
+        if not {"cluster", "duplicate_of"} <= view.columns:
+            return []
+        picked = view.rows(
+            f"select cluster, any_value(cluster_size) as size from {view.signal} "
+            f"where cluster is not null group by cluster order by hash(cluster, ?) limit ?",
+            [view.seed, view.sample],
+        )
+        members = (
+            f"select d.doc_id, d.domain, s.score = 1.0 as kept, s.duplicate_of, "
+            f"left(d.text, ?) as text from {view.candidates} join {view.signal} "
+            f"using (doc_id) where s.cluster = ? order by s.score desc, d.doc_id limit 20"
+        )
+        examples = example_clusters(view, picked, members)
+        return [Section("clusters", examples, cluster_tables(examples))]
 
 
 def _order(config: DedupConfig) -> str:

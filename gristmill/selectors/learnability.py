@@ -14,17 +14,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
 from pydantic import Field, model_validator
 
 from gristmill.errors import InputError
-from gristmill.selectors.base import PoolFeatures, SelectorContext
+from gristmill.selectors.base import PoolFeatures, Section, SelectorContext
+from gristmill.selectors.explain import ranked_regions
 from gristmill.selectors.reference import ReferenceConfig, ReferenceSetSelector
 from gristmill.selectors.selection import SelectOptions
 from gristmill.training.models import model_fingerprint
+
+if TYPE_CHECKING:
+    from gristmill.storage.queries import SelectionView
 
 
 class LearnabilityConfig(ReferenceConfig):
@@ -190,6 +194,14 @@ class LearnabilitySelector(ReferenceSetSelector):
         score = pa.array(learnability(loss_base, loss_ref, self.config.normalize), pa.float64())
         ranked = candidates.set_column(candidates.schema.get_field_index("score"), "score", score)
         return super().select(ranked, units, options)
+
+    def explain(self, view: SelectionView) -> list[Section]:
+        """The most and least learnable examples, with both losses."""
+        return ranked_regions(
+            view,
+            ("loss_base", "loss_ref"),
+            {"high learnability": "s.score desc", "low learnability": "s.score asc"},
+        )
 
 
 def learnability(loss_base: np.ndarray, loss_ref: np.ndarray, normalize: bool) -> np.ndarray:

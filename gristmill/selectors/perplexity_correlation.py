@@ -25,7 +25,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import duckdb
 import numpy as np
@@ -35,13 +35,23 @@ from pydantic import Field
 
 from gristmill.errors import InputError
 from gristmill.selectors import pc_math
-from gristmill.selectors.base import PoolFeatures, SelectorConfig, SelectorContext, SetSelector
+from gristmill.selectors.base import (
+    PoolFeatures,
+    Section,
+    SelectorConfig,
+    SelectorContext,
+    SetSelector,
+    Table,
+)
 from gristmill.selectors.lm_loss import LMLossConfig, LMLossSelector
 from gristmill.selectors.scoring import score_corpus
 from gristmill.selectors.tokens import TokenCounter
 from gristmill.storage.files import sql_files
 from gristmill.storage.workspace import Workspace
 from gristmill.training.zoo import ZOO_FILE, ZOO_METADATA, ZOOS_DIR
+
+if TYPE_CHECKING:
+    from gristmill.storage.queries import SelectionView
 
 MIN_MODELS = 3
 
@@ -243,6 +253,16 @@ class PerplexityCorrelationSelector(SetSelector):
     def score(self, documents: pa.Table) -> pa.Table:
         """doc_id and domain of each document of a shard (the losses are lm_loss signals)."""
         return pa.table({"doc_id": documents["doc_id"], "domain": documents["domain"]})
+
+    def explain(self, view: SelectionView) -> list[Section]:
+        """The domains ranked by their estimate: the top and bottom five when there are more."""
+        report = view.report
+        ranked = report.get("domains") if isinstance(report, dict) else None
+        if not ranked:
+            return []
+        shown = ranked if len(ranked) <= 10 else ranked[:5] + ranked[-5:]
+        table = Table("domains by estimate (top and bottom)", shown)
+        return [Section("domains_by_estimate", shown, [table], shows=("domains",))]
 
     def _heldout_fraction(self) -> float | None:
         if self.config.heldout_fraction is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,37 @@ def selection_record(workspace: Workspace, name: str) -> dict[str, Any]:
     return record
 
 
+@dataclass
+class SelectionView:
+    """What a selector's `explain` may query about one of its selections, on an open connection.
+
+    SQL fragments: `candidates` is a FROM item of the candidate documents (alias `d`), `signal`
+    one of the selection's signal (alias `s`, joined `using (doc_id)`), and `kept` a condition
+    that holds when `d.doc_id` was kept. `columns` names the signal's columns.
+    """
+
+    record: dict[str, Any]
+    con: duckdb.DuckDBPyConnection
+    candidates: str
+    signal: str
+    kept: str
+    columns: frozenset[str]
+    signal_files: list[Path]
+    members: Path
+    sample: int
+    seed: int
+    max_chars: int
+
+    @property
+    def report(self) -> Any:
+        """The scoring report the selector stored with its signal, if any."""
+        return self.record["summary"].get("scoring")
+
+    def rows(self, query: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
+        """Run a query (values as parameters) and return its rows as dicts."""
+        return catalog.rows(self.con, query, params)
+
+
 def inspect_selection(
     workspace: Workspace,
     name: str,
@@ -121,8 +153,9 @@ def inspect_selection(
     max_chars: int = 300,
     ranked: int = 0,
 ) -> dict[str, Any]:
-    """The selection's record, random kept and dropped documents, and the `ranked` highest and
-    lowest scored candidates, with scores and reasons."""
+    """The selection's record, random kept and dropped documents, the `ranked` highest and
+    lowest scored candidates with scores and reasons, and what its selector explains: each
+    section's data under its key, and every section's tables under `sections`."""
     record = selection_record(workspace, name)
     with workspace.catalog(read_only=True) as con:
         shards = [workspace.absolute(s["path"]) for s in catalog.shards(con, record["corpus"])]
@@ -140,9 +173,10 @@ def inspect_selection(
         candidates = f"read_parquet({sql_files(shards)}) d"
         if parent is not None:
             candidates += f" semi join read_parquet({sql_files([parent])}) p using (doc_id)"
+        signal = f"read_parquet({sql_files(signal_paths)}) s"
         base = (
             f"select d.doc_id, d.domain, left(d.text, ?) as text, s.score, {reasons} as reasons "
-            f"from {candidates} join read_parquet({sql_files(signal_paths)}) s using (doc_id) "
+            f"from {candidates} join {signal} using (doc_id) "
         )
         kept_filter = f"d.doc_id in (select doc_id from read_parquet({sql_files([members])}))"
         order = "order by hash(d.doc_id, ?) limit ?"
@@ -158,125 +192,40 @@ def inspect_selection(
                     con, f"{scored} order by s.score {direction}, d.doc_id limit ?",
                     [max_chars, ranked],
                 )  # fmt: skip
-        result["clusters"] = []
-        if {"cluster", "duplicate_of"} <= set(names):
-            result["clusters"] = _example_clusters(
-                con, candidates, signal_paths, max_chars, seed, sample
-            )
-        elif "cluster" in names:
-            result["cluster_sizes"], result["clusters"] = _coreset_clusters(
-                con, candidates, signal_paths, members, max_chars, seed, sample
-            )
-        for columns, regions in REGIONS:
-            if set(columns) <= set(names):
-                result["regions"] = _regions(
-                    con, candidates, signal_paths, columns, regions, max_chars, sample
+        view = SelectionView(
+            record, con, candidates, signal, kept_filter, frozenset(names), signal_paths,
+            members, sample, seed, max_chars,
+        )  # fmt: skip
+        result["sections"] = []
+        for section in _explain(view):
+            if section.key in result:
+                raise RuntimeError(
+                    f"selector {record['selector']}: explain section {section.key!r} clashes "
+                    f"with another key of the inspection"
                 )
+            result[section.key] = section.data
+            result["sections"].append(section.as_dict())
     return result
 
 
-# Signal columns that mark a selector's stored statistics, and the regions shown by inspect
-# (region name -> order by): a data map's regions, or the most and least learnable examples.
-REGIONS: list[tuple[tuple[str, ...], dict[str, str]]] = [
-    (
-        ("confidence", "variability", "correctness", "label"),
-        {
-            "ambiguous": "s.variability desc",
-            "hard": "s.confidence asc",
-            "easy": "s.confidence desc",
-        },
-    ),
-    (
-        ("loss_base", "loss_ref"),
-        {"high learnability": "s.score desc", "low learnability": "s.score asc"},
-    ),
-]
+def _explain(view: SelectionView) -> list[Any]:
+    """The selection's selector's sections; none when the selector is no longer installed, or
+    the record's config no longer builds it (an older record)."""
+    # Imported here: storage sits below selectors, which import it.
+    from gristmill.selectors import registry
+    from gristmill.selectors.base import Selector
 
-
-def _regions(
-    con: duckdb.DuckDBPyConnection,
-    candidates: str,
-    signal_paths: list,
-    columns: tuple[str, ...],
-    regions: dict[str, str],
-    max_chars: int,
-    sample: int,
-) -> dict[str, list[dict[str, Any]]]:
-    """The `sample` candidates at the top of each region's order, with the statistics."""
-    stats = ", ".join(f"s.{c}" for c in columns)
-    # Paths may contain braces, so the order is appended, not formatted in.
-    query = (
-        f"select d.doc_id, s.score, {stats}, left(d.text, ?) as text from {candidates} "
-        f"join read_parquet({sql_files(signal_paths)}) s using (doc_id) "
-        "where s.score is not null and not isnan(s.score) order by "
-    )
-    return {
-        region: catalog.rows(con, f"{query}{order}, d.doc_id limit ?", [max_chars, sample])
-        for region, order in regions.items()
-    }
-
-
-def _example_clusters(
-    con: duckdb.DuckDBPyConnection,
-    candidates: str,
-    signal_paths: list,
-    max_chars: int,
-    seed: int,
-    sample: int,
-) -> list[dict[str, Any]]:
-    """A few duplicate clusters of a dedup selection: every member, the kept one first."""
-    signals = f"read_parquet({sql_files(signal_paths)}) s"
-    picked = catalog.rows(
-        con,
-        f"select cluster, any_value(cluster_size) as size from {signals} "
-        f"where cluster is not null group by cluster order by hash(cluster, ?) limit ?",
-        [seed, sample],
-    )
-    examples = []
-    for row in picked:
-        members = catalog.rows(
-            con,
-            f"select d.doc_id, d.domain, s.score = 1.0 as kept, s.duplicate_of, "
-            f"left(d.text, ?) as text from {candidates} join {signals} using (doc_id) "
-            f"where s.cluster = ? order by s.score desc, d.doc_id limit 20",
-            [max_chars, row["cluster"]],
-        )
-        examples.append({"cluster": row["cluster"], "size": row["size"], "members": members})
-    return examples
-
-
-def _coreset_clusters(
-    con: duckdb.DuckDBPyConnection,
-    candidates: str,
-    signal_paths: list,
-    members: Path,
-    max_chars: int,
-    seed: int,
-    sample: int,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Sizes of the largest clusters of a core-set selection, and a few random ones' members."""
-    signals = f"read_parquet({sql_files(signal_paths)}) s"
-    kept = f"d.doc_id in (select doc_id from read_parquet({sql_files([members])}))"
-    grouped = (
-        f"select s.cluster, count(*) as size, count(*) filter ({kept}) as kept "
-        f"from {candidates} join {signals} using (doc_id) where s.cluster is not null "
-        f"group by s.cluster"
-    )
-    sizes = catalog.rows(con, f"{grouped} order by size desc, cluster limit 20")
-    picked = catalog.rows(
-        con, f"select * from ({grouped}) order by hash(cluster, ?) limit ?", [seed, sample]
-    )
-    examples = []
-    for row in picked:
-        rows = catalog.rows(
-            con,
-            f"select d.doc_id, d.domain, {kept} as kept, left(d.text, ?) as text "
-            f"from {candidates} join {signals} using (doc_id) where s.cluster = ? "
-            f"order by kept desc, s.score desc nulls last, d.doc_id limit 5",
-            [max_chars, row["cluster"]],
-        )
-        examples.append({"cluster": row["cluster"], "size": row["size"], "members": rows})
-    return sizes, examples
+    try:
+        chosen = registry.get(view.record["selector"])
+    except InputError:
+        return []
+    if chosen.explain is Selector.explain:
+        return []
+    try:
+        selector = chosen.from_params(view.record["config"])
+    except InputError:
+        return []
+    return selector.explain(view)
 
 
 def _view_sources(con: duckdb.DuckDBPyConnection, workspace: Workspace) -> list[tuple[str, list]]:

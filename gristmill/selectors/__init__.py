@@ -3,10 +3,12 @@
 from gristmill.selectors.base import (
     PoolFeatures,
     Scorer,
+    Section,
     Selector,
     SelectorConfig,
     SelectorContext,
     SetSelector,
+    Table,
 )
 from gristmill.selectors.budget import Budget
 from gristmill.selectors.registry import available, get
@@ -16,11 +18,13 @@ __all__ = [
     "Budget",
     "PoolFeatures",
     "Scorer",
+    "Section",
     "SelectOptions",
     "Selector",
     "SelectorConfig",
     "SelectorContext",
     "SetSelector",
+    "Table",
     "available",
     "get",
 ]

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, model_validator
 
+from gristmill.devices import DEVICE_HELP, Device
 from gristmill.errors import InputError
 from gristmill.selectors import coreset_methods as methods
 from gristmill.selectors.base import PoolFeatures, Section, SelectorConfig, SelectorContext, Table
@@ -43,7 +44,7 @@ class CoresetConfig(SelectorConfig):
     dim: int = Field(256, ge=8, le=4096, description="hash embedder: dimension")
     max_chars: int | None = Field(1000, ge=1, description="embed the first this many characters")
     batch_size: int = Field(64, ge=1, description="model embedders: batch size")
-    device: str | None = Field(None, description="torch device; default cuda when present")
+    device: Device | None = Field(None, description=f"torch device: {DEVICE_HELP}")
     center: bool = Field(
         True, description="subtract the pool's mean vector before normalising (hash vectors "
         "share a large common direction that says nothing about diversity)",

@@ -33,6 +33,7 @@ import pyarrow as pa
 import xxhash
 from pydantic import Field
 
+from gristmill.devices import Device
 from gristmill.errors import InputError
 from gristmill.selectors import pc_math
 from gristmill.selectors.base import (
@@ -189,7 +190,7 @@ class PerplexityCorrelationConfig(SelectorConfig):
     classifier_max_docs: int = Field(200_000, ge=10, description="fastText training sample")
     batch_tokens: int = Field(16384, ge=64, description="LM scoring: padded tokens per batch")
     max_length: int | None = Field(None, ge=8, description="LM scoring: window length")
-    device: str = "auto"
+    device: Device = "auto"
     precision: Literal["auto", "bf16", "fp32"] = "auto"
 
 

@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import xxhash
-from pydantic import Field, field_validator
+from pydantic import Field
 
+from gristmill.devices import Device
 from gristmill.errors import InputError
 from gristmill.selectors.base import SelectorConfig, SelectorContext, SetSelector
-from gristmill.training.config import PRESETS, TrainConfig
+from gristmill.training.config import PRESETS, PresetName, TrainConfig
 
 
 class ReferenceConfig(SelectorConfig):
@@ -31,7 +32,7 @@ class ReferenceConfig(SelectorConfig):
     model: str | None = Field(
         None, description="base model: HF name, local path or workspace model; default: preset"
     )
-    preset: str = Field("tiny", description="without `model`: preset pretrained on the pool")
+    preset: PresetName = Field("tiny", description="without `model`: preset pretrained on the pool")
     base_steps: int = Field(200, ge=1, description="preset base: pretraining steps")
     epochs: int = Field(2, ge=1, description="reference fine-tuning epochs")
     lr: float = Field(1e-3, gt=0, description="fine-tuning learning rate")
@@ -39,15 +40,8 @@ class ReferenceConfig(SelectorConfig):
     max_length: int = Field(128, ge=8, description="tokens per example (longer are cut)")
     train_seed: int = Field(0, description="seed of the base and reference training")
     trust_remote_code: bool = False
-    device: str = "auto"
+    device: Device = "auto"
     precision: Literal["auto", "bf16", "fp32"] = "auto"
-
-    @field_validator("preset")
-    @classmethod
-    def _known_preset(cls, value: str) -> str:
-        if value not in PRESETS:
-            raise ValueError(f"unknown preset {value!r} (presets: {', '.join(PRESETS)})")
-        return value
 
 
 class ReferenceSetSelector(SetSelector):

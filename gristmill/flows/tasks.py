@@ -9,8 +9,8 @@ made, and Prefect's task cache (task source + inputs, results as JSON under
 recorded, as when the flow process was killed.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: a served flow is pickled by value, and string
+# annotations naming types the body never uses (IngestOptions, SelectOptions) would not resolve.
 import contextlib
 import os
 from collections.abc import Callable, Iterator, Sequence

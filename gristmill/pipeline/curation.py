@@ -44,8 +44,7 @@ class Curation:
     record: dict[str, Any] | None = None  # None when only scoring
 
     def as_dict(self) -> dict[str, Any]:
-        """The curate flow's result: corpus, selector, signal, config_hash, shards_scored,
-        shards_reused and, when a selection was made, selection."""
+        """The curate flow's result (the keys the CLI and the recipe flow read)."""
         result: dict[str, Any] = {
             "corpus": self.corpus,
             "selector": self.selector,

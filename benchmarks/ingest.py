@@ -5,8 +5,8 @@ shared/data by default), then measures, each in its own fresh subprocess and one
 
 * gristmill-flow: `gristmill.flows.ingest_flow(...)`, the Prefect flow users run, with the
   flow's default thread-pool task runner;
-* gristmill-library: `plan_chunks` + `ingest_chunk` per chunk in a ThreadPoolExecutor with
-  `os.cpu_count()` workers (no Prefect), so Prefect's overhead shows;
+* gristmill-library: `gristmill.pipeline.ingest(...)`, the same step the flow runs, with a
+  `ThreadMap` of `os.cpu_count()` workers (no Prefect), so Prefect's overhead shows;
 * datasets: `datasets.load_dataset("json", data_files=path, split="train", cache_dir=...)` as
   its docs show it (default num_proc, fresh cache directory).
 
@@ -98,27 +98,21 @@ def child_flow(path: str, work: Path) -> dict[str, Any]:
 
 
 def child_library(path: str, work: Path) -> dict[str, Any]:
-    """Ingest through the library only: plan_chunks + ingest_chunk in a thread pool."""
-    from concurrent.futures import ThreadPoolExecutor
+    """Ingest through the library pipeline (no Prefect) on a pool of one thread per CPU."""
+    from gristmill import pipeline
+    from gristmill.storage.readers import IngestOptions
 
-    from gristmill.storage.ingest import ingest_chunk
-    from gristmill.storage.readers import IngestOptions, plan_chunks
-
-    options = IngestOptions()
-    root = str(work / "workspace")
     workers = os.cpu_count() or 1
     start = time.perf_counter()
-    chunks = plan_chunks([path], options)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(lambda c: ingest_chunk(root, "bench", c, options), chunks))
+    report = pipeline.ingest(work / "workspace", [path], "bench", IngestOptions(),
+                             work_map=pipeline.ThreadMap(workers))  # fmt: skip
     seconds = time.perf_counter() - start
-    documents = sum(r.documents for r in results)
-    rejected = sum(r.rejected for r in results)
+    added = report.added
     return {
         "seconds": seconds,
-        "records": documents + rejected,
-        "detail": f"{documents} documents + {rejected} rejected, {len(chunks)} chunks, "
-        f"ThreadPoolExecutor(max_workers={workers})",
+        "records": added["documents"] + added["rejected"],
+        "detail": f"{added['documents']} documents + {added['rejected']} rejected, "
+        f"{report.chunks} chunks, ThreadMap(workers={workers})",
     }
 
 

@@ -33,12 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from target_common import DATA_DIR, ingest, write_corpus
 
-from gristmill.selectors.base import SelectorContext
+from gristmill import pipeline
 from gristmill.selectors.budget import Budget
 from gristmill.selectors.lm_loss import LMLossConfig, LMLossSelector
 from gristmill.selectors.perplexity_correlation import PerplexityCorrelationSelector
-from gristmill.selectors.scoring import build_selection, score_corpus, score_set
-from gristmill.selectors.selection import SelectOptions
 from gristmill.storage import catalog
 from gristmill.storage.files import sql_files
 from gristmill.storage.workspace import Workspace
@@ -131,12 +129,10 @@ def main() -> None:
     # Zoo scoring: every model over the whole pool, stored as lm_loss signals (cold).
     docs = _documents(ws)
     scorers = [LMLossSelector(LMLossConfig(model=str(out / m["model"]))) for m in zoo["models"]]
-    context = SelectorContext(ws, CORPUS)
     scored_tokens, started = 0, time.perf_counter()
     signal = {}
     for scorer, model in zip(scorers, zoo["models"], strict=True):
-        scorer.prepare(context)
-        plan = score_corpus(ws, CORPUS, scorer)
+        plan = pipeline.curate(ws, CORPUS, scorer).plan
         scorer.release()
         files = [ws.absolute(p) for p in plan.stored.values()]
         with duckdb.connect() as con:
@@ -184,13 +180,10 @@ def main() -> None:
                                    zip(zoo["models"], errors, strict=True)]  # fmt: skip
         csv_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
         selector = PerplexityCorrelationSelector.from_params({"zoo": str(csv_path)})
-        run_context = SelectorContext(ws, CORPUS, budget=budget)
-        selector.prepare(run_context)
-        started = time.perf_counter()
-        plan = score_set(ws, score_corpus(ws, CORPUS, selector, run_context), selector,
-                         run_context)  # fmt: skip
         name = f"pc-{domain.replace(' ', '_').replace('(', '').replace(')', '')}"
-        record = build_selection(ws, name, CORPUS, selector, plan, budget, SelectOptions())
+        started = time.perf_counter()
+        record = pipeline.curate(ws, CORPUS, selector, budget=budget, name=name).record
+        assert record is not None
         seconds = time.perf_counter() - started
         report = record["summary"]["scoring"]
         ranking = [d["domain"] for d in report["domains"]]

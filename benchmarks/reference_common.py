@@ -14,10 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from target_common import ingest
 
-from gristmill.selectors.base import SelectorContext
-from gristmill.selectors.budget import Budget
-from gristmill.selectors.scoring import build_selection, score_corpus, score_set
-from gristmill.selectors.selection import SelectOptions
+from gristmill import pipeline
 from gristmill.storage import catalog
 from gristmill.storage.readers import IngestOptions
 from gristmill.storage.workspace import Workspace
@@ -44,13 +41,12 @@ def ingest_records(root: Path, records: list[dict], corpus: str, text_field: str
 def run_selector(
     ws: Workspace, corpus: str, selector: Any, budget: str, name: str
 ) -> tuple[pa.Table, float]:
-    """Per-shard step, set step and selection; the set signal (with meta ids) and its seconds."""
-    context = SelectorContext(ws, corpus, budget=Budget.parse(budget))
-    selector.prepare(context)
+    """Per-shard step, set step and selection; the set signal (with meta ids) and the seconds
+    of preparing and scoring (the selection itself reuses those scores)."""
     start = time.perf_counter()
-    plan = score_set(ws, score_corpus(ws, corpus, selector, context), selector, context)
+    plan = pipeline.curate(ws, corpus, selector, budget=budget).plan
     seconds = time.perf_counter() - start
-    build_selection(ws, name, corpus, selector, plan, Budget.parse(budget), SelectOptions())
+    pipeline.curate(ws, corpus, selector, budget=budget, name=name)
     signal = pq.read_table(ws.absolute(next(iter(plan.stored.values()))))
     return signal, seconds
 

@@ -11,9 +11,8 @@ import json
 import random
 from pathlib import Path
 
-from gristmill.storage import catalog
-from gristmill.storage.ingest import ingest_chunk
-from gristmill.storage.readers import IngestOptions, plan_chunks
+from gristmill import pipeline
+from gristmill.storage.readers import IngestOptions
 from gristmill.storage.workspace import Workspace
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -93,13 +92,5 @@ def write_corpus(path: Path, docs: list[tuple[str, str]]) -> Path:
 
 
 def ingest(ws: Workspace, corpus: str, path: Path, options: IngestOptions | None = None) -> None:
-    """Ingest a JSONL file into a corpus through the library (no Prefect)."""
-    options = options or IngestOptions(domain_field="domain")
-    chunks = plan_chunks([str(path)], options)
-    results = [ingest_chunk(str(ws.root), corpus, chunk, options) for chunk in chunks]
-    with ws.catalog() as con:
-        catalog.check_sources(
-            con, corpus, {c.source: (c.fingerprint, options.options_hash()) for c in chunks}
-        )
-        for result in results:
-            catalog.record_chunk(con, corpus, result)
+    """Ingest a JSONL file into a corpus through the library pipeline (no Prefect)."""
+    pipeline.ingest(ws, [str(path)], corpus, options or IngestOptions(domain_field="domain"))

@@ -26,12 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from target_common import DATA_DIR, ingest, load_domains, write_corpus
 
-from gristmill.selectors import registry
-from gristmill.selectors.base import SelectorContext, SetSelector
-from gristmill.selectors.budget import Budget
-from gristmill.selectors.scoring import build_selection, score_corpus, score_set
+from gristmill import pipeline
 from gristmill.selectors.selection import SelectOptions
-from gristmill.storage import catalog
 from gristmill.storage.workspace import Workspace
 
 ARMS: dict[str, tuple[str, dict[str, Any], str | None]] = {
@@ -66,21 +62,15 @@ def run_target(
     ingest(ws, "target", write_corpus(root / f"{target}-target.jsonl",
                                       [(target, t) for t in held_out]))  # fmt: skip
     in_domain = sum(1 for d, _ in pool if d == target)
-    with ws.catalog(read_only=True) as con:
-        version = catalog.corpus_version(con, "target")
     rows = []
     for arm, (name, params, mode) in arms.items():
-        selector = registry.get(name).from_params(params)
-        context = SelectorContext(ws, "pool", "target", seed, version)
         start = time.perf_counter()
-        selector.prepare(context)
-        plan = score_corpus(ws, "pool", selector, context)
-        if isinstance(selector, SetSelector):
-            plan = score_set(ws, plan, selector, context)
-        record = build_selection(
-            ws, f"{arm.replace(' ', '-')}", "pool", selector, plan,
-            Budget.parse(f"{in_domain}docs"), SelectOptions(mode=mode, seed=seed),
-        )  # fmt: skip
+        record = pipeline.curate(
+            ws, "pool", name, params=params, budget=f"{in_domain}docs",
+            name=arm.replace(" ", "-"), target="target",
+            options=SelectOptions(mode=mode, seed=seed),
+        ).record  # fmt: skip
+        assert record is not None
         seconds = time.perf_counter() - start
         kept = {d["domain"]: d["kept"] for d in record["summary"]["domains"]}
         rows.append({

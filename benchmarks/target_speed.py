@@ -35,12 +35,9 @@ kind, root, budget = sys.argv[1], sys.argv[2], int(sys.argv[3])
 if kind == "data-selection":
     from data_selection import HashedNgramDSIR
 else:
-    from gristmill.selectors.base import SelectorContext
-    from gristmill.selectors.budget import Budget
+    from gristmill import pipeline
     from gristmill.selectors.dsir import DsirSelector
-    from gristmill.selectors.scoring import build_selection, score_corpus
     from gristmill.selectors.selection import SelectOptions
-    from gristmill.storage.workspace import Workspace
 start = time.perf_counter()  # imports excluded on both sides
 if kind == "data-selection":
     dsir = HashedNgramDSIR([root + "/pool.jsonl"], [root + "/target.jsonl"], root + "/ds-cache",
@@ -49,14 +46,9 @@ if kind == "data-selection":
     dsir.compute_importance_weights()
     dsir.resample(out_dir=root + "/ds-out", num_to_sample=budget, cache_dir=root + "/ds-tmp")
 else:
-    ws = Workspace(root + "/ws")
-    hashing = kind.split("-")[1]
-    selector = DsirSelector(DsirSelector.Config(hashing=hashing))
-    context = SelectorContext(ws, "pool", "target", 0, kind)
-    selector.prepare(context)
-    plan = score_corpus(ws, "pool", selector, context)
-    build_selection(ws, kind, "pool", selector, plan, Budget.parse(f"{{budget}}docs"),
-                    SelectOptions(mode="gumbel"))
+    selector = DsirSelector(DsirSelector.Config(hashing=kind.split("-")[1]))
+    pipeline.curate(root + "/ws", "pool", selector, budget=f"{{budget}}docs", name=kind,
+                    target="target", options=SelectOptions(mode="gumbel"))
 print(json.dumps({{"seconds": time.perf_counter() - start}}))
 """
 
@@ -109,11 +101,8 @@ def bench_dsir(root: Path, n_docs: int, n_target: int) -> list[dict]:
 
 def bench_nudge(root: Path, n_pool: int, n_target: int) -> dict:
     """nudge with the hash embedder, end to end, on n_pool candidates (sampled with repeats)."""
-    from gristmill.selectors.base import SelectorContext
-    from gristmill.selectors.budget import Budget
+    from gristmill import pipeline
     from gristmill.selectors.nudge import NudgeSelector
-    from gristmill.selectors.scoring import build_selection, score_corpus, score_set
-    from gristmill.selectors.selection import SelectOptions
     from gristmill.storage.workspace import Workspace
 
     domains = load_domains(30_000)
@@ -130,21 +119,18 @@ def bench_nudge(root: Path, n_pool: int, n_target: int) -> dict:
     ingest(ws, "target", root / "ntarget.jsonl")
     ingested = time.perf_counter()
     selector = NudgeSelector(NudgeSelector.Config())
-    context = SelectorContext(ws, "pool", "target", 0, "v")
-    selector.prepare(context)
-    plan = score_corpus(ws, "pool", selector, context)
-    embedded = time.perf_counter()
-    plan = score_set(ws, plan, selector, context)
+    # Scoring alone first (pool and target embeddings, Sinkhorn), then the selection reusing it.
+    pipeline.curate(ws, "pool", selector, budget="0.1", target="target")
     solved = time.perf_counter()
-    record = build_selection(ws, "near", "pool", selector, plan, Budget.parse("0.1"),
-                             SelectOptions())  # fmt: skip
+    curation = pipeline.curate(ws, "pool", selector, budget="0.1", name="near", target="target")
+    assert curation.record is not None
     done = time.perf_counter()
     return {
         "candidates": n_pool, "target": n_target, "cores": os.cpu_count(),
-        "ingest_s": round(ingested - start, 1), "embed_pool_s": round(embedded - ingested, 1),
-        "target_embed_and_sinkhorn_s": round(solved - embedded, 1),
+        "ingest_s": round(ingested - start, 1),
+        "embed_and_sinkhorn_s": round(solved - ingested, 1),
         "select_s": round(done - solved, 1), "total_without_ingest_s": round(done - ingested, 1),
-        "sinkhorn": record["summary"]["scoring"]["sinkhorn"],
+        "sinkhorn": curation.record["summary"]["scoring"]["sinkhorn"],
     }  # fmt: skip
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gristmill.storage import catalog
+from gristmill import pipeline
 from gristmill.storage.catalog import ChunkResult
 from gristmill.storage.ingest import DOCUMENT_SCHEMA, REJECT_SCHEMA, ingest_chunk
 from gristmill.storage.readers import IngestOptions, plan_chunks
@@ -107,16 +107,7 @@ def ingest(
 def ingest_catalogued(
     root: Path, paths: list[Path | str], corpus: str = CORPUS, options: IngestOptions | None = None
 ) -> Workspace:
-    """Ingest through the library and record the chunks in the catalog, as the ingest flow does."""
-    options = options or IngestOptions()
-    ingested = ingest(root, paths, options, corpus)
-    chunks = plan_chunks([str(p) for p in paths], options)
-    options_hash = options.options_hash()
+    """Ingest into a catalogued corpus with the library pipeline (no Prefect)."""
     ws = Workspace(root)
-    with ws.catalog() as con:
-        catalog.check_sources(
-            con, corpus, {c.source: (c.fingerprint, options_hash) for c in chunks}
-        )
-        for result in ingested.results:
-            catalog.record_chunk(con, corpus, result)
+    pipeline.ingest(ws, [str(p) for p in paths], corpus, options)
     return ws

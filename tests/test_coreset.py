@@ -13,12 +13,11 @@ import pytest
 from conftest import write_jsonl
 from ingest_helpers import ingest_catalogued
 
+from gristmill import pipeline
 from gristmill.errors import InputError
 from gristmill.selectors import coreset_methods as methods
-from gristmill.selectors.base import PoolFeatures, SelectorContext
-from gristmill.selectors.budget import Budget
+from gristmill.selectors.base import PoolFeatures
 from gristmill.selectors.coreset import CoresetSelector
-from gristmill.selectors.scoring import build_selection, score_corpus, score_set, token_plan
 from gristmill.selectors.selection import SelectOptions
 from gristmill.storage import catalog, queries
 from gristmill.storage.readers import IngestOptions
@@ -44,19 +43,12 @@ def select_with(
     tokenizer: str | None = None,
     **params,
 ) -> dict:
-    """Embed, run the set step and select, as curate_flow does."""
-    selector = CoresetSelector.from_params(params)
-    parsed = Budget.parse(budget) if budget else None
+    """Embed, run the set step and select with the library pipeline."""
     options = SelectOptions(seed=seed, tokenizer=tokenizer)
-    context = SelectorContext(ws, "pool", seed=seed, budget=parsed, tokenizer=tokenizer)
-    selector.prepare(context)
-    plan = score_corpus(ws, "pool", selector, context)
-    counter, size_plan = token_plan(ws, "pool", parsed, options)
-    if counter is not None:
-        size_plan = score_corpus(ws, "pool", counter)
-    plan = score_set(ws, plan, selector, context)
-    return build_selection(ws, name, "pool", selector, plan, parsed, options,
-                           size_plan=size_plan)  # fmt: skip
+    curation = pipeline.curate(ws, "pool", "coreset", params=params, budget=budget, name=name,
+                               options=options)  # fmt: skip
+    assert curation.record is not None
+    return curation.record
 
 
 def members(ws: Workspace, name: str) -> list[int]:
@@ -193,11 +185,10 @@ def test_each_method_fills_budget_deterministically(tmp_path: Path, method: str)
     assert first["n_selected"] == 20
     # Deterministic for a seed: the set step recomputed from the stored embeddings agrees.
     selector = CoresetSelector.from_params(params)
-    context = SelectorContext(ws, "pool", seed=1, budget=Budget.parse("20docs"))
-    plan = score_corpus(ws, "pool", selector, context)
-    files = [ws.absolute(p) for p in plan.stored.values()]
-    again = selector.score_set(context, PoolFeatures(files, None, tmp_path))
-    stored = pq.read_table(ws.absolute(score_set(ws, plan, selector, context).stored["set"]))
+    curation = pipeline.curate(ws, "pool", selector, budget="20docs", options=SelectOptions(seed=1))
+    files = [ws.absolute(p) for p in curation.features.stored.values()]
+    again = selector.score_set(curation.context, PoolFeatures(files, None, tmp_path))
+    stored = pq.read_table(ws.absolute(curation.plan.stored["set"]))
     for column in ("doc_id", "score", "cluster"):
         ours, theirs = again[column].to_numpy(), stored[column].to_numpy()
         assert np.array_equal(ours, theirs, equal_nan=column == "score"), column

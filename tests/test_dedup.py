@@ -13,20 +13,12 @@ from conftest import PROSE, write_jsonl
 from datasketch import MinHash
 from ingest_helpers import CORPUS, ingest_catalogued
 
+from gristmill import pipeline
 from gristmill.errors import InputError
 from gristmill.selectors import minhash, registry
 from gristmill.selectors.base import SelectorContext
 from gristmill.selectors.dedup import DedupSelector, banding, cluster_pool
-from gristmill.selectors.scoring import (
-    build_selection,
-    plan_scoring,
-    score_corpus,
-    score_set,
-)
-from gristmill.selectors.selection import SelectOptions
-from gristmill.storage import catalog
-from gristmill.storage.ingest import ingest_chunk
-from gristmill.storage.readers import IngestOptions, plan_chunks
+from gristmill.storage.readers import IngestOptions
 from gristmill.storage.workspace import Workspace
 
 STORY = (
@@ -99,19 +91,20 @@ def _ids(ws: Workspace, corpus: str = CORPUS) -> dict[int, str]:
     return {r["doc_id"]: json.loads(r["meta"])["id"] for r in rows}
 
 
-def _dedup(ws: Workspace, params: dict, corpus: str = CORPUS, parent: str | None = None):
-    selector = DedupSelector.from_params(params)
-    context = SelectorContext(ws, corpus)
-    plan = score_set(ws, score_corpus(ws, corpus, selector, context), selector, context, parent)
-    table = pq.read_table(ws.absolute(plan.stored["set"]))
+def _dedup(
+    ws: Workspace, params: dict, corpus: str = CORPUS, name: str | None = None
+) -> tuple[pipeline.Curation, dict[str, dict], dict[int, str]]:
+    """Curate with dedup (a selection when named); the pool step's rows by document name."""
+    curation = pipeline.curate(ws, corpus, "dedup", params=params, name=name)
+    table = pq.read_table(ws.absolute(curation.plan.stored["set"]))
     names = _ids(ws, corpus)
     rows = {names[r["doc_id"]]: r for r in table.to_pylist()}
-    return selector, plan, rows, names
+    return curation, rows, names
 
 
 def test_near_and_exact_modes_with_keep_policies(tmp_path: Path) -> None:
     ws = _pool(tmp_path)
-    _, _, near, names = _dedup(ws, {"threshold": 0.8})
+    _, near, names = _dedup(ws, {"threshold": 0.8})
     dropped = {k: names[r["duplicate_of"]] for k, r in near.items() if r["score"] == 0.0}
     # source order decides: PROSE (line 1) is kept; empties form one group, short ones too
     assert dropped == {
@@ -121,15 +114,15 @@ def test_near_and_exact_modes_with_keep_policies(tmp_path: Path) -> None:
     assert near["prose-edit"]["cluster"] == near["prose"]["doc_id"]
     assert near["prose"]["cluster_size"] == 4 and near["story"]["cluster"] is None
 
-    _, _, exact, _ = _dedup(ws, {"mode": "exact"})
+    _, exact, _ = _dedup(ws, {"mode": "exact"})
     exact_dropped = {k for k, r in exact.items() if r["score"] == 0.0}
     assert exact_dropped == {"prose-shout", "short-2", "empty-2"}
 
-    _, _, longest, names = _dedup(ws, {"keep": "longest"})
+    _, longest, names = _dedup(ws, {"keep": "longest"})
     assert longest["prose-edit"]["score"] == 1.0
     assert names[longest["prose"]["duplicate_of"]] == "prose-edit"
 
-    _, _, voted, names = _dedup(ws, {"keep": "priority", "priority_field": "votes"})
+    _, voted, names = _dedup(ws, {"keep": "priority", "priority_field": "votes"})
     assert voted["prose-liked"]["score"] == 1.0  # the only one with votes; no votes = lowest
     assert {names[voted[k]["duplicate_of"]] for k in ("prose", "prose-edit")} == {"prose-liked"}
     with pytest.raises(InputError, match="priority_field"):
@@ -138,13 +131,12 @@ def test_near_and_exact_modes_with_keep_policies(tmp_path: Path) -> None:
 
 def test_keep_policy_reuses_features_and_selection_summary(tmp_path: Path) -> None:
     ws = _pool(tmp_path)
-    first = DedupSelector.from_params({})
-    longest = DedupSelector.from_params({"keep": "longest"})
-    context = SelectorContext(ws, CORPUS)
-    score_corpus(ws, CORPUS, first, context)
-    assert plan_scoring(ws, CORPUS, longest, context).todo == []  # no re-hash for a new policy
-    selector, plan, _, _ = _dedup(ws, {})
-    record = build_selection(ws, "deduped", CORPUS, selector, plan, None, SelectOptions())
+    assert pipeline.curate(ws, CORPUS, "dedup").scored == 1
+    longest = pipeline.curate(ws, CORPUS, "dedup", params={"keep": "longest"})
+    assert longest.scored == 0  # no re-hash for a new policy
+    curation, _, _ = _dedup(ws, {}, name="deduped")
+    record = curation.record
+    assert record is not None
     assert record["n_selected"] == 5
     per_domain = {d["domain"]: (d["kept"], d["dropped"]) for d in record["summary"]["domains"]}
     assert per_domain == {"prose": (1, 3), "story": (1, 0), "short": (2, 1), "empty": (1, 1)}
@@ -182,15 +174,13 @@ def test_same_clusters_whatever_the_sharding(tmp_path: Path) -> None:
 
 def test_incremental_and_cross_corpus(tmp_path: Path) -> None:
     ws = _pool(tmp_path)
-    selector = DedupSelector.from_params({})
-    context = SelectorContext(ws, CORPUS)
-    stored = score_corpus(ws, CORPUS, selector, context).stored
+    stored = pipeline.curate(ws, CORPUS, "dedup").features.stored
     # a new shard: only it is hashed; the old shard's band file is reused
     write_jsonl(tmp_path / "more.jsonl", [{"text": STORY + " The end.", "id": "story-again"}])
     _add_source(ws, tmp_path / "more.jsonl", CORPUS)
-    plan = plan_scoring(ws, CORPUS, selector, context)
-    assert len(plan.todo) == 1 and plan.stored == stored
-    _, _, rows, names = _dedup(ws, {})
+    again, rows, names = _dedup(ws, {})
+    assert again.scored == 1 and again.reused == 1
+    assert stored.items() <= again.features.stored.items()
     assert names[rows["story-again"]["duplicate_of"]] == "story"
 
     # a new corpus against the old one: the old corpus's documents win, nothing is re-hashed
@@ -199,22 +189,16 @@ def test_incremental_and_cross_corpus(tmp_path: Path) -> None:
         {"text": "Something entirely new about the sea and its ships.", "id": "n-new"},
     ])  # fmt: skip
     _add_source(ws, tmp_path / "new.jsonl", "fresh")
-    _, _, fresh, _ = _dedup(ws, {"against": [CORPUS]}, corpus="fresh")
+    _, fresh, _ = _dedup(ws, {"against": [CORPUS]}, corpus="fresh")
     assert fresh["n-prose"]["score"] == 0.0 and fresh["n-new"]["score"] == 1.0
     assert fresh["n-prose"]["duplicate_corpus"] == CORPUS
     assert names[fresh["n-prose"]["duplicate_of"]] == "prose"
-    assert plan_scoring(ws, CORPUS, selector, context).todo == []
+    assert pipeline.curate(ws, CORPUS, "dedup").scored == 0
 
 
 def _add_source(ws: Workspace, path: Path, corpus: str) -> None:
-    """Ingest one more file into a (possibly existing) corpus, as the ingest flow does."""
-    options = IngestOptions(id_field="id")
-    chunks = plan_chunks([str(path)], options)
-    with ws.catalog() as con:
-        catalog.check_sources(con, corpus, {c.source: (c.fingerprint, options.options_hash())
-                                            for c in chunks})  # fmt: skip
-        for chunk in chunks:
-            catalog.record_chunk(con, corpus, ingest_chunk(str(ws.root), corpus, chunk, options))
+    """Ingest one more file into a (possibly existing) corpus."""
+    pipeline.ingest(ws, [str(path)], corpus, IngestOptions(id_field="id"))
 
 
 def test_banding_defaults() -> None:
@@ -232,11 +216,10 @@ def test_decontaminate_drops_overlapping_documents(tmp_path: Path) -> None:
     short = "Bye now, said the fox to the hens."  # 8 words: used whole
     write_jsonl(tmp_path / "eval.jsonl", [{"text": question}, {"text": short}, {"text": "Hi."}])
     ingest_catalogued(tmp_path / "ws", [tmp_path / "eval.jsonl"], "evalset")
-    selector = registry.get("decontaminate").from_params({"eval": "evalset"})
-    context = SelectorContext(ws, CORPUS)
-    selector.prepare(context)
-    plan = score_corpus(ws, CORPUS, selector, context)
-    record = build_selection(ws, "clean", CORPUS, selector, plan, None, SelectOptions())
+    curation = pipeline.curate(ws, CORPUS, "decontaminate", params={"eval": "evalset"},
+                               name="clean")  # fmt: skip
+    plan, record = curation.plan, curation.record
+    assert record is not None
     scores = pa.concat_tables([pq.read_table(ws.absolute(p)) for p in plan.stored.values()])
     names = _ids(ws)
     dropped = {names[r["doc_id"]] for r in scores.to_pylist() if r["score"] == 0.0}
@@ -247,8 +230,7 @@ def test_decontaminate_drops_overlapping_documents(tmp_path: Path) -> None:
     per_domain = {d["domain"]: d["dropped"] for d in record["summary"]["domains"]}
     assert per_domain["story"] == 1 and sum(per_domain.values()) == 1
     with pytest.raises(InputError, match="evalset2"):
-        other = registry.get("decontaminate").from_params({"eval": "evalset2"})
-        other.prepare(context)
+        pipeline.curate(ws, CORPUS, "decontaminate", params={"eval": "evalset2"})
 
 
 def _eval_rows(ws: Workspace) -> list[dict]:

@@ -13,6 +13,7 @@ import yaml
 from conftest import write_jsonl
 from typer.testing import CliRunner
 
+from gristmill import pipeline
 from gristmill.cli import app
 from gristmill.errors import InputError
 from gristmill.selectors import pc_math
@@ -202,11 +203,7 @@ def test_planted_domain_ranks_first_and_fills_the_selection(zoo_workspace: Path)
 def test_per_document_mode_without_domains(zoo_workspace: Path) -> None:
     ws = Workspace(zoo_workspace)
     selector = PerplexityCorrelationSelector.from_params({"zoo": "z", "estimator": "spearmanr"})
-    context = SelectorContext(ws, "flat", budget=Budget.parse("25%"))
-    from gristmill.selectors.scoring import score_corpus, score_set
-
-    selector.prepare(context)
-    plan = score_set(ws, score_corpus(ws, "flat", selector, context), selector, context)
+    plan = pipeline.curate(ws, "flat", selector, budget="25%").plan
     table = pq.read_table(ws.absolute(plan.stored["set"]))
     report = json.loads(table.schema.metadata[b"gristmill"])
     assert report["unit"] == "document" and table.num_rows == 100

@@ -14,15 +14,13 @@ from conftest import write_jsonl
 from ingest_helpers import ingest_catalogued
 from typer.testing import CliRunner
 
+from gristmill import pipeline
 from gristmill.cli import app
 from gristmill.errors import InputError
 from gristmill.selectors import learnability as learnability_module
 from gristmill.selectors.base import SelectorContext
-from gristmill.selectors.budget import Budget
 from gristmill.selectors.cartography import CartographySelector
 from gristmill.selectors.learnability import LearnabilitySelector
-from gristmill.selectors.scoring import build_selection, score_corpus, score_set
-from gristmill.selectors.selection import SelectOptions
 from gristmill.storage import queries
 from gristmill.storage.readers import IngestOptions
 from gristmill.storage.workspace import Workspace
@@ -56,11 +54,9 @@ def workspace_of(tmp_path: Path, records: list[dict], text_field: str) -> Worksp
 def run(ws: Workspace, selector, budget: str | None, name: str) -> tuple[dict, dict[int, dict]]:
     """Per-shard step, set step and selection, as the curate flow does; record and signal rows
     (with the stored file's path under the key "path")."""
-    parsed = Budget.parse(budget) if budget else None
-    context = SelectorContext(ws, "pool", budget=parsed)
-    selector.prepare(context)
-    plan = score_set(ws, score_corpus(ws, "pool", selector, context), selector, context)
-    record = build_selection(ws, name, "pool", selector, plan, parsed, SelectOptions())
+    curation = pipeline.curate(ws, "pool", selector, budget=budget, name=name)
+    plan, record = curation.plan, curation.record
+    assert record is not None
     signal = pq.read_table(ws.absolute(plan.stored["set"])).to_pylist()
     return record, {"path": plan.stored["set"]} | {row["doc_id"]: row for row in signal}
 

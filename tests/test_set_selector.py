@@ -12,9 +12,8 @@ import pyarrow.parquet as pq
 from conftest import write_jsonl
 from ingest_helpers import CORPUS, ingest_catalogued
 
+from gristmill import pipeline
 from gristmill.selectors.base import PoolFeatures, SelectorContext, SetSelector
-from gristmill.selectors.budget import Budget
-from gristmill.selectors.scoring import build_selection, score_corpus, score_set
 from gristmill.selectors.selection import SelectOptions
 from gristmill.storage.files import sql_files
 from gristmill.storage.workspace import Workspace
@@ -47,17 +46,16 @@ def _corpus(tmp_path: Path, n: int = 40) -> Workspace:
 def test_set_scores_span_the_pool_and_are_cached(tmp_path: Path) -> None:
     ws = _corpus(tmp_path)
     selector = LongerThanMedian(LongerThanMedian.Config())
-    context = SelectorContext(ws, CORPUS)
     LongerThanMedian.calls = 0
-    features = score_corpus(ws, CORPUS, selector, context)
-    plan = score_set(ws, features, selector, context)
+    plan = pipeline.curate(ws, CORPUS, selector).plan
     assert plan.signal == "longer_set" and list(plan.stored) == ["set"]
     assert not (ws.absolute(plan.stored["set"]).parent / "scratch").exists()
-    again = score_set(ws, score_corpus(ws, CORPUS, selector, context), selector, context)
-    assert again.stored == plan.stored and LongerThanMedian.calls == 1
+    again = pipeline.curate(ws, CORPUS, selector)
+    assert again.plan.stored == plan.stored and LongerThanMedian.calls == 1
 
     options = SelectOptions(mode="threshold", threshold=0.5)
-    record = build_selection(ws, "long", CORPUS, selector, plan, None, options)
+    record = pipeline.curate(ws, CORPUS, selector, name="long", options=options).record
+    assert record is not None
     assert record["n_selected"] == 20 and record["signal"] == "longer_set"
     members = pq.read_table(ws.selection_dir("long") / "members.parquet")
     shards = sql_files(sorted(ws.corpus_dir(CORPUS).glob("*.parquet")))
@@ -70,11 +68,8 @@ def test_set_scores_span_the_pool_and_are_cached(tmp_path: Path) -> None:
 def test_set_scores_restricted_to_a_parent_selection(tmp_path: Path) -> None:
     ws = _corpus(tmp_path)
     selector = LongerThanMedian(LongerThanMedian.Config())
-    context = SelectorContext(ws, CORPUS)
-    features = score_corpus(ws, CORPUS, selector, context)
-    whole = score_set(ws, features, selector, context)
-    build_selection(ws, "short", CORPUS, selector, whole, Budget.parse("10docs"),
-                    SelectOptions(mode="topk"))  # fmt: skip
-    within = score_set(ws, features, selector, context, parent="short")
+    whole = pipeline.curate(ws, CORPUS, selector, budget="10docs", name="short",
+                            options=SelectOptions(mode="topk")).plan  # fmt: skip
+    within = pipeline.curate(ws, CORPUS, selector, parent="short").plan
     assert within.config_hash != whole.config_hash
     assert pq.read_table(ws.absolute(within.stored["set"])).num_rows == 10

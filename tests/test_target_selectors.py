@@ -11,13 +11,12 @@ import pytest
 from conftest import write_jsonl
 from ingest_helpers import ingest_catalogued
 
+from gristmill import pipeline
 from gristmill.errors import InputError
 from gristmill.selectors.base import SelectorContext
-from gristmill.selectors.budget import Budget
 from gristmill.selectors.dsir import DsirSelector
 from gristmill.selectors.featurize import Embedder, EmbedderConfig, ngram_matrix, tokenize
 from gristmill.selectors.nudge import NudgeSelector
-from gristmill.selectors.scoring import build_selection, score_corpus, score_set
 from gristmill.selectors.selection import SelectOptions
 from gristmill.selectors.transport import sinkhorn
 from gristmill.storage.readers import IngestOptions
@@ -56,18 +55,11 @@ def make_workspace(tmp_path: Path, target: list[dict] | None = None) -> Workspac
 
 
 def select_with(ws: Workspace, selector, budget: str, name: str, **options) -> dict:
-    """Prepare, score (per shard, then set for set selectors) and select, as the flow does."""
-    with ws.catalog(read_only=True) as con:
-        from gristmill.storage import catalog
-
-        version = catalog.corpus_version(con, "target")
-    context = SelectorContext(ws, "pool", "target", options.get("seed", 0), version)
-    selector.prepare(context)
-    plan = score_corpus(ws, "pool", selector, context)
-    if isinstance(selector, NudgeSelector):
-        plan = score_set(ws, plan, selector, context)
-    return build_selection(ws, name, "pool", selector, plan, Budget.parse(budget),
-                           SelectOptions(**options))  # fmt: skip
+    """Prepare, score (per shard, then set for set selectors) and select with the library."""
+    curation = pipeline.curate(ws, "pool", selector, budget=budget, name=name, target="target",
+                               options=SelectOptions(**options))  # fmt: skip
+    assert curation.record is not None
+    return curation.record
 
 
 def kept_share(ws: Workspace, record: dict, domain: str) -> float:
@@ -224,13 +216,11 @@ def test_empty_target_is_a_clear_input_error(tmp_path: Path) -> None:
     ws = make_workspace(tmp_path)
     (tmp_path / "empty.jsonl").write_text('{"no_text": 1}\n')
     ingest_catalogued(ws.root, [tmp_path / "empty.jsonl"], "empty")
-    context = SelectorContext(ws, "pool", "empty")
     with pytest.raises(InputError, match="target corpus 'empty' has no documents"):
-        DsirSelector(DsirSelector.Config()).prepare(context)
+        pipeline.curate(ws, "pool", DsirSelector(DsirSelector.Config()), target="empty")
     nudge = NudgeSelector(NudgeSelector.Config(dim=16))
-    plan = score_corpus(ws, "pool", nudge, context)
     with pytest.raises(InputError, match="target corpus 'empty' has no documents"):
-        score_set(ws, plan, nudge, context)
+        pipeline.curate(ws, "pool", nudge, target="empty")
 
 
 # --- nudge ------------------------------------------------------------------------------------

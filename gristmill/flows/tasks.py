@@ -1,19 +1,19 @@
 """Prefect flows: ingest, curate (score -> select), materialize.
 
-Each flow holds the workspace's write lock, fans work out as one task per chunk or shard, and
-records results in the catalog from the flow process in batches (about every 2 s) as tasks
-finish. Two caches work together: the catalog skips finished chunks and stored signals before
-any task is made, and Prefect's task cache (task source + inputs, results as JSON under
+Each flow calls the library step (gristmill.pipeline), which holds the workspace's write lock
+and records results in the catalog from the flow process in batches (about every 2 s) as units
+finish; the flow's work map runs each unit as a Prefect task, one per chunk or shard. Two
+caches work together: the catalog skips finished chunks and stored signals before any task is
+made, and Prefect's task cache (task source + inputs, results as JSON under
 `<workspace>/prefect-results`, see flows/results.py) serves a task that finished but was never
 recorded, as when the flow process was killed.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: a served flow is pickled by value, and string
+# annotations naming types the body never uses (IngestOptions, SelectOptions) would not resolve.
 import contextlib
 import os
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,29 +22,18 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 from prefect.futures import as_completed
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
-from gristmill import progress
-from gristmill.errors import GristmillError, InputError
+from gristmill import pipeline
+from gristmill.errors import InputError
 from gristmill.flows.results import ResultJSONSerializer, with_results_in
 from gristmill.flows.ui import progress_artifacts, publish_selection
-from gristmill.selectors import registry
-from gristmill.selectors.base import Scorer, SelectorContext, SetSelector
-from gristmill.selectors.budget import Budget
-from gristmill.selectors.scoring import (
-    ScoringPlan,
-    SignalInfo,
-    build_selection,
-    plan_scoring,
-    record_scores,
-    score_set,
-    score_shard,
-    token_plan,
-)
+from gristmill.pipeline.units import ingest_unit, score_unit, unit_arguments
+from gristmill.selectors.base import Scorer
+from gristmill.selectors.scoring import SignalInfo, score_shard
 from gristmill.selectors.selection import SelectOptions
-from gristmill.storage import catalog, exporters, queries
 from gristmill.storage.catalog import ChunkResult
 from gristmill.storage.ingest import ingest_chunk
-from gristmill.storage.readers import Chunk, IngestOptions, plan_chunks
-from gristmill.storage.workspace import Workspace, validate_name
+from gristmill.storage.readers import Chunk, IngestOptions
+from gristmill.storage.workspace import Workspace
 
 RUNNERS = ("threads", "processes", "ray", "dask")
 # The inputs name the data's version: a chunk carries its file's fingerprint, a shard its content
@@ -53,7 +42,6 @@ RUNNERS = ("threads", "processes", "ray", "dask")
 WORKER_CACHE = TASK_SOURCE + INPUTS
 SCORE_CACHE = WORKER_CACHE - "scorer"
 RESULTS_DIR = "prefect-results"
-RECORD_EVERY_S = 2.0
 
 
 def _retry_on_io(task: Any, task_run: Any, state: Any) -> bool:
@@ -162,39 +150,31 @@ def _worker_task(name: str, cache_policy: Any = WORKER_CACHE) -> Any:
     )
 
 
-def run_each(
-    worker: Task, ws: Workspace, calls: list[tuple], outputs_exist: Callable[[Any], bool]
-) -> Iterator[Any]:
-    """Submit `worker` once per argument tuple and yield results as they finish.
+class PrefectMap:
+    """A work map that runs each ingest or scoring unit as a Prefect task of its kind.
 
-    A cached result whose files were deleted since is computed again rather than served stale.
+    Results come back as they finish; a cached result whose files were deleted since is
+    computed again rather than served stale.
     """
-    bound = with_results_in(worker, result_storage(ws))
-    futures = [bound.submit(*args) for args in calls]
-    arguments = {id(future): args for future, args in zip(futures, calls, strict=True)}
-    for future in as_completed(futures):
-        result = future.result()
-        if not outputs_exist(result):
-            args = arguments[id(future)]
-            result = bound.with_options(refresh_cache=True).submit(*args).result()
-        yield result
 
+    def __init__(self, ws: Workspace) -> None:
+        self.ws = ws
 
-def batched_by_time(results: Iterator[Any], seconds: float = RECORD_EVERY_S) -> Iterator[list]:
-    """Group results so that the catalog is written about once per `seconds`.
-
-    Opening and checkpointing DuckDB per result cost more than Prefect itself on a 100-shard
-    run. A kill loses at most the batch not yet recorded, and the task cache serves it again.
-    """
-    batch: list = []
-    since = time.monotonic()
-    for result in results:
-        batch.append(result)
-        if time.monotonic() - since >= seconds:
-            yield batch
-            batch, since = [], time.monotonic()
-    if batch:
-        yield batch
+    def __call__(self, fn: Callable[[Any], Any], units: Sequence[Any]) -> Iterator[Any]:
+        """Submit `fn`'s task once per unit and yield the results in completion order."""
+        worker = _UNIT_TASKS.get(fn)
+        if worker is None:
+            raise TypeError(f"no Prefect task runs {fn.__qualname__} units")
+        bound = with_results_in(worker, result_storage(self.ws))
+        futures = [bound.submit(**unit_arguments(unit)) for unit in units]
+        unit_of = {id(future): unit for future, unit in zip(futures, units, strict=True)}
+        for future in as_completed(futures):
+            result = future.result()
+            unit = unit_of[id(future)]
+            if not unit.outputs_exist(result):
+                result = bound.with_options(refresh_cache=True).submit(**unit_arguments(unit))
+                result = result.result()
+            yield result
 
 
 @_worker_task("ingest-chunk")
@@ -211,77 +191,23 @@ def score_shard_task(
     return score_shard(root, corpus, shard, scorer, config_hash)
 
 
+# The task functions keep the units' fields as their parameters, so that Prefect's cache key
+# (task source + inputs) names the function and the data version as it always has.
+_UNIT_TASKS: dict[Callable[[Any], Any], Task] = {
+    ingest_unit: ingest_chunk_task,
+    score_unit: score_shard_task,
+}
+
+
 @flow(name="ingest", task_runner=task_runner(), persist_result=False)
 def ingest_flow(
     workspace: str, paths: list[str], corpus: str, options: IngestOptions | None = None
 ) -> dict[str, Any]:
     """Ingest raw files into a corpus: a task per chunk, resumable, nothing lost."""
-    options = options or IngestOptions()
-    validate_name("corpus", corpus)
     ws = Workspace(workspace)
-    with ws.write_lock(f"ingest {corpus}"), progress_artifacts():
-        skipped: list[dict[str, str]] = []  # directory entries left out, named with why
-        chunks = plan_chunks(paths, options, skipped=skipped)
-        options_hash = options.options_hash()
-        sources = {c.source: (c.fingerprint, options_hash) for c in chunks}
-        with ws.catalog() as con:
-            catalog.check_corpus_name(con, corpus)
-            catalog.check_sources(con, corpus, sources)
-            done = catalog.done_chunks(con, corpus)
-        todo = [c for c in chunks if c.key(corpus, options_hash) not in done]
-        bar = progress.track(f"ingest {corpus}", len(todo))
-        calls = [(str(ws.root), corpus, c, options) for c in todo]
-        added = {"records_read": 0, "documents": 0, "rejected": 0}
-        results = run_each(ingest_chunk_task, ws, calls, lambda r: _chunk_files_exist(ws, r))
-        for batch in batched_by_time(results):
-            with ws.catalog() as con:
-                for result in batch:
-                    catalog.record_chunk(con, corpus, result)
-            for result in batch:
-                for key in added:
-                    added[key] += getattr(result, key)
-            bar.advance(len(batch))
-        bar.close()
-        if todo:  # a corpus only changes when chunks were added
-            _check_unique_ids(ws, corpus)
-    stats = queries.corpus_stats(ws, corpus)
-    return {
-        "corpus": corpus,
-        "chunks": len(chunks),
-        "chunks_skipped": len(chunks) - len(todo),
-        "added": added,
-        "stats": stats,
-        "skipped_inputs": skipped,
-    }
-
-
-def _chunk_files_exist(ws: Workspace, result: ChunkResult) -> bool:
-    paths = [s.path for s in result.shards] + [result.rejects_path] * bool(result.rejects_path)
-    return all(ws.absolute(p).exists() for p in paths)
-
-
-def _check_unique_ids(ws: Workspace, corpus: str) -> None:
-    duplicates = queries.repeated_doc_ids(ws, corpus)
-    if duplicates:
-        raise GristmillError(
-            f"corpus {corpus!r} has {duplicates} repeated doc_id values (a 64-bit hash "
-            "collision); report this with the input that caused it"
-        )
-
-
-def _score(ws: Workspace, plan: ScoringPlan, scorer: Scorer, label: str) -> int:
-    """Score the shards a plan lists as missing; returns how many were scored."""
-    bar = progress.track(label, len(plan.todo))
-    calls = [(str(ws.root), plan.corpus, s, scorer, plan.config_hash) for s in plan.todo]
-    scored = 0
-    exists = lambda info: ws.absolute(info.path).exists()  # noqa: E731
-    for batch in batched_by_time(run_each(score_shard_task, ws, calls, exists)):
-        record_scores(ws, plan, batch, scorer.config_dict())
-        plan.stored.update({info.shard_hash: info.path for info in batch})
-        scored += len(batch)
-        bar.advance(len(batch))
-    bar.close()
-    return scored
+    with progress_artifacts():
+        report = pipeline.ingest(ws, paths, corpus, options, work_map=PrefectMap(ws))
+    return report.as_dict()
 
 
 @flow(name="curate", task_runner=task_runner(), persist_result=False)
@@ -299,50 +225,18 @@ def curate_flow(
     recipe: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Score every shard of a corpus with a selector (cached), then select under a budget."""
-    options = options or SelectOptions()
-    chosen = registry.get(selector).from_params(params or {})
-    parsed_budget = Budget.parse(budget) if budget is not None else None
     if not score_only and name is None:
         raise InputError("a selection needs a name (--name)")
     ws = Workspace(workspace)
-    with ws.write_lock(f"select {name or selector} from {corpus}"), progress_artifacts():
-        target_version = None
-        if target is not None:
-            with ws.catalog(read_only=True) as con:
-                catalog.require_corpus(con, target)
-                target_version = catalog.corpus_version(con, target)
-        elif chosen.requires_target:
-            raise InputError(f"selector {selector!r} needs a target corpus (--target)")
-        context = SelectorContext(
-            ws, corpus, target, options.seed, target_version, parsed_budget, options.tokenizer
-        )
-        chosen.prepare(context)
-        plan = plan_scoring(ws, corpus, chosen, context)
-        reused = len(plan.stored)
-        scored = _score(ws, plan, chosen, f"score {corpus} with {selector}")
-        # Token counts first: a set selector's greedy may stop at a token budget.
-        counter, size_plan = token_plan(ws, corpus, parsed_budget, options)
-        if counter is not None and size_plan is not None:
-            _score(ws, size_plan, counter, f"count tokens in {corpus}")
-        if isinstance(chosen, SetSelector):
-            plan = score_set(ws, plan, chosen, context, parent=input_selection)
-        result: dict[str, Any] = {
-            "corpus": corpus,
-            "selector": selector,
-            "signal": plan.signal,
-            "config_hash": plan.config_hash,
-            "shards_scored": scored,
-            "shards_reused": reused,
-        }
-        if score_only:
-            return result
-        assert name is not None
-        record = build_selection(
-            ws, name, corpus, chosen, plan, parsed_budget, options,
-            parent=input_selection, size_plan=size_plan, recipe=recipe,
+    with progress_artifacts():
+        curation = pipeline.curate(
+            ws, corpus, selector, params=params, budget=budget,
+            name=None if score_only else name, target=target, parent=input_selection,
+            options=options, recipe=recipe, work_map=PrefectMap(ws),
         )  # fmt: skip
-    publish_selection(record)
-    return {**result, "selection": record}
+    if curation.record is not None:
+        publish_selection(curation.record)
+    return curation.as_dict()
 
 
 @flow(name="materialize", persist_result=False)
@@ -350,4 +244,4 @@ def materialize_flow(
     workspace: str, selection: str, out: str, fmt: str = "parquet", overwrite: bool = False
 ) -> dict[str, Any]:
     """Write a selection's documents to a directory."""
-    return exporters.materialize(Workspace(workspace), selection, out, fmt, overwrite)  # type: ignore[arg-type]
+    return pipeline.materialize(Workspace(workspace), selection, out, fmt, overwrite)  # type: ignore[arg-type]

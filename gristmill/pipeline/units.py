@@ -1,0 +1,59 @@
+"""Work units: one chunk to ingest, one shard to score. Plain picklable records, so any work map
+(threads, processes, Ray, Dask) can ship them; their fields are the worker's arguments."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from gristmill.selectors.base import Scorer
+from gristmill.selectors.scoring import SignalInfo, score_shard
+from gristmill.storage.catalog import ChunkResult
+from gristmill.storage.ingest import ingest_chunk
+from gristmill.storage.readers import Chunk, IngestOptions
+from gristmill.storage.workspace import Workspace
+
+
+def unit_arguments(unit: Any) -> dict[str, Any]:
+    """A unit's fields by name, not copied (a scorer may hold a loaded model)."""
+    return {f.name: getattr(unit, f.name) for f in fields(unit)}
+
+
+@dataclass(frozen=True)
+class ChunkUnit:
+    """Read one chunk of a source file into a corpus's shards and rejects."""
+
+    root: str
+    corpus: str
+    chunk: Chunk
+    options: IngestOptions
+
+    def outputs_exist(self, result: ChunkResult) -> bool:
+        """True while every file the result names is still there."""
+        paths = [s.path for s in result.shards] + [result.rejects_path] * bool(result.rejects_path)
+        return all(Workspace(self.root).absolute(p).exists() for p in paths)
+
+
+def ingest_unit(unit: ChunkUnit) -> ChunkResult:
+    """Ingest one chunk (the worker side of ingest)."""
+    return ingest_chunk(unit.root, unit.corpus, unit.chunk, unit.options)
+
+
+@dataclass(frozen=True)
+class ShardUnit:
+    """Score one shard of a corpus into the signal store under a config hash."""
+
+    root: str
+    corpus: str
+    shard: dict
+    scorer: Scorer
+    config_hash: str
+
+    def outputs_exist(self, result: SignalInfo) -> bool:
+        """True while the signal file the result names is still there."""
+        return Workspace(self.root).absolute(result.path).exists()
+
+
+def score_unit(unit: ShardUnit) -> SignalInfo:
+    """Score one shard (the worker side of scoring)."""
+    return score_shard(unit.root, unit.corpus, unit.shard, unit.scorer, unit.config_hash)

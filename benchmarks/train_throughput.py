@@ -32,6 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from gristmill.devices import resolve_device
 from gristmill.training.config import PRESETS, TrainConfig
 from gristmill.training.data import PackedBatches, pack, tokenize
 from gristmill.training.lm_scoring import score_documents
@@ -42,7 +43,7 @@ from gristmill.training.models import (
     quiet_transformers,
     train_tokenizer,
 )
-from gristmill.training.trainer import resolve_device, train, use_bf16
+from gristmill.training.trainer import train, use_bf16
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -177,7 +178,7 @@ def main() -> None:
     args = parser.parse_args()
 
     quiet_transformers()
-    device = resolve_device(args.device)
+    device = torch.device(resolve_device(args.device))
     preset = PRESETS[args.preset]
     texts = load_texts(int(args.text_mb * 2**20))
     tokenizer = train_tokenizer(texts, min(preset.vocab_size, 8192))

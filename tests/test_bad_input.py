@@ -331,10 +331,11 @@ def test_flow_fails_fast_with_input_error_for_a_deleted_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from gristmill.flows import tasks
+    from gristmill.pipeline import ingestion
 
     path = write_jsonl(tmp_path / "vanishing.jsonl", [{"text": good_text(0)}])
     calls = []
-    real_plan, real_ingest = tasks.plan_chunks, tasks.ingest_chunk
+    real_plan, real_ingest = ingestion.plan_chunks, tasks.ingest_chunk
 
     def plan_then_delete(paths: list[str], options: IngestOptions, **kwargs: object) -> list:
         chunks = real_plan(paths, options, **kwargs)
@@ -345,7 +346,7 @@ def test_flow_fails_fast_with_input_error_for_a_deleted_file(
         calls.append(args)
         return real_ingest(*args)
 
-    monkeypatch.setattr(tasks, "plan_chunks", plan_then_delete)
+    monkeypatch.setattr(ingestion, "plan_chunks", plan_then_delete)
     monkeypatch.setattr(tasks, "ingest_chunk", counted)
     with pytest.raises(InputError, match=r"vanishing\.jsonl"):
         tasks.ingest_flow(str(tmp_path / "ws"), [str(path)], "c")

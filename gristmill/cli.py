@@ -407,7 +407,9 @@ def inspect(
 ) -> None:
     """Show kept and dropped documents with their scores and reasons, and what the selector
     explains about the selection."""
-    result = queries.inspect_selection(_ws(workspace), selection, sample, seed, ranked=ranked)
+    from gristmill.pipeline.inspection import inspect_selection
+
+    result = inspect_selection(_ws(workspace), selection, sample, seed, ranked=ranked)
     if json_output:
         _print_json(result)
         return

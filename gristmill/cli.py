@@ -407,7 +407,9 @@ def inspect(
 ) -> None:
     """Show kept and dropped documents with their scores and reasons, and what the selector
     explains about the selection."""
-    result = queries.inspect_selection(_ws(workspace), selection, sample, seed, ranked=ranked)
+    from gristmill.pipeline.inspection import inspect_selection
+
+    result = inspect_selection(_ws(workspace), selection, sample, seed, ranked=ranked)
     if json_output:
         _print_json(result)
         return
@@ -523,10 +525,7 @@ def _run_recipe(
     json_output: bool,
     address: str | None = None,
 ) -> None:
-    from gristmill.flows import run_recipe_flow
-
-    root = str(_recipe_workspace(loaded, workspace).root)
-    result = _with_progress(lambda: run_recipe_flow(loaded, root, runner, workers, address))
+    result = _recipe_result(loaded, workspace, runner, workers, address)
     if json_output:
         _print_json(result)
         return
@@ -552,6 +551,16 @@ def _run_recipe(
         _print_experiment(result["experiment"])
 
 
+def _recipe_result(
+    loaded: Any, workspace: Path | None, runner: str, workers: int | None, address: str | None
+) -> dict[str, Any]:
+    """The recipe flow's result, run in the recipe's workspace with a progress display."""
+    from gristmill.flows import run_recipe_flow
+
+    root = str(_recipe_workspace(loaded, workspace).root)
+    return _with_progress(lambda: run_recipe_flow(loaded, root, runner, workers, address))
+
+
 def _print_experiment(result: dict[str, Any]) -> None:
     out.print(f"experiment [bold]{result['run_id']}[/]: {result['run_dir']}/report.md")
     _table(
@@ -572,18 +581,13 @@ def experiment(
 ) -> None:
     """Run the recipe's steps, then train and evaluate every arm of its experiment."""
     from gristmill.errors import InputError
-    from gristmill.flows import run_recipe_flow
     from gristmill.recipe import load_recipe
 
     loaded = load_recipe(recipe)
     if loaded.experiment is None:
         raise InputError(f"{recipe}: experiment: the recipe has no experiment section")
-    root = str(_recipe_workspace(loaded, workspace).root)
-    result = _with_progress(lambda: run_recipe_flow(loaded, root, runner, workers, address))
-    if json_output:
-        _print_json(result["experiment"])
-        return
-    _print_experiment(result["experiment"])
+    result = _recipe_result(loaded, workspace, runner, workers, address)["experiment"]
+    _print_json(result) if json_output else _print_experiment(result)
 
 
 @app.command()
@@ -692,8 +696,7 @@ def zoo_build(
     out.print(
         f"zoo [bold]{name}[/]: {len(result['models'])} models in {result['zoo']} "
         f"({result['wall_seconds']:.0f} s on {result['device']}); use it with "
-        f"`gristmill select {corpus} --selector S --param zoo={name}`, S a selector that takes "
-        f"a zoo (see `gristmill selectors`)"
+        f"`gristmill select {corpus} --selector {result['selector']} --param zoo={name}`"
     )
     _table(
         [{k: m[k] for k in ("model", "size", "params", "tokens", "bits_per_byte", "error")}

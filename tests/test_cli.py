@@ -272,3 +272,20 @@ def test_failed_flow_prints_no_nanobind_leak_report(corpus: tuple[Path, Path]) -
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "no selection named 'nope'" in done.stderr
     assert "nanobind" not in done.stderr and "leaked" not in done.stderr
+
+
+def test_zoo_build_names_the_selector_that_takes_it(corpus: tuple[Path, Path], monkeypatch) -> None:
+    from gristmill.flows import zoo as zoo_flow
+    from gristmill.selectors.perplexity_correlation import PerplexityCorrelationSelector
+
+    def no_training(ws, corpus, out_dir, config) -> dict:
+        return {"zoo": str(out_dir), "models": [], "wall_seconds": 0.0, "device": "cpu"}
+
+    monkeypatch.setattr(zoo_flow, "build_zoo", no_training)
+    ws, _ = corpus
+    args = ["zoo", "build", "pool", "--name", "z", "--target-domain", "news.example.org",
+            "-w", str(ws)]  # fmt: skip
+    consumer = PerplexityCorrelationSelector.name
+    assert json.loads(cli(*args, "--json"))["selector"] == consumer
+    hint = f"gristmill select pool --selector {consumer} --param zoo=z"
+    assert hint in " ".join(cli(*args).split())

@@ -14,9 +14,10 @@ from conftest import good_text, write_jsonl
 from typer.testing import CliRunner
 
 from gristmill.cli import app
+from gristmill.pipeline.inspection import inspect_selection
 from gristmill.selectors import available
 from gristmill.selectors.base import Section, Selector, Table
-from gristmill.storage.queries import SelectionView, inspect_selection
+from gristmill.storage.queries import SelectionView
 from gristmill.storage.workspace import Workspace
 
 pytestmark = pytest.mark.usefixtures("prefect_server")

@@ -85,3 +85,11 @@ def test_storage_and_cli_name_no_selector_and_no_selector_column(path: Path) -> 
     forbidden = set(available()) | SELECTOR_COLUMNS
     named = words(ast.parse(path.read_text(encoding="utf-8"))) & forbidden
     assert not named, f"{path.name} names {sorted(named)}"
+
+
+@pytest.mark.parametrize("path", sources("storage"), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_storage_imports_nothing_above_it(path: Path) -> None:
+    above = ("gristmill.selectors", "gristmill.pipeline", "gristmill.flows")
+    modules = imported_modules(ast.parse(path.read_text(encoding="utf-8")))
+    reaching_up = {m for m in modules for a in above if m == a or m.startswith(f"{a}.")}
+    assert not reaching_up, f"{path.name} imports {sorted(reaching_up)}"

@@ -6,14 +6,17 @@ from typing import Any
 
 from prefect import flow
 
+from gristmill.selectors.perplexity_correlation import PerplexityCorrelationSelector
 from gristmill.storage.workspace import Workspace
 from gristmill.training.zoo import ZooConfig, build_zoo, zoo_dir
 
 
 @flow(name="zoo-build", persist_result=False)
 def zoo_build_flow(workspace: str, corpus: str, name: str, config: ZooConfig) -> dict[str, Any]:
-    """Build the zoo `name` from `corpus` into <workspace>/zoos/<name> (finished models kept)."""
+    """Build the zoo `name` from `corpus` into <workspace>/zoos/<name> (finished models kept);
+    the result also names the selector that takes the zoo."""
     ws = Workspace(workspace)
     out_dir = zoo_dir(ws, name)
     with ws.write_lock(f"zoo build {name} from {corpus}"):
-        return build_zoo(ws, corpus, out_dir, config)
+        built = build_zoo(ws, corpus, out_dir, config)
+    return {**built, "selector": PerplexityCorrelationSelector.name}

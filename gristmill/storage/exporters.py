@@ -42,8 +42,8 @@ def materialize(
     _check_destination(workspace, out_dir, overwrite)
     with workspace.catalog(read_only=True) as con:
         record = catalog.get_selection(con, selection)
-        shards = [workspace.absolute(s["path"]) for s in catalog.shards(con, record["corpus"])]
-    members = workspace.selection_dir(selection) / "members.parquet"
+        shards = workspace.shard_files(con, record["corpus"])
+    members = workspace.members_path(selection)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     # Build next to the destination, then swap it in, so a failed export leaves nothing half-done.
     _remove_stale_staging(out_dir)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,7 +85,7 @@ def corpus_stats(workspace: Workspace, corpus: str, top_domains: int = 20) -> di
 def repeated_doc_ids(workspace: Workspace, corpus: str) -> int:
     """How many documents of a corpus repeat another's doc_id (0 for a sound corpus)."""
     with workspace.catalog(read_only=True) as con:
-        files = [workspace.absolute(s["path"]) for s in catalog.shards(con, corpus)]
+        files = workspace.shard_files(con, corpus)
     if not files:
         return 0
     with duckdb.connect() as con:
@@ -145,87 +147,57 @@ class SelectionView:
         return catalog.rows(self.con, query, params)
 
 
-def inspect_selection(
-    workspace: Workspace,
-    name: str,
-    sample: int = 5,
-    seed: int = 0,
-    max_chars: int = 300,
-    ranked: int = 0,
-) -> dict[str, Any]:
-    """The selection's record, random kept and dropped documents, the `ranked` highest and
-    lowest scored candidates with scores and reasons, and what its selector explains: each
-    section's data under its key, and every section's tables under `sections`."""
+@contextmanager
+def selection_view(
+    workspace: Workspace, name: str, sample: int = 5, seed: int = 0, max_chars: int = 300
+) -> Iterator[SelectionView]:
+    """A view of the selection's candidates, signal and members, on a connection open for the
+    duration of the `with` block."""
     record = selection_record(workspace, name)
     with workspace.catalog(read_only=True) as con:
-        shards = [workspace.absolute(s["path"]) for s in catalog.shards(con, record["corpus"])]
+        shards = workspace.shard_files(con, record["corpus"])
         signals = catalog.signal_files(
             con, record["corpus"], record["signal"], record["config_hash"]
         )
-    members = workspace.selection_dir(name) / "members.parquet"
-    parent = (
-        workspace.selection_dir(record["parent"]) / "members.parquet" if record["parent"] else None
-    )
+    members = workspace.members_path(name)
+    parent = workspace.members_path(record["parent"]) if record["parent"] else None
     signal_paths = [workspace.absolute(p) for p in signals.values()]
     with duckdb.connect() as con:
         names = con.sql(f"select * from read_parquet({sql_files(signal_paths)}) limit 0").columns
-        reasons = "s.reasons" if "reasons" in names else "null"
         candidates = f"read_parquet({sql_files(shards)}) d"
         if parent is not None:
             candidates += f" semi join read_parquet({sql_files([parent])}) p using (doc_id)"
         signal = f"read_parquet({sql_files(signal_paths)}) s"
-        base = (
-            f"select d.doc_id, d.domain, left(d.text, ?) as text, s.score, {reasons} as reasons "
-            f"from {candidates} join {signal} using (doc_id) "
-        )
-        kept_filter = f"d.doc_id in (select doc_id from read_parquet({sql_files([members])}))"
-        order = "order by hash(d.doc_id, ?) limit ?"
-        kept = catalog.rows(con, f"{base} where {kept_filter} {order}", [max_chars, seed, sample])
-        dropped = catalog.rows(
-            con, f"{base} where not {kept_filter} {order}", [max_chars, seed, sample]
-        )
-        result = {"selection": record, "kept": kept, "dropped": dropped}
-        if ranked > 0:
-            scored = f"{base} where s.score is not null and not isnan(s.score)"
-            for key, direction in (("highest", "desc"), ("lowest", "asc")):
-                result[key] = catalog.rows(
-                    con, f"{scored} order by s.score {direction}, d.doc_id limit ?",
-                    [max_chars, ranked],
-                )  # fmt: skip
-        view = SelectionView(
-            record, con, candidates, signal, kept_filter, frozenset(names), signal_paths,
+        kept = f"d.doc_id in (select doc_id from read_parquet({sql_files([members])}))"
+        yield SelectionView(
+            record, con, candidates, signal, kept, frozenset(names), signal_paths,
             members, sample, seed, max_chars,
         )  # fmt: skip
-        result["sections"] = []
-        for section in _explain(view):
-            if section.key in result:
-                raise RuntimeError(
-                    f"selector {record['selector']}: explain section {section.key!r} clashes "
-                    f"with another key of the inspection"
-                )
-            result[section.key] = section.data
-            result["sections"].append(section.as_dict())
+
+
+def sample_selection(view: SelectionView, ranked: int = 0) -> dict[str, Any]:
+    """The selection's record, random kept and dropped documents, and the `ranked` highest and
+    lowest scored candidates, each with its score and reasons."""
+    reasons = "s.reasons" if "reasons" in view.columns else "null"
+    base = (
+        f"select d.doc_id, d.domain, left(d.text, ?) as text, s.score, {reasons} as reasons "
+        f"from {view.candidates} join {view.signal} using (doc_id) "
+    )
+    order = "order by hash(d.doc_id, ?) limit ?"
+    params = [view.max_chars, view.seed, view.sample]
+    result = {
+        "selection": view.record,
+        "kept": view.rows(f"{base} where {view.kept} {order}", params),
+        "dropped": view.rows(f"{base} where not {view.kept} {order}", params),
+    }
+    if ranked > 0:
+        scored = f"{base} where s.score is not null and not isnan(s.score)"
+        for key, direction in (("highest", "desc"), ("lowest", "asc")):
+            result[key] = view.rows(
+                f"{scored} order by s.score {direction}, d.doc_id limit ?",
+                [view.max_chars, ranked],
+            )
     return result
-
-
-def _explain(view: SelectionView) -> list[Any]:
-    """The selection's selector's sections; none when the selector is no longer installed, or
-    the record's config no longer builds it (an older record)."""
-    # Imported here: storage sits below selectors, which import it.
-    from gristmill.selectors import registry
-    from gristmill.selectors.base import Selector
-
-    try:
-        chosen = registry.get(view.record["selector"])
-    except InputError:
-        return []
-    if chosen.explain is Selector.explain:
-        return []
-    try:
-        selector = chosen.from_params(view.record["config"])
-    except InputError:
-        return []
-    return selector.explain(view)
 
 
 def _view_sources(con: duckdb.DuckDBPyConnection, workspace: Workspace) -> list[tuple[str, list]]:
@@ -233,7 +205,7 @@ def _view_sources(con: duckdb.DuckDBPyConnection, workspace: Workspace) -> list[
     (latest config) and each selection, read from the catalog itself."""
     sources: list[tuple[str, list]] = []
     for (corpus,) in con.execute("select name from corpora order by created_at, name").fetchall():
-        shards = [workspace.absolute(s["path"]) for s in catalog.shards(con, corpus)]
+        shards = workspace.shard_files(con, corpus)
         sources.append((corpus, shards))
         recorded = con.execute(
             "select rejects_path from chunks where corpus = ? and rejects_path is not null "
@@ -251,7 +223,7 @@ def _view_sources(con: duckdb.DuckDBPyConnection, workspace: Workspace) -> list[
         paths = [workspace.absolute(p) for p in sorted(files.values())]
         sources.append((f"{row['corpus']}__{row['signal']}", paths))
     for (name,) in con.execute("select name from selections order by name").fetchall():
-        path = workspace.selection_dir(name) / "members.parquet"
+        path = workspace.members_path(name)
         sources.append((f"selection__{name}", [path] if path.exists() else []))
     return [(view, files) for view, files in sources if files]
 

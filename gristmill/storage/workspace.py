@@ -119,6 +119,14 @@ class Workspace:
         """Directory of a selection's members."""
         return self.root / "selections" / validate_name("selection", name)
 
+    def members_path(self, selection: str) -> Path:
+        """The Parquet file of a selection's members."""
+        return self.selection_dir(selection) / "members.parquet"
+
+    def shard_files(self, con: duckdb.DuckDBPyConnection, corpus: str) -> list[Path]:
+        """Absolute paths of the corpus's shards, in the catalog's stable order."""
+        return [self.absolute(s["path"]) for s in catalog.shards(con, corpus)]
+
     def relative(self, path: Path) -> str:
         """Path relative to the workspace root, as stored in the catalog."""
         return path.resolve().relative_to(self.root).as_posix()

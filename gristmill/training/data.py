@@ -59,11 +59,11 @@ def read_documents(
         corpus = source.corpus
         if source.selection is not None:
             corpus = catalog.get_selection(con, source.selection)["corpus"]
-            members = workspace.selection_dir(source.selection) / "members.parquet"
+            members = workspace.members_path(source.selection)
         if corpus is None:
             raise InputError("a data source needs a corpus or a selection")
         catalog.require_corpus(con, corpus)
-        shards = [workspace.absolute(s["path"]) for s in catalog.shards(con, corpus)]
+        shards = workspace.shard_files(con, corpus)
     if not shards:
         raise InputError(f"{source.label()} has no documents")
     wanted = ", ".join(f"d.{c}" for c in columns)

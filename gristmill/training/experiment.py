@@ -99,7 +99,7 @@ def data_versions(workspace: Workspace, spec: ExperimentSpec) -> dict[str, str |
         }
     selected = [s.selection for s in sources if s.selection is not None]
     for arm in sorted(set(selected) | set(spec.selection_arms())):
-        members = workspace.selection_dir(arm) / "members.parquet"
+        members = workspace.members_path(arm)
         versions[f"selection:{arm}"] = file_hash(members) if members.exists() else None
     return versions
 

@@ -19,7 +19,7 @@ from gristmill.selectors import coreset_methods as methods
 from gristmill.selectors.base import PoolFeatures
 from gristmill.selectors.coreset import CoresetSelector
 from gristmill.selectors.selection import SelectOptions
-from gristmill.storage import catalog, queries
+from gristmill.storage import catalog
 from gristmill.storage.readers import IngestOptions
 from gristmill.storage.workspace import Workspace
 
@@ -255,7 +255,7 @@ def test_cli_recipe_and_inspect_clusters(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     (diverse,) = json.loads(result.stdout)["select"]
     assert diverse["selection"]["n_selected"] == 10
-    shown = queries.inspect_selection(Workspace(ws), "diverse")
+    shown = pipeline.inspect_selection(Workspace(ws), "diverse")
     assert sum(c["size"] for c in shown["cluster_sizes"]) == 60
     assert sum(c["kept"] for c in shown["cluster_sizes"]) == 10
     assert shown["clusters"] and shown["clusters"][0]["members"]

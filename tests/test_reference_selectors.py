@@ -116,7 +116,7 @@ def test_learnability_ranks_clean_alpaca_above_random_responses(
     reducible = {d: signal[d]["loss_base"] - signal[d]["loss_ref"] for d in ids}
     ranked = sorted((d for d in ids if np.isfinite(reducible[d])), key=lambda d: (-reducible[d], d))
     assert members(ws, "learnable-10") == ranked[:24]
-    shown = queries.inspect_selection(ws, "learnable-10", sample=3)["regions"]
+    shown = pipeline.inspect_selection(ws, "learnable-10", sample=3)["regions"]
     assert [r["score"] for r in shown["high learnability"]] == sorted(scores, reverse=True)[:3]
 
 
@@ -220,7 +220,7 @@ def test_cartography_hard_region_finds_flipped_labels_and_reselects_without_trai
         assert again == signal
         expected = sorted(ids, key=lambda d: (-signal[d][key], d))[:99]
         assert members(ws, region) == expected
-    regions = queries.inspect_selection(ws, "easy", sample=2)["regions"]
+    regions = pipeline.inspect_selection(ws, "easy", sample=2)["regions"]
     assert set(regions) == {"ambiguous", "hard", "easy"}
     assert regions["hard"][0]["confidence"] == min(confidence)
 

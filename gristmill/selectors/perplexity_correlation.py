@@ -44,7 +44,7 @@ from gristmill.selectors.base import (
     Table,
 )
 from gristmill.selectors.lm_loss import LMLossConfig, LMLossSelector
-from gristmill.selectors.requirements import Requirement, ScoredCorpus, Setting
+from gristmill.selectors.requirements import CorpusRead, Requirement, ScoredCorpus, Setting
 from gristmill.selectors.tokens import TokenCounter
 from gristmill.storage.files import sql_files
 from gristmill.storage.workspace import Workspace
@@ -241,6 +241,9 @@ class PerplexityCorrelationSelector(SetSelector):
             needs.append(ScoredCorpus(f"loss:{index}", context.corpus, scorer, error_prefix=prefix))
         budget = context.budget
         needs += [
+            CorpusRead(
+                "pool_documents", context.corpus, stage="set"
+            ),  # its texts train the classifier
             Setting("errors", [m.error for m in zoo.models]),
             Setting("heldout_fraction", self._heldout_fraction()),
             Setting("seed", context.seed),
@@ -302,11 +305,7 @@ class PerplexityCorrelationSelector(SetSelector):
             if budget.counts == "tokens":
                 files, column = context.inputs.signal("tokens").files, "score"
             else:
-                with context.workspace.catalog(read_only=True) as con:
-                    from gristmill.storage import catalog
-
-                    files = [s["path"] for s in catalog.shards(con, context.corpus)]
-                column = "n_bytes"
+                files, column = context.inputs.documents("pool_documents").files, "n_bytes"
             paths = [context.workspace.absolute(p) for p in files]
             with duckdb.connect() as con:
                 con.register("pool_ids", pa.table({"doc_id": doc_ids}))
@@ -443,11 +442,7 @@ class PerplexityCorrelationSelector(SetSelector):
 
     def _texts(self, context: SelectorContext, pool: PoolFeatures) -> list[str]:
         """The pool's texts in doc_id order (members only, when the pool has a parent)."""
-        from gristmill.storage import catalog
-
-        with context.workspace.catalog(read_only=True) as con:
-            shards = [context.workspace.absolute(s["path"]) for s in catalog.shards(
-                con, context.corpus)]  # fmt: skip
+        shards = context.inputs.documents("pool_documents").files
         query = f"select d.text from read_parquet({sql_files(shards)}) d"
         if pool.members is not None:
             query += f" semi join read_parquet({sql_files([pool.members])}) m using (doc_id)"

@@ -159,8 +159,7 @@ def resolve(
             continue
         label = requirement.label
         if isinstance(requirement, Setting):
-            record(stage, label, requirement.value)
-            context.inputs.values[label] = requirement.value
+            record(stage, label, requirement.value)  # the selector has the value already
         elif isinstance(requirement, CorpusRead):
             with workspace.catalog(read_only=True) as con:
                 catalog.require_corpus(con, requirement.corpus)

@@ -297,4 +297,4 @@ def test_against_naming_the_pool_itself_is_bad_input(tmp_path: Path) -> None:
     ws = _pool(tmp_path)
     selector = DedupSelector.from_params({"against": [CORPUS]})
     with pytest.raises(InputError, match="against: names the corpus itself"):
-        selector.prepare(SelectorContext(ws, CORPUS))
+        selector.requirements(SelectorContext(ws, CORPUS))

@@ -24,6 +24,7 @@ from gristmill.selectors.perplexity_correlation import (
     find_zoo_csv,
     load_zoo,
 )
+from gristmill.storage.readers import IngestOptions
 from gristmill.storage.workspace import Workspace
 
 runner = CliRunner()
@@ -259,3 +260,56 @@ def test_needs_a_budget_or_keep_fraction(zoo_workspace: Path) -> None:
     out = cli("zoo", "build", "pool", "--name", "y", "--target-domain", "nope", "--models", "3",
               "-w", str(zoo_workspace), code=2)  # fmt: skip
     assert "target_domain" in out and "nope" in out
+
+
+# -- keys ----------------------------------------------------------------------------------------
+
+
+def _members(workspace: Path, name: str) -> list[int]:
+    return pq.read_table(Workspace(workspace).selection_dir(name) / "members.parquet")[
+        "doc_id"
+    ].to_pylist()
+
+
+@pytest.mark.slow
+def test_zoo_losses_run_as_ray_tasks(zoo_workspace: Path, tmp_path: Path) -> None:
+    """Each zoo model's per-shard losses are tasks of the run's task runner like any shard: on
+    Ray, in a fresh workspace, every model scores the pool once and the selection is the one
+    the recipe's thread run made."""
+    pytest.importorskip("prefect_ray")
+    from gristmill.flows.tasks import curate_flow, task_runner
+
+    fresh = tmp_path / "ws"
+    pool = zoo_workspace.parent / "pool.jsonl"
+    pipeline.ingest(Workspace(fresh), [str(pool)], "pool", IngestOptions(domain_field="dom"))
+    flow = curate_flow.with_options(task_runner=task_runner("ray", 2))
+    zoo = str(zoo_workspace / "zoos" / "z")
+    result = flow(str(fresh), "pool", "perplexity_correlation", params={"zoo": zoo},
+                  budget="20%", name="pc")  # fmt: skip
+    assert result["selection"]["n_selected"] == 48
+    with Workspace(fresh).catalog(read_only=True) as con:
+        losses = con.execute(
+            "select count(distinct config_hash), count(*) from signals where signal = 'lm_loss'"
+        ).fetchone()
+    assert losses == (5, 5)  # five models x one shard
+    assert _members(fresh, "pc") == _members(zoo_workspace, "pc")
+
+
+def test_a_retrained_zoo_model_rescores_only_its_losses(zoo_workspace: Path) -> None:
+    """Last in the module: it changes one model's files (same weights, so later runs agree)."""
+    ws = Workspace(zoo_workspace)
+    models = sorted((ws.root / "zoos" / "z").glob("model-*"))
+    before = pipeline.curate(ws, "pool", "perplexity_correlation", params={"zoo": "z"},
+                             budget="20%")  # fmt: skip
+    losses = [f"loss:{i}" for i in range(len(models))]
+    assert {label: before.requirements[label].scored for label in losses} == dict.fromkeys(
+        losses, 0
+    )
+    config = models[1] / "config.json"
+    config.write_text(json.dumps(json.loads(config.read_text()), indent=4), encoding="utf-8")
+    after = pipeline.curate(ws, "pool", "perplexity_correlation", params={"zoo": "z"},
+                            budget="20%")  # fmt: skip
+    rescored = {label: after.requirements[label].scored for label in losses}
+    assert rescored == {label: int(label == "loss:1") for label in losses}
+    assert after.scored == 0  # the per-shard pass (doc_id, domain) reads no model
+    assert after.plan.config_hash != before.plan.config_hash  # the set signal recomputed

@@ -13,10 +13,12 @@ from ingest_helpers import ingest_catalogued
 
 from gristmill import pipeline
 from gristmill.errors import InputError
+from gristmill.pipeline.curation import resolve
 from gristmill.selectors.base import SelectorContext
 from gristmill.selectors.dsir import DsirSelector
 from gristmill.selectors.featurize import Embedder, EmbedderConfig, ngram_matrix, tokenize
 from gristmill.selectors.nudge import NudgeSelector
+from gristmill.selectors.requirements import Setting
 from gristmill.selectors.selection import SelectOptions
 from gristmill.selectors.transport import sinkhorn
 from gristmill.storage.readers import IngestOptions
@@ -171,7 +173,9 @@ def test_dsir_weights_agree_with_data_selection(tmp_path: Path) -> None:
     config = DsirSelector.Config(num_buckets=1000, hashing="sha256", length_norm="none",
                                  smoothing=1e-8 * n_target)  # fmt: skip
     mine = DsirSelector(config)
-    mine.prepare(SelectorContext(ws, "pool", "target"))
+    context = SelectorContext(ws, "pool", "target")
+    resolve(ws, mine, context, mine.requirements(context), "shard")
+    mine.prepare(context)
     pool = [json.loads(line)["text"] for line in (tmp_path / "pool.jsonl").open()]
     ours = mine.log_weights(pool)[:, 0]
 
@@ -317,6 +321,12 @@ def test_nudge_set_key_includes_the_seed_only_when_domains_are_sampled(tmp_path:
     ws = Workspace(tmp_path / "ws")
     plain = NudgeSelector(NudgeSelector.Config(dim=64))
     sampled = NudgeSelector(NudgeSelector.Config(dim=64, prefilter_domains=1))
-    one, two = SelectorContext(ws, "pool", seed=1), SelectorContext(ws, "pool", seed=2)
-    assert plain.set_key(one) == plain.set_key(two)
-    assert sampled.set_key(one) != sampled.set_key(two)
+
+    def set_key(selector: NudgeSelector, seed: int) -> str:
+        context = SelectorContext(ws, "pool", "target", seed=seed)
+        settings = [r for r in selector.requirements(context) if isinstance(r, Setting)]
+        resolve(ws, selector, context, settings, "set")
+        return selector.signal_key("set", context.dependencies)
+
+    assert set_key(plain, 1) == set_key(plain, 2)
+    assert set_key(sampled, 1) != set_key(sampled, 2)

@@ -4,7 +4,7 @@ tokens when the budget counts them, score the pool for a set selector, then sele
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gristmill import progress
@@ -15,17 +15,41 @@ from gristmill.pipeline.units import ShardUnit, score_unit
 from gristmill.selectors import registry
 from gristmill.selectors.base import Scorer, Selector, SelectorContext, SetSelector
 from gristmill.selectors.budget import Budget
+from gristmill.selectors.requirements import (
+    CorpusRead,
+    Documents,
+    Model,
+    ModelFiles,
+    Requirement,
+    ScoredCorpus,
+    Setting,
+    Signal,
+    Stage,
+)
 from gristmill.selectors.scoring import (
     ScoringPlan,
     build_selection,
     plan_scoring,
     record_scores,
     score_set,
+    signal_files,
     token_plan,
 )
 from gristmill.selectors.selection import SelectOptions
 from gristmill.storage import catalog
 from gristmill.storage.workspace import Workspace
+
+
+@dataclass
+class RequirementReport:
+    """How a scored requirement went: its signal and key, and the shards scored or reused."""
+
+    label: str
+    corpus: str
+    signal: str
+    key: str
+    scored: int
+    reused: int
 
 
 @dataclass
@@ -42,6 +66,7 @@ class Curation:
     sizes_scored: int
     context: SelectorContext
     record: dict[str, Any] | None = None  # None when only scoring
+    requirements: dict[str, RequirementReport] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """The curate flow's result (the keys the CLI and the recipe flow read)."""
@@ -76,6 +101,94 @@ def score_shards(
     return scored
 
 
+def _score_requirement(
+    workspace: Workspace,
+    requirement: ScoredCorpus,
+    selector: Scorer,
+    context: SelectorContext,
+    work_map: WorkMap,
+) -> tuple[ScoringPlan, int]:
+    """Score a requirement's corpus through the work map (cached); its plan and shards scored.
+
+    Another scorer gets its own context for that corpus, its shard-stage requirements and its
+    prepare; the selector itself (dedup against other corpora) is never prepared again.
+    """
+    scorer, corpus = requirement.scorer, requirement.corpus
+    own = scorer is selector
+    inner = context
+    if not own:
+        inner = SelectorContext(
+            workspace, corpus, seed=context.seed, budget=context.budget,
+            tokenizer=context.tokenizer,
+        )  # fmt: skip
+    try:
+        if not own:
+            nested = scorer.requirements(inner)
+            if any(r.stage == "set" for r in nested):
+                raise TypeError(f"{scorer.name}: a requirement's scorer has set-stage needs")
+            resolve(workspace, scorer, inner, nested, "shard", work_map)
+            if isinstance(scorer, Selector):
+                scorer.prepare(inner)
+        plan = plan_scoring(workspace, corpus, scorer, inner)
+        label = f"score {corpus} with {scorer.name} ({requirement.label})"
+        scored = score_shards(workspace, plan, scorer, label, work_map)
+    except InputError as error:
+        if not requirement.error_prefix:
+            raise
+        raise InputError(f"{requirement.error_prefix}{error}") from None
+    finally:
+        if not own:
+            scorer.release()  # one requirement's model in memory at a time
+    return plan, scored
+
+
+def resolve(
+    workspace: Workspace,
+    selector: Scorer,
+    context: SelectorContext,
+    requirements: list[Requirement],
+    stage: Stage,
+    work_map: WorkMap = serial_map,
+    reports: dict[str, RequirementReport] | None = None,
+) -> None:
+    """Resolve a stage's requirements into `context.inputs`, recording each version read."""
+    context.inputs.owner = selector.name
+    record = context.dependencies.record
+    for requirement in requirements:
+        if requirement.stage != stage:
+            continue
+        label = requirement.label
+        if isinstance(requirement, Setting):
+            record(stage, label, requirement.value)  # the selector has the value already
+        elif isinstance(requirement, CorpusRead):
+            with workspace.catalog(read_only=True) as con:
+                catalog.require_corpus(con, requirement.corpus)
+                version = catalog.corpus_version(con, requirement.corpus)
+                shards = catalog.shards(con, requirement.corpus)
+            files = [workspace.absolute(s["path"]) for s in shards]
+            record(stage, label, {"corpus": requirement.corpus, "version": version})
+            context.inputs.values[label] = Documents(requirement.corpus, version, files)
+        elif isinstance(requirement, ModelFiles):
+            from gristmill.training.models import model_fingerprint, resolve_model_path
+
+            path = resolve_model_path(requirement.name, workspace.root / "models")
+            fingerprint = model_fingerprint(path)
+            record(stage, label, {"model": requirement.name, "fingerprint": fingerprint})
+            context.inputs.values[label] = Model(path, fingerprint)
+        else:
+            plan, scored = _score_requirement(workspace, requirement, selector, context, work_map)
+            files = signal_files(workspace, plan)
+            version = {"corpus": plan.corpus, "signal": plan.signal, "key": plan.config_hash,
+                       "shards": sorted(plan.stored)}  # fmt: skip
+            record(stage, label, version)
+            context.inputs.values[label] = Signal(plan.corpus, plan.signal, plan.config_hash, files)
+            if reports is not None:
+                reused = len(plan.stored) - scored
+                reports[label] = RequirementReport(
+                    label, plan.corpus, plan.signal, plan.config_hash, scored, reused
+                )
+
+
 def curate(
     workspace: Workspace | str | os.PathLike[str],
     corpus: str,
@@ -100,16 +213,18 @@ def curate(
     parsed_budget = Budget.parse(budget) if isinstance(budget, str) else budget
     ws = as_workspace(workspace)
     with ws.write_lock(f"select {name or label} from {corpus}"):
-        target_version = None
         if target is not None:
             with ws.catalog(read_only=True) as con:
                 catalog.require_corpus(con, target)
-                target_version = catalog.corpus_version(con, target)
         elif selector.requires_target:
             raise InputError(f"selector {label!r} needs a target corpus (--target)")
         context = SelectorContext(
-            ws, corpus, target, options.seed, target_version, parsed_budget, options.tokenizer
+            ws, corpus, target, options.seed, parsed_budget, options.tokenizer
         )
+        # Shard-stage requirements key the per-shard signal: resolved before prepare reads them.
+        requirements = selector.requirements(context)
+        reports: dict[str, RequirementReport] = {}
+        resolve(ws, selector, context, requirements, "shard", work_map, reports)
         selector.prepare(context)
         features = plan_scoring(ws, corpus, selector, context)
         reused = len(features.stored)
@@ -121,10 +236,12 @@ def curate(
             sizes_scored = score_shards(ws, sizes, counter, f"count tokens in {corpus}", work_map)
         plan = features
         if isinstance(selector, SetSelector):
+            resolve(ws, selector, context, requirements, "set", work_map, reports)
             plan = score_set(ws, features, selector, context, parent=parent)
         curation = Curation(
-            corpus, label, plan, features, sizes, scored, reused, sizes_scored, context
-        )
+            corpus, label, plan, features, sizes, scored, reused, sizes_scored, context,
+            requirements=reports,
+        )  # fmt: skip
         if name is not None:
             curation.record = build_selection(
                 ws, name, corpus, selector, plan, parsed_budget, options,

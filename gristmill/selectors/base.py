@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, final
 
 import duckdb
 import numpy as np
@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from gristmill.errors import InputError
 from gristmill.selectors.budget import Budget
+from gristmill.selectors.requirements import Dependencies, Inputs, Requirement, Stage
 from gristmill.selectors.selection import Mode, SelectOptions, select
 from gristmill.storage.files import sql_files
 from gristmill.storage.workspace import Workspace
@@ -25,9 +26,30 @@ if TYPE_CHECKING:  # storage builds the view and calls explain (a runtime import
 
 
 class SelectorConfig(BaseModel):
-    """Base of every selector's config: unknown keys are errors."""
+    """Base of every selector's config: unknown keys are errors.
+
+    Every field keys the per-shard signal unless listed in `set_fields` (keys only the set
+    signal) or `unkeyed_fields` (changes no stored result: device, batch sizes, memory limits,
+    ranking-only settings). An unlisted field over-invalidates; it never goes stale.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    set_fields: ClassVar[frozenset[str]] = frozenset()
+    unkeyed_fields: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        known = set(cls.model_fields) | set(cls.model_computed_fields)
+        unknown = sorted((cls.set_fields | cls.unkeyed_fields) - known)
+        if unknown:
+            raise TypeError(f"{cls.__name__}: key scopes name unknown fields {unknown}")
+
+    def key_fields(self, stage: Stage) -> dict[str, Any]:
+        """The settings that key a stage's signal (computed fields included)."""
+        values = self.model_dump(mode="json")
+        skipped = self.unkeyed_fields | (self.set_fields if stage == "shard" else frozenset())
+        return {k: v for k, v in values.items() if k not in skipped}
 
 
 @dataclass
@@ -38,10 +60,12 @@ class SelectorContext:
     corpus: str
     target: str | None = None
     seed: int = 0
-    target_version: str | None = None
     # The selection's budget and tokenizer, for set selectors whose greedy stops at the budget.
     budget: Budget | None = None
     tokenizer: str | None = None
+    # Filled by the pipeline from the selector's requirements (never by the selector).
+    inputs: Inputs = field(default_factory=Inputs)
+    dependencies: Dependencies = field(default_factory=Dependencies)
 
 
 @dataclass
@@ -81,22 +105,52 @@ def describe_validation_error(error: ValidationError, where: str) -> str:
     return "\n".join(lines)
 
 
+KEY_METHODS = ("signal_key", "cache_key", "set_key")
+
+
 class Scorer(ABC):
-    """Something that scores documents shard by shard, with results stored as a signal."""
+    """Something that scores documents shard by shard, with results stored as a signal.
+
+    The signal keys are computed here and only here (`signal_key`): a subclass states what its
+    results depend on through its config's key scopes and its `requirements`, never by hand.
+    """
 
     name: ClassVar[str]
     version: ClassVar[str] = "1"
     # False for scorers that store features (embeddings, signatures) instead of a score column.
     produces_scores: ClassVar[bool] = True
+    # False for scorers that store something other than one row per document (bucket counts).
+    per_document: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        overridden = [m for m in KEY_METHODS if m in vars(cls)]
+        if overridden:
+            raise TypeError(
+                f"{cls.__name__} defines {overridden[0]}: the base class owns the cache key; "
+                "declare config key scopes and requirements() instead"
+            )
 
     def config_dict(self) -> dict[str, Any]:
         """The settings that determine the scores."""
         return {}
 
-    def cache_key(self, context: SelectorContext | None = None) -> str:
-        """Hash of everything that determines the scores: name, version, config, target."""
-        target = context.target_version if context else None
-        payload = [self.name, self.version, self.config_dict(), target]
+    def key_settings(self, stage: Stage) -> dict[str, Any]:
+        """The settings that key a stage's signal (a plain scorer: its config_dict)."""
+        return self.config_dict()
+
+    def requirements(self, context: SelectorContext) -> list[Requirement]:
+        """What this scorer reads besides its own shards (other corpora, models, settings)."""
+        return []
+
+    def release(self) -> None:  # noqa: B027 (optional hook: most scorers load nothing)
+        """Free what scoring loaded (a model), once its requirement is scored; default none."""
+
+    @final
+    def signal_key(self, stage: Stage, dependencies: Dependencies | None = None) -> str:
+        """Hash of name, version, stage, the settings that key it and every dependency read."""
+        recorded = (dependencies or Dependencies()).for_key(stage)
+        payload = [self.name, self.version, stage, self.key_settings(stage), recorded]
         return xxhash.xxh3_64_hexdigest(json.dumps(payload, sort_keys=True, default=str).encode())
 
     @abstractmethod
@@ -126,8 +180,13 @@ class Selector(Scorer):
             raise InputError(describe_validation_error(error, f"selector {cls.name}: ")) from None
 
     def config_dict(self) -> dict[str, Any]:
-        """The config as plain data."""
-        return self.config.model_dump(mode="json")
+        """The config as plain data, as given (computed fields left out): what a record keeps."""
+        computed = set(type(self.config).model_computed_fields)
+        return self.config.model_dump(mode="json", exclude=computed)
+
+    def key_settings(self, stage: Stage) -> dict[str, Any]:
+        """The config fields scoped to key this stage."""
+        return self.config.key_fields(stage)
 
     def prepare(self, context: SelectorContext) -> None:
         """Global fitting before scoring (target statistics, reference models); default none."""
@@ -182,15 +241,11 @@ class SetSelector(Selector):
 
     `score` stores per-shard features (signatures, embeddings), cached by shard content like any
     signal; `score_set` then turns the features of the whole pool into doc_id and score (plus any
-    columns worth keeping, such as a cluster id). The set result is cached by the features and the
-    parent selection it was computed over.
+    columns worth keeping, such as a cluster id). The set result is keyed by the set-scoped
+    settings, the set-stage requirements, the features and the parent selection.
     """
 
     produces_scores: ClassVar[bool] = False
-
-    def set_key(self, context: SelectorContext) -> Any:
-        """What else determines the pool-level scores besides the features and the parent."""
-        return [self.config_dict(), context.target_version]
 
     @abstractmethod
     def score_set(self, context: SelectorContext, pool: PoolFeatures) -> pa.Table:

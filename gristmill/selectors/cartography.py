@@ -37,6 +37,8 @@ Region = Literal["ambiguous", "hard", "easy"]
 class CartographyConfig(ReferenceConfig):
     """The label field, the reference classifier's training, and the region to keep."""
 
+    unkeyed_fields = frozenset({"device", "region"})  # region only ranks the stored statistics
+
     label_field: str = Field("label", description="meta field holding each document's label")
     epochs: int = Field(4, ge=2, description="epochs of the reference classifier (>= 2)")
     lr: float = Field(3e-4, gt=0, description="fine-tuning learning rate")
@@ -52,7 +54,6 @@ class CartographySelector(ReferenceSetSelector):
     version: ClassVar[str] = "1"
     Config = CartographyConfig
     default_mode = "topk"
-    selection_only = frozenset({"region"})
     candidate_columns: ClassVar[tuple[str, ...]] = ("confidence", "variability")
 
     def __init__(self, config: CartographyConfig) -> None:

@@ -26,7 +26,7 @@ from gristmill.selectors import coreset_methods as methods
 from gristmill.selectors.base import PoolFeatures, Section, SelectorConfig, SelectorContext, Table
 from gristmill.selectors.explain import cluster_tables, example_clusters
 from gristmill.selectors.featurize import VECTOR_COLUMN, EmbeddingSetSelector, vectors_of
-from gristmill.selectors.scoring import score_corpus
+from gristmill.selectors.requirements import Requirement, ScoredCorpus, Setting
 from gristmill.selectors.tokens import TokenCounter
 from gristmill.storage.files import sql_files
 
@@ -38,6 +38,13 @@ Method = Literal["deft", "kcenter", "facility_location"]
 
 class CoresetConfig(SelectorConfig):
     """Method, its settings, and the embedder."""
+
+    # Only the embedder fields key the stored embeddings.
+    unkeyed_fields = frozenset({"batch_size", "device"})
+    set_fields = frozenset(
+        {"method", "center", "clusters", "max_clusters", "alpha", "beta", "share", "greedy",
+         "epsilon", "neighbors", "dense_max_bytes", "nprobe", "partition_size", "block_size"}
+    )  # fmt: skip
 
     method: Method = Field("kcenter", description="deft, kcenter or facility_location")
     embedder: str = Field("hash", description="hash, minilm, or an encoder name or path")
@@ -91,16 +98,16 @@ class CoresetSelector(EmbeddingSetSelector):
         super().__init__(config)
         self.config: CoresetConfig = config
 
-    def set_key(self, context: SelectorContext) -> Any:
-        """The method's settings, the seed and the budget (greedy stops at the budget)."""
+    def requirements(self, context: SelectorContext) -> list[Requirement]:
+        """The seed and the budget (greedy stops at it), and token counts for a token budget."""
         budget = context.budget
-        tokens = budget is not None and budget.counts == "tokens"
-        return [
-            self.config_dict(),
-            context.seed,
-            [budget.unit, budget.value] if budget else None,
-            context.tokenizer if tokens else None,
+        needs: list[Requirement] = [
+            Setting("seed", context.seed),
+            Setting("budget", [budget.unit, budget.value] if budget else None),
         ]
+        if budget is not None and budget.counts == "tokens":
+            needs.append(ScoredCorpus("tokens", context.corpus, TokenCounter(context.tokenizer)))
+        return needs
 
     def prepare(self, context: SelectorContext) -> None:
         """Fail before embedding anything when there is no budget."""
@@ -123,8 +130,7 @@ class CoresetSelector(EmbeddingSetSelector):
             return np.ones(table.num_rows)
         if counts == "bytes":
             return table["n_bytes"].to_numpy(zero_copy_only=False).astype(np.float64)
-        plan = score_corpus(context.workspace, context.corpus, TokenCounter(context.tokenizer))
-        files = [context.workspace.absolute(p) for p in plan.stored.values()]
+        files = context.inputs.signal("tokens").files
         with duckdb.connect() as con:
             con.register("pool_ids", table.select(["doc_id"]))
             tokens = con.sql(

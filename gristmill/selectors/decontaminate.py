@@ -14,13 +14,12 @@ from typing import ClassVar
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import xxhash
 from pydantic import Field
 
 from gristmill.errors import InputError
 from gristmill.selectors import minhash
 from gristmill.selectors.base import Selector, SelectorConfig, SelectorContext
-from gristmill.storage import catalog
+from gristmill.selectors.requirements import CorpusRead, Requirement
 from gristmill.storage.workspace import validate_name
 
 
@@ -43,22 +42,23 @@ class DecontaminateSelector(Selector):
 
     def __init__(self, config: SelectorConfig) -> None:
         super().__init__(config)
-        self.eval_version: str | None = None
+        self.prepared = False
         self.eval_hashes = np.zeros(0, np.uint64)
         self.eval_owners = np.zeros(0, np.uint64)
         self.short_lengths: list[int] = []
 
-    def prepare(self, context: SelectorContext) -> None:
-        """Hash every n-gram of the evaluation corpus into a sorted array (with owning doc_id)."""
+    def requirements(self, context: SelectorContext) -> list[Requirement]:
+        """The evaluation corpus's documents (its version keys every shard's scores)."""
         config: DecontaminateConfig = self.config  # type: ignore[assignment]
         validate_name("corpus", config.eval)
         if config.eval == context.corpus:
             raise InputError(f"decontaminate: eval names the pool corpus itself ({config.eval!r})")
-        workspace = context.workspace
-        with workspace.catalog(read_only=True) as con:
-            catalog.require_corpus(con, config.eval)
-            files = [workspace.absolute(s["path"]) for s in catalog.shards(con, config.eval)]
-            self.eval_version = catalog.corpus_version(con, config.eval)
+        return [CorpusRead("eval", config.eval)]
+
+    def prepare(self, context: SelectorContext) -> None:
+        """Hash every n-gram of the evaluation corpus into a sorted array (with owning doc_id)."""
+        config: DecontaminateConfig = self.config  # type: ignore[assignment]
+        files = context.inputs.documents("eval").files
         hashes, owners, short = [], [], set()
         for path in files:
             table = pq.read_table(path, columns=["doc_id", "text"])
@@ -80,17 +80,13 @@ class DecontaminateSelector(Selector):
         order = np.lexsort((all_owners, all_hashes))  # ties: the smallest eval doc_id first
         self.eval_hashes, self.eval_owners = all_hashes[order], all_owners[order]
         self.short_lengths = sorted(short)
-
-    def cache_key(self, context: SelectorContext | None = None) -> str:
-        """Name, version, config and the evaluation corpus's exact contents."""
-        if self.eval_version is None:
-            raise RuntimeError("decontaminate: prepare(context) must run before scoring")
-        payload = [self.name, self.version, self.config_dict(), self.eval_version]
-        return xxhash.xxh3_64_hexdigest(repr(payload).encode())
+        self.prepared = True
 
     def score(self, documents: pa.Table) -> pa.Table:
         """doc_id, score, matched_ngrams and matched_eval (the smallest matching eval doc_id)."""
         config: DecontaminateConfig = self.config  # type: ignore[assignment]
+        if not self.prepared:
+            raise RuntimeError("decontaminate: prepare(context) must run before scoring")
         normalized = minhash.normalize(documents["text"])
         grams, owner = minhash.ngram_hashes(normalized, config.n, self.short_lengths)
         position = np.searchsorted(self.eval_hashes, grams)

@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
-from pydantic import Field, model_validator
+from pydantic import Field, computed_field, model_validator
 
 from gristmill.errors import InputError
 from gristmill.selectors import minhash
@@ -37,7 +37,7 @@ from gristmill.selectors.base import (
     SetSelector,
 )
 from gristmill.selectors.explain import cluster_tables, example_clusters
-from gristmill.storage import catalog
+from gristmill.selectors.requirements import Requirement, ScoredCorpus
 from gristmill.storage.files import sql_files
 
 if TYPE_CHECKING:
@@ -47,7 +47,10 @@ KeepPolicy = Literal["first", "longest", "priority"]
 
 
 class DedupConfig(SelectorConfig):
-    """Settings of the dedup selector."""
+    """Settings of the dedup selector (the keep policy and clustering never re-hash shards)."""
+
+    set_fields = frozenset({"threshold", "bands", "rows", "keep", "against"})
+    unkeyed_fields = frozenset({"memory_limit"})
 
     mode: Literal["near", "exact"] = Field("near", description="MinHash near-dups or exact hash")
     threshold: float = Field(0.8, gt=0, lt=1, description="near: Jaccard similarity threshold")
@@ -76,6 +79,12 @@ class DedupConfig(SelectorConfig):
         if product > self.num_perm:
             raise ValueError(f"bands x rows ({product}) exceeds num_perm")
         return self
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def banding(self) -> list[int] | None:
+        """near: the (bands, rows) the band hashes are cut into; what threshold means per shard."""
+        return list(banding(self)) if self.mode == "near" else None
 
 
 def banding(config: DedupConfig) -> tuple[int, int]:
@@ -120,22 +129,6 @@ class DedupSelector(SetSelector):
     default_mode = "threshold"
     default_threshold = 0.5
 
-    def feature_config(self) -> dict[str, Any]:
-        """The settings that determine the per-shard features (the band index)."""
-        config: DedupConfig = self.config  # type: ignore[assignment]
-        features: dict[str, Any] = {"mode": config.mode, "priority_field": config.priority_field}
-        if config.mode == "near":
-            features.update(
-                num_perm=config.num_perm, shingle_size=config.shingle_size, seed=config.seed,
-                banding=list(banding(config)), verify=config.verify,
-            )  # fmt: skip
-        return features
-
-    def cache_key(self, context: SelectorContext | None = None) -> str:
-        """Features depend only on the hashing settings: the keep policy never re-hashes."""
-        payload = [self.name, self.version, self.feature_config()]
-        return xxhash.xxh3_64_hexdigest(json.dumps(payload, sort_keys=True).encode())
-
     def score(self, documents: pa.Table) -> pa.Table:
         """Per-shard features: doc_id, order keys, content hash, band hashes and signature."""
         config: DedupConfig = self.config  # type: ignore[assignment]
@@ -165,34 +158,21 @@ class DedupSelector(SetSelector):
                 )
         return pa.table(columns)
 
-    def prepare(self, context: SelectorContext) -> None:
-        """Refuse an `against` list that names the pool itself, before any hashing."""
+    def requirements(self, context: SelectorContext) -> list[Requirement]:
+        """Each `against` corpus's features, hashed by this selector (refusing the pool itself)."""
         config: DedupConfig = self.config  # type: ignore[assignment]
         if context.corpus in config.against:
             raise InputError(
                 f"selector dedup: against: names the corpus itself ({context.corpus!r})"
             )
-
-    def set_key(self, context: SelectorContext) -> Any:
-        """The full config and the versions of the `against` corpora."""
-        config: DedupConfig = self.config  # type: ignore[assignment]
-        with context.workspace.catalog(read_only=True) as con:
-            versions = []
-            for other in config.against:
-                catalog.require_corpus(con, other)
-                versions.append(catalog.corpus_version(con, other))
-        return [self.config_dict(), versions]
+        return [ScoredCorpus(f"against:{other}", other, self) for other in config.against]
 
     def score_set(self, context: SelectorContext, pool: PoolFeatures) -> pa.Table:
         """doc_id, score, cluster, cluster_size, duplicate_of and duplicate_corpus per document."""
-        from gristmill.selectors.scoring import score_corpus
-
         config: DedupConfig = self.config  # type: ignore[assignment]
         sources: list[tuple[str, list[Path], Path | None]] = []
         for other in config.against:
-            plan = score_corpus(context.workspace, other, self, context)
-            files = [context.workspace.absolute(p) for _, p in sorted(plan.stored.items())]
-            sources.append((other, files, None))
+            sources.append((other, context.inputs.signal(f"against:{other}").files, None))
         sources.append((context.corpus, pool.files, pool.members))
         return cluster_pool(sources, config, pool.scratch)
 

@@ -1,34 +1,28 @@
 """The `dsir` selector: importance resampling towards a target corpus (Xie et al. 2023).
 
 prepare() fits p_tgt (Laplace-smoothed) and p_raw over hashed unigram+bigram buckets; p_raw sums
-per-shard bucket counts that are cached in the workspace, so a second target re-reads nothing of
-the pool. score() is the log importance weight sum_b c_b(x) (log p_tgt_b - log p_raw_b), optionally
-length-normalised. Selection defaults to Gumbel-top-k (sampling without replacement in proportion
-to the weights); `--mode topk` is the deterministic variant.
+per-shard bucket counts (the `dsir_counts` signal, a requirement scored and cached like any
+signal), so a second target re-reads nothing of the pool. score() is the log importance weight
+sum_b c_b(x) (log p_tgt_b - log p_raw_b), optionally length-normalised. Selection defaults to
+Gumbel-top-k (sampling without replacement in proportion to the weights); `--mode topk` is the
+deterministic variant.
 """
 
 from __future__ import annotations
 
 import json
-import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import xxhash
 from pydantic import Field
 
 from gristmill.errors import InputError
-from gristmill.selectors.base import Selector, SelectorConfig, SelectorContext
+from gristmill.selectors.base import Scorer, Selector, SelectorConfig, SelectorContext
 from gristmill.selectors.featurize import Hashing, ngram_buckets, tokenize
+from gristmill.selectors.requirements import CorpusRead, Requirement, ScoredCorpus
 from gristmill.selectors.selection import SelectOptions, select_ranked
-from gristmill.storage import catalog
-from gristmill.storage.files import write_parquet_atomic
-from gristmill.storage.workspace import Workspace
-
-COUNTS_SIGNAL = "dsir_counts"
 
 
 class DsirConfig(SelectorConfig):
@@ -54,23 +48,26 @@ class DsirConfig(SelectorConfig):
     )
 
 
-def _read_texts(workspace: Workspace, path: str) -> pa.Table:
-    return pq.read_table(workspace.absolute(path), columns=["text", "domain"])
+class DsirCounts(Scorer):
+    """Hashed unigram+bigram bucket counts of a shard: one `count` row per bucket."""
 
+    name: ClassVar[str] = "dsir_counts"
+    produces_scores: ClassVar[bool] = False
+    per_document: ClassVar[bool] = False
 
-def _shard_counts(
-    workspace: Workspace, corpus: str, shard: dict, num_buckets: int, hashing: Hashing
-) -> np.ndarray:
-    """Bucket counts of one shard, cached next to the signals by shard content and features."""
-    key = xxhash.xxh3_64_hexdigest(json.dumps(["dsir-counts-1", num_buckets, hashing]).encode())
-    path = workspace.signal_dir(corpus, COUNTS_SIGNAL, key) / f"{shard['content_hash']}.parquet"
-    if path.exists():
-        return pq.read_table(path)["count"].to_numpy()
-    texts = _read_texts(workspace, shard["path"])["text"]
-    _, buckets = ngram_buckets(tokenize(texts), num_buckets, hashing)
-    counts = np.bincount(buckets, minlength=num_buckets).astype(np.int64)
-    write_parquet_atomic(pa.table({"count": counts}), path)
-    return counts
+    def __init__(self, num_buckets: int, hashing: Hashing) -> None:
+        self.num_buckets = num_buckets
+        self.hashing = hashing
+
+    def config_dict(self) -> dict[str, Any]:
+        """The buckets and their hash determine the counts."""
+        return {"num_buckets": self.num_buckets, "hashing": self.hashing}
+
+    def score(self, documents: pa.Table) -> pa.Table:
+        """count per bucket, over every document of the shard."""
+        _, buckets = ngram_buckets(tokenize(documents["text"]), self.num_buckets, self.hashing)
+        counts = np.bincount(buckets, minlength=self.num_buckets).astype(np.int64)
+        return pa.table({"count": counts})
 
 
 class DsirSelector(Selector):
@@ -90,19 +87,25 @@ class DsirSelector(Selector):
         self.targets: list[str] = []
         self.proportions: np.ndarray = np.ones(1)
 
-    def prepare(self, context: SelectorContext) -> None:
-        """Fit p_tgt per target and p_raw over the whole pool."""
+    def requirements(self, context: SelectorContext) -> list[Requirement]:
+        """The target's documents and the pool's bucket counts (both key every shard's scores)."""
         if context.target is None:
             raise InputError("selector 'dsir' needs a target corpus (--target)")
+        counts = DsirCounts(self.config.num_buckets, self.config.hashing)
+        return [
+            CorpusRead("target", context.target),
+            ScoredCorpus("pool_counts", context.corpus, counts, stage="shard"),
+        ]
+
+    def prepare(self, context: SelectorContext) -> None:
+        """Fit p_tgt per target and p_raw over the whole pool."""
         cfg = self.config
-        ws = context.workspace
-        with ws.catalog(read_only=True) as con:
-            catalog.require_corpus(con, context.target)
-            pool_shards = catalog.shards(con, context.corpus)
-            target_shards = catalog.shards(con, context.target)
-        if not target_shards:
+        target_files = context.inputs.documents("target").files
+        if not target_files:
             raise InputError(f"target corpus {context.target!r} has no documents")
-        target = pa.concat_tables([_read_texts(ws, s["path"]) for s in target_shards])
+        target = pa.concat_tables(
+            [pq.read_table(path, columns=["text", "domain"]) for path in target_files]
+        )
         if cfg.separate_targets:
             domains = np.asarray(target["domain"].to_pylist(), dtype=object)
             domains = np.where(domains == None, "", domains).astype(str)  # noqa: E711
@@ -117,14 +120,8 @@ class DsirSelector(Selector):
             domain_index[docs] * cfg.num_buckets + buckets,
             minlength=len(names) * cfg.num_buckets,
         ).reshape(len(names), cfg.num_buckets)
-        workers = min(len(pool_shards), os.cpu_count() or 1) or 1
-        with ThreadPoolExecutor(workers) as pool:
-            shard_counts = list(
-                pool.map(
-                    lambda s: _shard_counts(ws, context.corpus, s, cfg.num_buckets, cfg.hashing),
-                    pool_shards,
-                )
-            )
+        count_files = context.inputs.signal("pool_counts").files
+        shard_counts = [pq.read_table(path)["count"].to_numpy() for path in count_files]
         raw = np.sum(shard_counts, axis=0) if shard_counts else np.zeros(cfg.num_buckets)
         if raw.sum() == 0:
             raise InputError(f"corpus {context.corpus!r} has no words to select from")
@@ -146,17 +143,6 @@ class DsirSelector(Selector):
         if sizes.sum() <= 0:
             raise InputError("selector dsir: target_proportions give no weight to any target")
         self.proportions = sizes / sizes.sum()
-
-    def cache_key(self, context: SelectorContext | None = None) -> str:
-        """Config plus the fitted log ratios, which depend on the pool and the target."""
-        if self.log_ratio is None:
-            raise RuntimeError("dsir: prepare() must run before scoring")
-        payload = [self.name, self.version, self.config_dict(), self.targets,
-                   self.proportions.tolist()]  # fmt: skip
-        digest = xxhash.xxh3_64()
-        digest.update(json.dumps(payload, sort_keys=True).encode())
-        digest.update(np.ascontiguousarray(self.log_ratio).tobytes())
-        return digest.hexdigest()
 
     def report(self) -> dict[str, Any]:
         """What variant ran: hashing, normalisation and targets (kept in the signal's metadata)."""

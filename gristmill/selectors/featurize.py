@@ -10,7 +10,6 @@ Python-level work grows with the vocabulary, not with the text. `hashing="sha256
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gristmill.devices import Device, resolve_device
 from gristmill.errors import InputError
-from gristmill.selectors.base import Scorer, SelectorConfig, SelectorContext, SetSelector
+from gristmill.selectors.base import Scorer, SelectorConfig, SetSelector
 from gristmill.selectors.selection import splitmix64
 
 Hashing = Literal["xxh3", "sha256"]
@@ -354,16 +353,22 @@ class Embedder(Scorer):
         return pa.table({"doc_id": documents["doc_id"], VECTOR_COLUMN: vector_array(vectors)})
 
 
+EMBEDDING_KEY_FIELDS = {"embedder", "dim", "max_chars"}
+
+
 class EmbeddingSetSelector(SetSelector):
     """A set-based selector whose per-shard features are embeddings (nudge, coreset).
 
     Its config has the embedder fields (`embedder`, `dim`, `max_chars`, `batch_size`,
-    `device`); the stored embeddings are keyed by the embedder alone, so changing any other
-    setting never re-embeds.
+    `device`); only `embedder`, `dim` and `max_chars` key the stored embeddings (every other
+    field is set-scoped or unkeyed, checked here), so changing the rest never re-embeds.
     """
 
     def __init__(self, config: SelectorConfig) -> None:
         super().__init__(config)
+        keyed = set(config.key_fields("shard"))
+        if keyed != EMBEDDING_KEY_FIELDS:
+            raise TypeError(f"{type(config).__name__}: embeddings keyed by {sorted(keyed)}")
         settings: Any = config
         self.embedder = Embedder(
             EmbedderConfig(
@@ -371,8 +376,3 @@ class EmbeddingSetSelector(SetSelector):
                 batch_size=settings.batch_size, device=settings.device,
             )
         )  # fmt: skip
-
-    def cache_key(self, context: SelectorContext | None = None) -> str:
-        """Per-shard features are embeddings: keyed by the embedder alone."""
-        payload = [self.name, self.version, self.embedder.cache_key()]
-        return xxhash.xxh3_64_hexdigest(json.dumps(payload).encode())

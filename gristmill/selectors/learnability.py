@@ -24,8 +24,8 @@ from gristmill.errors import InputError
 from gristmill.selectors.base import PoolFeatures, Section, SelectorContext
 from gristmill.selectors.explain import ranked_regions
 from gristmill.selectors.reference import ReferenceConfig, ReferenceSetSelector
+from gristmill.selectors.requirements import ModelFiles, Requirement
 from gristmill.selectors.selection import SelectOptions
-from gristmill.training.models import model_fingerprint
 
 if TYPE_CHECKING:
     from gristmill.storage.queries import SelectionView
@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 
 class LearnabilityConfig(ReferenceConfig):
     """Which losses, from which models, and how they are ranked."""
+
+    unkeyed_fields = frozenset({"device", "normalize"})  # normalize only ranks the stored losses
 
     method: Literal["lobass", "rho"] = Field(
         "lobass", description="lobass: reference fine-tuned on the whole set; rho: two halves"
@@ -63,18 +65,18 @@ class LearnabilitySelector(ReferenceSetSelector):
     version: ClassVar[str] = "1"
     Config = LearnabilityConfig
     default_mode = "topk"
-    selection_only = frozenset({"normalize"})
     candidate_columns: ClassVar[tuple[str, ...]] = ("loss_base", "loss_ref")
 
     def __init__(self, config: LearnabilityConfig) -> None:
         super().__init__(config)
         self.config: LearnabilityConfig = config
 
-    def set_key(self, context: SelectorContext) -> Any:
-        """Also the given reference model's content."""
-        reference = self.config.reference
-        path = self.model_path(context, reference) if reference else None
-        return [*super().set_key(context), model_fingerprint(path)]
+    def requirements(self, context: SelectorContext) -> list[Requirement]:
+        """Also the given reference model's files."""
+        needs = super().requirements(context)
+        if self.config.reference is not None:
+            needs.append(ModelFiles("reference", self.config.reference, stage="set"))
+        return needs
 
     def prepare(self, context: SelectorContext) -> None:
         """Fail early on a base or reference model that cannot be found."""
@@ -127,7 +129,7 @@ class LearnabilitySelector(ReferenceSetSelector):
         if self.config.method == "lobass":
             given = self.config.reference
             reference = (
-                self.model_path(context, given) if given is not None
+                context.inputs.model("reference").path if given is not None
                 else self._finetune(base, tokenizer, data, pool.scratch / "reference")
             )  # fmt: skip
             nll_ref = self._losses(reference, tokenizer, data)[0]

@@ -15,6 +15,7 @@ from pydantic import Field
 
 from gristmill.devices import Device
 from gristmill.selectors.base import Selector, SelectorConfig, SelectorContext
+from gristmill.selectors.requirements import ModelFiles, Requirement
 
 # One model per process, loaded on first use, shared by the scoring threads.
 _load_lock = threading.Lock()
@@ -23,6 +24,9 @@ _loaded: dict[tuple[str, str | None], tuple[Any, Any]] = {}
 
 class LMLossConfig(SelectorConfig):
     """Which model scores, and how."""
+
+    # Device and batching change the numbers only within rounding: not part of the key.
+    unkeyed_fields = frozenset({"device", "batch_tokens"})
 
     model: str = Field(description="HF name, local path or workspace model (models/<name>)")
     batch_tokens: int = Field(16384, ge=64, description="padded tokens per forward batch")
@@ -43,27 +47,19 @@ class LMLossSelector(Selector):
         self.model_path: str = config.model
         self._fingerprint: str | None = None
 
+    def requirements(self, context: SelectorContext) -> list[Requirement]:
+        """The model's files: their content hash keys the scores (a retrained model rescores)."""
+        return [ModelFiles("model", self.config.model)]
+
     def prepare(self, context: SelectorContext) -> None:
-        """Resolve a workspace model name to its directory."""
-        from gristmill.training.models import resolve_model_path
-
-        self.model_path = resolve_model_path(self.config.model, context.workspace.root / "models")
-        self._fingerprint = None
-
-    def config_dict(self) -> dict[str, Any]:
-        """The config plus the model's content hash, so a retrained model gets new scores."""
-        if self._fingerprint is None:
-            from gristmill.training.models import model_fingerprint
-
-            self._fingerprint = model_fingerprint(self.model_path)
-        # Device and precision change the numbers only within rounding: not part of the key.
-        settings = self.config.model_dump(mode="json", exclude={"device", "batch_tokens"})
-        return {**settings, "model_fingerprint": self._fingerprint}
+        """Take the resolved model directory and its fingerprint."""
+        model = context.inputs.model("model")
+        self.model_path, self._fingerprint = model.path, model.fingerprint
 
     def _model(self) -> tuple[Any, Any]:
         from gristmill.training.models import load_causal_lm, load_tokenizer
 
-        self.config_dict()  # sets the fingerprint: a model retrained in place is loaded again
+        # The fingerprint is in the key: a model retrained in place is loaded again.
         key = (self.model_path, self._fingerprint)
         with _load_lock:
             if key not in _loaded:

@@ -20,7 +20,7 @@ from gristmill.devices import Device
 from gristmill.errors import InputError
 from gristmill.selectors.base import PoolFeatures, SelectorConfig, SelectorContext
 from gristmill.selectors.featurize import VECTOR_COLUMN, EmbeddingSetSelector, vectors_of
-from gristmill.selectors.scoring import score_corpus
+from gristmill.selectors.requirements import Requirement, ScoredCorpus, Setting
 from gristmill.selectors.transport import SinkhornResult, sinkhorn
 from gristmill.storage.files import sql_files
 
@@ -32,6 +32,13 @@ def _normalised(vectors: np.ndarray) -> np.ndarray:
 
 class NudgeConfig(SelectorConfig):
     """Embedder, Sinkhorn settings, memory budget and the optional domain pre-filter."""
+
+    # Only the embedder fields key the stored embeddings.
+    unkeyed_fields = frozenset({"batch_size", "device"})
+    set_fields = frozenset(
+        {"epsilon", "momentum", "max_iter", "tol", "max_cost_bytes", "center",
+         "prefilter_domains", "prefilter_sample"}
+    )  # fmt: skip
 
     embedder: str = Field("hash", description="hash, minilm, or an encoder name or path")
     dim: int = Field(1024, ge=8, le=4096, description="hash embedder: dimension")
@@ -69,10 +76,14 @@ class NudgeSelector(EmbeddingSetSelector):
         super().__init__(config)
         self.config: NudgeConfig = config
 
-    def set_key(self, context: SelectorContext) -> Any:
-        """Config and target version, plus the seed when it samples domains for the pre-filter."""
-        seed = context.seed if self.config.prefilter_domains else None
-        return [*super().set_key(context), seed]
+    def requirements(self, context: SelectorContext) -> list[Requirement]:
+        """The target's embeddings, plus the seed when it samples domains for the pre-filter."""
+        if context.target is None:
+            raise InputError("selector 'nudge' needs a target corpus (--target)")
+        needs: list[Requirement] = [ScoredCorpus("target", context.target, self.embedder)]
+        if self.config.prefilter_domains:
+            needs.append(Setting("seed", context.seed))
+        return needs
 
     def score(self, documents: pa.Table) -> pa.Table:
         """doc_id, domain and embedding of each document of a shard."""
@@ -80,10 +91,7 @@ class NudgeSelector(EmbeddingSetSelector):
         return embedded.append_column("domain", documents["domain"])
 
     def _target_vectors(self, context: SelectorContext) -> np.ndarray:
-        if context.target is None:
-            raise InputError("selector 'nudge' needs a target corpus (--target)")
-        plan = score_corpus(context.workspace, context.target, self.embedder)
-        files = [context.workspace.absolute(p) for _, p in sorted(plan.stored.items())]
+        files = context.inputs.signal("target").files  # shard-hash order, as always
         if not files:
             raise InputError(f"target corpus {context.target!r} has no documents")
         with duckdb.connect() as con:

@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import duckdb
 import numpy as np
 import pyarrow as pa
-import xxhash
 from pydantic import Field
 
 from gristmill.devices import Device
@@ -45,7 +44,7 @@ from gristmill.selectors.base import (
     Table,
 )
 from gristmill.selectors.lm_loss import LMLossConfig, LMLossSelector
-from gristmill.selectors.scoring import score_corpus
+from gristmill.selectors.requirements import CorpusRead, Requirement, ScoredCorpus, Setting
 from gristmill.selectors.tokens import TokenCounter
 from gristmill.storage.files import sql_files
 from gristmill.storage.workspace import Workspace
@@ -169,6 +168,13 @@ def resolve_zoo_model(zoo: Zoo, entry: ZooModel, models_root: Path) -> str:
 class PerplexityCorrelationConfig(SelectorConfig):
     """The zoo, the estimator and projection, and the document classifier."""
 
+    # The per-shard pass stores doc_id and domain only: every setting keys the set signal alone.
+    set_fields = frozenset(
+        {"zoo", "estimator", "projection", "unit", "keep_fraction", "heldout_fraction",
+         "classifier_epochs", "classifier_dim", "classifier_max_docs", "max_length", "precision"}
+    )  # fmt: skip
+    unkeyed_fields = frozenset({"device", "batch_tokens"})
+
     zoo: str = Field(description="workspace zoo name, a directory with zoo.csv, or a CSV file")
     estimator: Literal["spearmanr", "sign_cdf", "sign", "sign_sign", "product"] = "sign_cdf"
     projection: Literal["linear", "l2"] = "linear"
@@ -206,50 +212,52 @@ class PerplexityCorrelationSelector(SetSelector):
         super().__init__(config)
         self.config: PerplexityCorrelationConfig = config
         self.zoo: Zoo | None = None
-        self.scorers: list[LMLossSelector] = []
 
-    def cache_key(self, context: SelectorContext | None = None) -> str:
-        """Per-shard features are doc_id and domain only: keyed by the selector alone."""
-        return xxhash.xxh3_64_hexdigest(json.dumps([self.name, self.version]).encode())
-
-    def prepare(self, context: SelectorContext) -> None:
-        """Read and check the zoo, resolve its models, and check there is a budget to cap by."""
+    def _load_zoo(self, context: SelectorContext) -> Zoo:
+        """The zoo, checked, after checking there is a budget to cap by."""
         if context.budget is None and self.config.keep_fraction is None:
             raise InputError(
                 "selector 'perplexity_correlation' needs a budget (--budget) or "
                 "--param keep_fraction=... to cap each domain"
             )
-        csv_path = find_zoo_csv(context.workspace, self.config.zoo)
-        self.zoo = load_zoo(csv_path)
+        return load_zoo(find_zoo_csv(context.workspace, self.config.zoo))
+
+    def requirements(self, context: SelectorContext) -> list[Requirement]:
+        """Each zoo model's losses on the pool, its error, the split, seed, budget and sizes."""
+        self.zoo = zoo = self._load_zoo(context)
         models_root = context.workspace.root / "models"
-        self.scorers = []
-        for entry in self.zoo.models:
+        needs: list[Requirement] = []
+        for index, entry in enumerate(zoo.models):
             scorer = LMLossSelector(
                 LMLossConfig(
-                    model=resolve_zoo_model(self.zoo, entry, models_root),
+                    model=resolve_zoo_model(zoo, entry, models_root),
                     batch_tokens=self.config.batch_tokens,
                     max_length=self.config.max_length,
                     device=self.config.device,
                     precision=self.config.precision,
                 )
             )
-            scorer.prepare(context)
-            self.scorers.append(scorer)
-
-    def set_key(self, context: SelectorContext) -> Any:
-        """Config, each model's loss signal (its file hashes) and error, seed and budget."""
-        if self.zoo is None:
-            self.prepare(context)
-        assert self.zoo is not None
+            prefix = f"{zoo.csv_path}: line {entry.line}: model: "
+            needs.append(ScoredCorpus(f"loss:{index}", context.corpus, scorer, error_prefix=prefix))
         budget = context.budget
-        return [
-            self.config_dict(),
-            [[s.cache_key(), m.error] for s, m in zip(self.scorers, self.zoo.models, strict=True)],
-            self._heldout_fraction(),
-            context.seed,
-            [budget.unit, budget.value] if budget else None,
-            context.tokenizer if budget is not None and budget.counts == "tokens" else None,
+        needs += [
+            CorpusRead(
+                "pool_documents", context.corpus, stage="set"
+            ),  # its texts train the classifier
+            Setting("errors", [m.error for m in zoo.models]),
+            Setting("heldout_fraction", self._heldout_fraction()),
+            Setting("seed", context.seed),
+            Setting("budget", [budget.unit, budget.value] if budget else None),
         ]
+        if budget is not None and budget.counts == "tokens":
+            needs.append(ScoredCorpus("tokens", context.corpus, TokenCounter(context.tokenizer)))
+        return needs
+
+    def prepare(self, context: SelectorContext) -> None:
+        """Read and check the zoo and its models, and check there is a budget to cap by."""
+        self.zoo = self._load_zoo(context)
+        for entry in self.zoo.models:  # a model that cannot be found fails before any scoring
+            resolve_zoo_model(self.zoo, entry, context.workspace.root / "models")
 
     def score(self, documents: pa.Table) -> pa.Table:
         """doc_id and domain of each document of a shard (the losses are lm_loss signals)."""
@@ -274,18 +282,10 @@ class PerplexityCorrelationSelector(SetSelector):
     def _losses(self, context: SelectorContext, doc_ids: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         """Bits per byte (models x documents) and token counts (models x documents) of the pool."""
         assert self.zoo is not None
-        bpb = np.empty((len(self.scorers), len(doc_ids)))
-        tokens = np.empty((len(self.scorers), len(doc_ids)))
-        for row, (scorer, entry) in enumerate(zip(self.scorers, self.zoo.models, strict=True)):
-            try:
-                plan = score_corpus(context.workspace, context.corpus, scorer)
-            except InputError as error:
-                raise InputError(
-                    f"{self.zoo.csv_path}: line {entry.line}: model: {error}"
-                ) from None
-            finally:
-                scorer.release()  # one model in memory at a time, however large the zoo
-            files = [context.workspace.absolute(p) for p in plan.stored.values()]
+        bpb = np.empty((len(self.zoo.models), len(doc_ids)))
+        tokens = np.empty((len(self.zoo.models), len(doc_ids)))
+        for row in range(len(self.zoo.models)):
+            files = context.inputs.signal(f"loss:{row}").files
             with duckdb.connect() as con:
                 con.register("pool_ids", pa.table({"doc_id": doc_ids}))
                 table = con.sql(
@@ -303,16 +303,9 @@ class PerplexityCorrelationSelector(SetSelector):
             sizes = np.ones(len(doc_ids))
         else:
             if budget.counts == "tokens":
-                plan = score_corpus(
-                    context.workspace, context.corpus, TokenCounter(context.tokenizer)
-                )
-                files, column = plan.stored.values(), "score"
+                files, column = context.inputs.signal("tokens").files, "score"
             else:
-                with context.workspace.catalog(read_only=True) as con:
-                    from gristmill.storage import catalog
-
-                    files = [s["path"] for s in catalog.shards(con, context.corpus)]
-                column = "n_bytes"
+                files, column = context.inputs.documents("pool_documents").files, "n_bytes"
             paths = [context.workspace.absolute(p) for p in files]
             with duckdb.connect() as con:
                 con.register("pool_ids", pa.table({"doc_id": doc_ids}))
@@ -449,11 +442,7 @@ class PerplexityCorrelationSelector(SetSelector):
 
     def _texts(self, context: SelectorContext, pool: PoolFeatures) -> list[str]:
         """The pool's texts in doc_id order (members only, when the pool has a parent)."""
-        from gristmill.storage import catalog
-
-        with context.workspace.catalog(read_only=True) as con:
-            shards = [context.workspace.absolute(s["path"]) for s in catalog.shards(
-                con, context.corpus)]  # fmt: skip
+        shards = context.inputs.documents("pool_documents").files
         query = f"select d.text from read_parquet({sql_files(shards)}) d"
         if pool.members is not None:
             query += f" semi join read_parquet({sql_files([pool.members])}) m using (doc_id)"

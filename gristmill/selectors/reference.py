@@ -13,21 +13,22 @@ is (`gristmill.training.lm.pretrain`).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
-import xxhash
 from pydantic import Field
 
 from gristmill.devices import Device
 from gristmill.errors import InputError
 from gristmill.selectors.base import SelectorConfig, SelectorContext, SetSelector
+from gristmill.selectors.requirements import ModelFiles, Requirement
 from gristmill.training.config import PRESETS, PresetName, TrainConfig
 
 
 class ReferenceConfig(SelectorConfig):
     """The base model and how the reference model is trained from it."""
+
+    unkeyed_fields = frozenset({"device"})
 
     model: str | None = Field(
         None, description="base model: HF name, local path or workspace model; default: preset"
@@ -48,29 +49,15 @@ class ReferenceSetSelector(SetSelector):
     """A set selector that trains a reference model on the candidate set (learnability,
     cartography)."""
 
-    # Settings that only rank the stored statistics: never part of a cache key.
-    selection_only: ClassVar[frozenset[str]] = frozenset()
-
     def __init__(self, config: ReferenceConfig) -> None:
         super().__init__(config)
         self.config: ReferenceConfig = config
 
-    def scoring_settings(self) -> dict[str, Any]:
-        """The settings that determine the stored statistics (not device, not ranking-only)."""
-        excluded = {"device", *self.selection_only}
-        return self.config.model_dump(mode="json", exclude=excluded)
-
-    def cache_key(self, context: SelectorContext | None = None) -> str:
-        """Per-shard fields and the set statistics depend on the scoring settings alone."""
-        payload = [self.name, self.version, self.scoring_settings()]
-        return xxhash.xxh3_64_hexdigest(json.dumps(payload, sort_keys=True).encode())
-
-    def set_key(self, context: SelectorContext) -> Any:
-        """The base model's content, when one is given (a retrained model rescored)."""
-        model = self.model_path(context, self.config.model) if self.config.model else None
-        from gristmill.training.models import model_fingerprint
-
-        return [self.scoring_settings(), model_fingerprint(model)]
+    def requirements(self, context: SelectorContext) -> list[Requirement]:
+        """The base model's files, when one is given (a retrained model rescores the set)."""
+        if self.config.model is None:
+            return []
+        return [ModelFiles("model", self.config.model, stage="set")]
 
     def prepare(self, context: SelectorContext) -> None:
         """Fail early on a base model that cannot be found."""
@@ -111,7 +98,7 @@ class ReferenceSetSelector(SetSelector):
         from gristmill.training.lm import pretrain
 
         if self.config.model is not None:
-            return self.model_path(context, self.config.model)
+            return context.inputs.model("model").path
         out_dir = scratch / "base"
         pretrain(
             self.config.preset,

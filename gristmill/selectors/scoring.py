@@ -20,7 +20,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import xxhash
 
 import gristmill
 from gristmill.errors import InputError
@@ -56,8 +55,11 @@ class ScoringPlan:
 def plan_scoring(
     workspace: Workspace, corpus: str, scorer: Scorer, context: SelectorContext | None = None
 ) -> ScoringPlan:
-    """Find the shards whose scores are not stored yet ("score once, select many times")."""
-    config_hash = scorer.cache_key(context)
+    """Find the shards whose scores are not stored yet ("score once, select many times").
+
+    The key is the scorer's shard key over the dependencies recorded in `context` (none without).
+    """
+    config_hash = scorer.signal_key("shard", context.dependencies if context else None)
     with workspace.catalog(read_only=True) as con:
         catalog.require_corpus(con, corpus)
         shards = catalog.shards(con, corpus)
@@ -76,7 +78,7 @@ def score_shard(
     scores = scorer.score(documents)
     # A set-based selector stores features here (signatures, embeddings); its scores come later.
     needs_score = scorer.produces_scores
-    if (
+    if scorer.per_document and (
         scores.num_rows != documents.num_rows
         or "doc_id" not in scores.column_names
         or (needs_score and "score" not in scores.column_names)
@@ -111,9 +113,8 @@ def score_corpus(
 ) -> ScoringPlan:
     """Score a corpus's missing shards in this process (cached); the plan with every shard stored.
 
-    Flows fan shards out as tasks instead; this is for selectors that need another corpus's
-    features while preparing (a target's embeddings, an earlier corpus's signatures), and for
-    notebooks and tests.
+    For notebooks and tests; selectors never call it (they declare requirements, which the
+    pipeline scores through its work map).
     """
     plan = plan_scoring(workspace, corpus, scorer, context)
     infos = [
@@ -144,8 +145,8 @@ def score_set(
 ) -> ScoringPlan:
     """Run a set-based selector over the whole pool (cached); a plan naming the pool-level scores.
 
-    The cache key covers the per-shard features (config and shard contents), the parent
-    selection's members and the selector's `set_key` (settings that only the pool step uses),
+    The set key covers the set-scoped settings and requirements (in `context.dependencies`) and
+    the pool: the per-shard features' key, the shard contents and the parent selection's members,
     so adding shards or re-running a parent step recomputes it.
     """
     members = None
@@ -153,13 +154,13 @@ def score_set(
         members = workspace.selection_dir(parent) / "members.parquet"
         if not members.exists():
             raise InputError(f"selection {parent!r} has no members file at {members}")
-    key_parts = [
-        plan.config_hash,
-        sorted(plan.stored),
-        file_hash(members) if members else None,
-        selector.set_key(context),
-    ]
-    set_hash = xxhash.xxh3_64_hexdigest(json.dumps(key_parts).encode())
+    pool = {
+        "features": plan.config_hash,
+        "shards": sorted(plan.stored),
+        "parent_members": file_hash(members) if members else None,
+    }
+    context.dependencies.record("set", "pool", pool)
+    set_hash = selector.signal_key("set", context.dependencies)
     signal = set_signal_name(selector)
     with workspace.catalog(read_only=True) as con:
         stored = catalog.signal_files(con, plan.corpus, signal, set_hash)
@@ -365,3 +366,8 @@ def token_plan(
         return None, None
     counter = TokenCounter(options.tokenizer)
     return counter, plan_scoring(workspace, corpus, counter)
+
+
+def signal_files(workspace: Workspace, plan: ScoringPlan) -> list[Path]:
+    """A fully scored plan's files, in shard-hash order."""
+    return [workspace.absolute(p) for _, p in sorted(plan.stored.items())]

@@ -37,6 +37,7 @@ from gristmill.selectors.scoring import (
 )
 from gristmill.selectors.selection import SelectOptions
 from gristmill.storage import catalog
+from gristmill.storage.files import model_fingerprint, resolve_model_path
 from gristmill.storage.workspace import Workspace
 
 
@@ -169,8 +170,6 @@ def resolve(
             record(stage, label, {"corpus": requirement.corpus, "version": version})
             context.inputs.values[label] = Documents(requirement.corpus, version, files)
         elif isinstance(requirement, ModelFiles):
-            from gristmill.training.models import model_fingerprint, resolve_model_path
-
             path = resolve_model_path(requirement.name, workspace.root / "models")
             fingerprint = model_fingerprint(path)
             record(stage, label, {"model": requirement.name, "fingerprint": fingerprint})

@@ -150,7 +150,7 @@ def load_zoo(csv_path: Path) -> Zoo:
 
 def resolve_zoo_model(zoo: Zoo, entry: ZooModel, models_root: Path) -> str:
     """A zoo model's directory (relative to the CSV, a workspace model or a path) or hub name."""
-    from gristmill.training.models import resolve_model_path
+    from gristmill.storage.files import resolve_model_path
 
     beside = zoo.csv_path.parent / entry.model
     if (beside / "config.json").exists():

@@ -66,7 +66,7 @@ class ReferenceSetSelector(SetSelector):
 
     def model_path(self, context: SelectorContext, name: str) -> str:
         """A workspace model name, local path or hub name, resolved."""
-        from gristmill.training.models import resolve_model_path
+        from gristmill.storage.files import resolve_model_path
 
         return resolve_model_path(name, context.workspace.root / "models")
 

@@ -68,3 +68,22 @@ def write_json_atomic(
     """Write `value` as JSON atomically (see `write_text_atomic`); encoded before any file opens."""
     text = json.dumps(value, indent=indent, sort_keys=sort_keys, default=default)
     write_text_atomic(path, text)
+
+
+def resolve_model_path(name_or_path: str, models_root: Path | None = None) -> str:
+    """A workspace model name (models/<name>), a local directory, or a hub name as given."""
+    if models_root is not None and (models_root / name_or_path / "config.json").exists():
+        return str(models_root / name_or_path)
+    expanded = Path(name_or_path).expanduser()
+    if expanded.exists():
+        return str(expanded.resolve())
+    return name_or_path
+
+
+def model_fingerprint(path: str | None) -> str | None:
+    """Content hashes of a local model's weights and configs, so a retrained model rescores."""
+    if path is None:
+        return None
+    directory = Path(path)
+    files = sorted(directory.glob("*.safetensors")) + sorted(directory.glob("*.json"))
+    return ",".join(f"{f.name}:{file_hash(f)}" for f in files) or path

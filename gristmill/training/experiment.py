@@ -18,7 +18,7 @@ import numpy as np
 import xxhash
 
 from gristmill.errors import InputError
-from gristmill.storage.files import write_json_atomic
+from gristmill.storage.files import resolve_model_path, write_json_atomic
 from gristmill.storage.workspace import Workspace
 from gristmill.training.config import BUILTIN_ARMS, ExperimentSpec, TaskSpec
 from gristmill.training.data import DataSource, heldout_mask, read_documents, take_tokens, tokenize
@@ -34,7 +34,6 @@ from gristmill.training.lm import bits_per_byte, continue_pretraining, pretrain
 from gristmill.training.models import (
     load_causal_lm,
     load_tokenizer,
-    resolve_model_path,
     save_model,
 )
 from gristmill.training.trainer import DONE_FILE, is_done

@@ -105,27 +105,6 @@ def build_model(
     return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
 
 
-def resolve_model_path(name_or_path: str, models_root: Path | None = None) -> str:
-    """A workspace model name (models/<name>), a local directory, or a hub name as given."""
-    if models_root is not None and (models_root / name_or_path / "config.json").exists():
-        return str(models_root / name_or_path)
-    expanded = Path(name_or_path).expanduser()
-    if expanded.exists():
-        return str(expanded.resolve())
-    return name_or_path
-
-
-def model_fingerprint(path: str | None) -> str | None:
-    """Content hashes of a local model's weights and configs, so a retrained model rescores."""
-    from gristmill.storage.files import file_hash
-
-    if path is None:
-        return None
-    directory = Path(path)
-    files = sorted(directory.glob("*.safetensors")) + sorted(directory.glob("*.json"))
-    return ",".join(f"{f.name}:{file_hash(f)}" for f in files) or path
-
-
 def load_tokenizer(name_or_path: str) -> Any:
     """A tokenizer by HF name or local path, with a pad token (the EOS token if it has none)."""
     from transformers import AutoTokenizer

@@ -284,9 +284,21 @@ def test_zoo_losses_run_as_ray_tasks(zoo_workspace: Path, tmp_path: Path) -> Non
     pipeline.ingest(Workspace(fresh), [str(pool)], "pool", IngestOptions(domain_field="dom"))
     flow = curate_flow.with_options(task_runner=task_runner("ray", 2))
     zoo = str(zoo_workspace / "zoos" / "z")
-    result = flow(str(fresh), "pool", "perplexity_correlation", params={"zoo": zoo},
-                  budget="20%", name="pc")  # fmt: skip
-    assert result["selection"]["n_selected"] == 48
+    state = flow(str(fresh), "pool", "perplexity_correlation", params={"zoo": zoo},
+                 budget="20%", name="pc", return_state=True)  # fmt: skip
+    assert state.result()["selection"]["n_selected"] == 48
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
+            )
+        )
+    shard_tasks = [t for t in runs if t.name.startswith("score-shard")]
+    # Five models' losses plus the selector's own per-shard pass: Prefect tasks on Ray.
+    assert len(shard_tasks) == 6 and all(t.state.name == "Completed" for t in shard_tasks)
     with Workspace(fresh).catalog(read_only=True) as con:
         losses = con.execute(
             "select count(distinct config_hash), count(*) from signals where signal = 'lm_loss'"

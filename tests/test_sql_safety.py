@@ -9,11 +9,8 @@ import pytest
 from conftest import good_text, write_jsonl
 from ingest_helpers import ingest_catalogued
 
+from gristmill import pipeline
 from gristmill.errors import InputError
-from gristmill.selectors.base import SelectorContext
-from gristmill.selectors.budget import Budget
-from gristmill.selectors.quality import QualitySelector
-from gristmill.selectors.scoring import build_selection, score_corpus
 from gristmill.selectors.selection import SelectOptions
 from gristmill.storage import catalog, queries
 from gristmill.storage.workspace import Workspace, validate_name
@@ -30,10 +27,8 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     """Corpus `pool` (12 documents, 1 reject), its quality signal and a selection `kept`."""
     root = tmp_path_factory.mktemp("sql") / "ws"
     workspace = _ingest(root, "pool")
-    selector = QualitySelector.from_params({})
-    plan = score_corpus(workspace, "pool", selector, SelectorContext(workspace, "pool"))
-    build_selection(workspace, "kept", "pool", selector, plan, Budget.parse("5docs"),
-                    SelectOptions(mode="topk"))  # fmt: skip
+    pipeline.curate(workspace, "pool", "quality", name="kept", budget="5docs",
+                    options=SelectOptions(mode="topk"))  # fmt: skip
     return workspace
 
 

@@ -165,8 +165,7 @@ def resolve(
             with workspace.catalog(read_only=True) as con:
                 catalog.require_corpus(con, requirement.corpus)
                 version = catalog.corpus_version(con, requirement.corpus)
-                shards = catalog.shards(con, requirement.corpus)
-            files = [workspace.absolute(s["path"]) for s in shards]
+                files = workspace.shard_files(con, requirement.corpus)
             record(stage, label, {"corpus": requirement.corpus, "version": version})
             context.inputs.values[label] = Documents(requirement.corpus, version, files)
         elif isinstance(requirement, ModelFiles):

@@ -56,9 +56,7 @@ class CartographySelector(ReferenceSetSelector):
     default_mode = "topk"
     candidate_columns: ClassVar[tuple[str, ...]] = ("confidence", "variability")
 
-    def __init__(self, config: CartographyConfig) -> None:
-        super().__init__(config)
-        self.config: CartographyConfig = config
+    config: CartographyConfig
 
     def score(self, documents: pa.Table) -> pa.Table:
         """doc_id, text and label (null when the meta has no `label_field`)."""

@@ -94,9 +94,7 @@ class CoresetSelector(EmbeddingSetSelector):
     Config = CoresetConfig
     default_mode = "topk"
 
-    def __init__(self, config: CoresetConfig) -> None:
-        super().__init__(config)
-        self.config: CoresetConfig = config
+    config: CoresetConfig
 
     def requirements(self, context: SelectorContext) -> list[Requirement]:
         """The seed and the budget (greedy stops at it), and token counts for a token budget."""

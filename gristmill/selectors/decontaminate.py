@@ -40,6 +40,8 @@ class DecontaminateSelector(Selector):
     default_mode = "threshold"
     default_threshold = 0.5
 
+    config: DecontaminateConfig
+
     def __init__(self, config: SelectorConfig) -> None:
         super().__init__(config)
         self.prepared = False
@@ -49,7 +51,7 @@ class DecontaminateSelector(Selector):
 
     def requirements(self, context: SelectorContext) -> list[Requirement]:
         """The evaluation corpus's documents (its version keys every shard's scores)."""
-        config: DecontaminateConfig = self.config  # type: ignore[assignment]
+        config = self.config
         validate_name("corpus", config.eval)
         if config.eval == context.corpus:
             raise InputError(f"decontaminate: eval names the pool corpus itself ({config.eval!r})")
@@ -57,7 +59,7 @@ class DecontaminateSelector(Selector):
 
     def prepare(self, context: SelectorContext) -> None:
         """Hash every n-gram of the evaluation corpus into a sorted array (with owning doc_id)."""
-        config: DecontaminateConfig = self.config  # type: ignore[assignment]
+        config = self.config
         files = context.inputs.documents("eval").files
         hashes, owners, short = [], [], set()
         for path in files:
@@ -84,7 +86,7 @@ class DecontaminateSelector(Selector):
 
     def score(self, documents: pa.Table) -> pa.Table:
         """doc_id, score, matched_ngrams and matched_eval (the smallest matching eval doc_id)."""
-        config: DecontaminateConfig = self.config  # type: ignore[assignment]
+        config = self.config
         if not self.prepared:
             raise RuntimeError("decontaminate: prepare(context) must run before scoring")
         normalized = minhash.normalize(documents["text"])

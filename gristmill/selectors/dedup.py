@@ -126,12 +126,13 @@ class DedupSelector(SetSelector):
     name: ClassVar[str] = "dedup"
     version: ClassVar[str] = "1"
     Config = DedupConfig
+    config: DedupConfig
     default_mode = "threshold"
     default_threshold = 0.5
 
     def score(self, documents: pa.Table) -> pa.Table:
         """Per-shard features: doc_id, order keys, content hash, band hashes and signature."""
-        config: DedupConfig = self.config  # type: ignore[assignment]
+        config = self.config
         normalized = minhash.normalize(documents["text"])
         columns: dict[str, Any] = {
             "doc_id": documents["doc_id"],
@@ -160,7 +161,7 @@ class DedupSelector(SetSelector):
 
     def requirements(self, context: SelectorContext) -> list[Requirement]:
         """Each `against` corpus's features, hashed by this selector (refusing the pool itself)."""
-        config: DedupConfig = self.config  # type: ignore[assignment]
+        config = self.config
         if context.corpus in config.against:
             raise InputError(
                 f"selector dedup: against: names the corpus itself ({context.corpus!r})"
@@ -169,7 +170,7 @@ class DedupSelector(SetSelector):
 
     def score_set(self, context: SelectorContext, pool: PoolFeatures) -> pa.Table:
         """doc_id, score, cluster, cluster_size, duplicate_of and duplicate_corpus per document."""
-        config: DedupConfig = self.config  # type: ignore[assignment]
+        config = self.config
         sources: list[tuple[str, list[Path], Path | None]] = []
         for other in config.against:
             sources.append((other, context.inputs.signal(f"against:{other}").files, None))

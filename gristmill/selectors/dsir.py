@@ -80,9 +80,10 @@ class DsirSelector(Selector):
     requires_target = True
     candidate_columns: ClassVar[tuple[str, ...]] = ("target_scores",)
 
+    config: DsirConfig
+
     def __init__(self, config: DsirConfig) -> None:
         super().__init__(config)
-        self.config: DsirConfig = config
         self.log_ratio: np.ndarray | None = None  # (targets, buckets)
         self.targets: list[str] = []
         self.proportions: np.ndarray = np.ones(1)

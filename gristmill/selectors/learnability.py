@@ -67,9 +67,7 @@ class LearnabilitySelector(ReferenceSetSelector):
     default_mode = "topk"
     candidate_columns: ClassVar[tuple[str, ...]] = ("loss_base", "loss_ref")
 
-    def __init__(self, config: LearnabilityConfig) -> None:
-        super().__init__(config)
-        self.config: LearnabilityConfig = config
+    config: LearnabilityConfig
 
     def requirements(self, context: SelectorContext) -> list[Requirement]:
         """Also the given reference model's files."""

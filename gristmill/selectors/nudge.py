@@ -72,9 +72,7 @@ class NudgeSelector(EmbeddingSetSelector):
     default_mode = "topk"
     requires_target = True
 
-    def __init__(self, config: NudgeConfig) -> None:
-        super().__init__(config)
-        self.config: NudgeConfig = config
+    config: NudgeConfig
 
     def requirements(self, context: SelectorContext) -> list[Requirement]:
         """The target's embeddings, plus the seed when it samples domains for the pre-filter."""

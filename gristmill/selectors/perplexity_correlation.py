@@ -208,9 +208,10 @@ class PerplexityCorrelationSelector(SetSelector):
     Config = PerplexityCorrelationConfig
     default_mode = "topk"
 
+    config: PerplexityCorrelationConfig
+
     def __init__(self, config: PerplexityCorrelationConfig) -> None:
         super().__init__(config)
-        self.config: PerplexityCorrelationConfig = config
         self.zoo: Zoo | None = None
 
     def _load_zoo(self, context: SelectorContext) -> Zoo:

@@ -49,9 +49,7 @@ class ReferenceSetSelector(SetSelector):
     """A set selector that trains a reference model on the candidate set (learnability,
     cartography)."""
 
-    def __init__(self, config: ReferenceConfig) -> None:
-        super().__init__(config)
-        self.config: ReferenceConfig = config
+    config: ReferenceConfig
 
     def requirements(self, context: SelectorContext) -> list[Requirement]:
         """The base model's files, when one is given (a retrained model rescores the set)."""

@@ -151,7 +151,7 @@ def score_set(
     """
     members = None
     if parent is not None:
-        members = workspace.selection_dir(parent) / "members.parquet"
+        members = workspace.members_path(parent)
         if not members.exists():
             raise InputError(f"selection {parent!r} has no members file at {members}")
     pool = {
@@ -195,7 +195,7 @@ def load_candidates(
 ) -> pa.Table:
     """doc_id, score, domain, size (bytes or tokens), reasons and `extra_columns` (if stored)."""
     with workspace.catalog(read_only=True) as con:
-        shards = [workspace.absolute(s["path"]) for s in catalog.shards(con, corpus)]
+        shards = workspace.shard_files(con, corpus)
         parent_path = None
         if parent is not None:
             parent_corpus = catalog.get_selection(con, parent)["corpus"]
@@ -203,7 +203,7 @@ def load_candidates(
                 raise InputError(
                     f"selection {parent!r} is from corpus {parent_corpus!r}, not {corpus!r}"
                 )
-            parent_path = workspace.selection_dir(parent) / "members.parquet"
+            parent_path = workspace.members_path(parent)
     if not shards:
         raise InputError(f"corpus {corpus!r} has no documents")
     signals = [workspace.absolute(p) for p in signal_files]
@@ -316,7 +316,7 @@ def build_selection(
             "weight": pa.array(np.ones(len(chosen)), pa.float64()),
         }
     )
-    write_parquet_atomic(members, workspace.selection_dir(name) / "members.parquet")
+    write_parquet_atomic(members, workspace.members_path(name))
     summary = summarize(candidates, chosen)
     report = scoring_report(workspace, signal_files)
     if report is not None:

@@ -26,8 +26,8 @@ from gristmill.selectors import coreset_methods as methods
 from gristmill.selectors.base import PoolFeatures, Section, SelectorConfig, SelectorContext, Table
 from gristmill.selectors.explain import cluster_tables, example_clusters
 from gristmill.selectors.featurize import VECTOR_COLUMN, EmbeddingSetSelector, vectors_of
-from gristmill.selectors.requirements import Requirement, ScoredCorpus, Setting
-from gristmill.selectors.tokens import TokenCounter
+from gristmill.selectors.requirements import Requirement
+from gristmill.selectors.tokens import budget_requirements
 from gristmill.storage.files import sql_files
 
 if TYPE_CHECKING:
@@ -98,14 +98,7 @@ class CoresetSelector(EmbeddingSetSelector):
 
     def requirements(self, context: SelectorContext) -> list[Requirement]:
         """The seed and the budget (greedy stops at it), and token counts for a token budget."""
-        budget = context.budget
-        needs: list[Requirement] = [
-            Setting("seed", context.seed),
-            Setting("budget", [budget.unit, budget.value] if budget else None),
-        ]
-        if budget is not None and budget.counts == "tokens":
-            needs.append(ScoredCorpus("tokens", context.corpus, TokenCounter(context.tokenizer)))
-        return needs
+        return budget_requirements(context)
 
     def prepare(self, context: SelectorContext) -> None:
         """Fail before embedding anything when there is no budget."""

@@ -45,7 +45,7 @@ from gristmill.selectors.base import (
 )
 from gristmill.selectors.lm_loss import LMLossConfig, LMLossSelector
 from gristmill.selectors.requirements import CorpusRead, Requirement, ScoredCorpus, Setting
-from gristmill.selectors.tokens import TokenCounter
+from gristmill.selectors.tokens import budget_requirements
 from gristmill.storage.files import sql_files
 from gristmill.storage.workspace import Workspace
 from gristmill.training.zoo import ZOO_FILE, ZOO_METADATA, ZOOS_DIR
@@ -240,19 +240,12 @@ class PerplexityCorrelationSelector(SetSelector):
             )
             prefix = f"{zoo.csv_path}: line {entry.line}: model: "
             needs.append(ScoredCorpus(f"loss:{index}", context.corpus, scorer, error_prefix=prefix))
-        budget = context.budget
         needs += [
-            CorpusRead(
-                "pool_documents", context.corpus, stage="set"
-            ),  # its texts train the classifier
+            CorpusRead("pool_documents", context.corpus, stage="set"),  # trains the classifier
             Setting("errors", [m.error for m in zoo.models]),
             Setting("heldout_fraction", self._heldout_fraction()),
-            Setting("seed", context.seed),
-            Setting("budget", [budget.unit, budget.value] if budget else None),
         ]
-        if budget is not None and budget.counts == "tokens":
-            needs.append(ScoredCorpus("tokens", context.corpus, TokenCounter(context.tokenizer)))
-        return needs
+        return needs + budget_requirements(context)
 
     def prepare(self, context: SelectorContext) -> None:
         """Read and check the zoo and its models, and check there is a budget to cap by."""

@@ -9,7 +9,8 @@ import numpy as np
 import pyarrow as pa
 
 from gristmill.errors import InputError
-from gristmill.selectors.base import Scorer
+from gristmill.selectors.base import Scorer, SelectorContext
+from gristmill.selectors.requirements import Requirement, ScoredCorpus, Setting
 
 # The pieces a GPT-2-style byte-level BPE pre-tokenizer splits text into; each becomes at least
 # one token, so this counts a lower bound of BPE tokens without needing any vocabulary.
@@ -51,3 +52,15 @@ class TokenCounter(Scorer):
         """doc_id and token count (as score) per document."""
         counts = self.count(documents["text"].to_pylist())
         return pa.table({"doc_id": documents["doc_id"], "score": pa.array(counts, pa.float64())})
+
+
+def budget_requirements(context: SelectorContext) -> list[Requirement]:
+    """The seed and budget a set selector's greedy stops at, and token counts for a token budget."""
+    budget = context.budget
+    needs: list[Requirement] = [
+        Setting("seed", context.seed),
+        Setting("budget", [budget.unit, budget.value] if budget else None),
+    ]
+    if budget is not None and budget.counts == "tokens":
+        needs.append(ScoredCorpus("tokens", context.corpus, TokenCounter(context.tokenizer)))
+    return needs

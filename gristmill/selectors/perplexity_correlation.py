@@ -248,10 +248,10 @@ class PerplexityCorrelationSelector(SetSelector):
         return needs + budget_requirements(context)
 
     def prepare(self, context: SelectorContext) -> None:
-        """Read and check the zoo and its models, and check there is a budget to cap by."""
-        self.zoo = self._load_zoo(context)
-        for entry in self.zoo.models:  # a model that cannot be found fails before any scoring
-            resolve_zoo_model(self.zoo, entry, context.workspace.root / "models")
+        """Read and check the zoo and its models, unless `requirements` (which the pipeline
+        calls first) already did: a model that cannot be found fails before any scoring."""
+        if self.zoo is None:
+            self.requirements(context)
 
     def score(self, documents: pa.Table) -> pa.Table:
         """doc_id and domain of each document of a shard (the losses are lm_loss signals)."""

@@ -95,6 +95,5 @@ def with_results_in(task: Task, results_dir: Path) -> Task:
     records = ResultRecords(basepath=str(results_dir / "records"), values=str(values))
     return task.with_options(
         result_storage=values,
-        result_serializer=ResultJSONSerializer(),
         cache_policy=task.cache_policy.configure(key_storage=records),
     )

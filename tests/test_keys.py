@@ -74,6 +74,18 @@ def test_a_subclass_cannot_define_its_own_key() -> None:
             type("Mine", (Scorer,), {method: lambda self: "x", "score": lambda self, d: d})
 
 
+def test_a_per_shard_selector_cannot_declare_set_stage_needs(ws: Workspace) -> None:
+    from gristmill.selectors.quality import QualitySelector
+    from gristmill.selectors.requirements import Setting
+
+    class SeededQuality(QualitySelector):
+        def requirements(self, context: SelectorContext) -> list:
+            return [Setting("seed", context.seed)]  # stage "set": nothing would key it
+
+    with pytest.raises(TypeError, match="per-shard selector has set-stage requirements"):
+        pipeline.curate(ws, "pool", SeededQuality.from_params({}))
+
+
 def test_a_key_scope_naming_no_field_is_an_error() -> None:
     with pytest.raises(TypeError, match="unknown fields"):
         type("BadConfig", (SelectorConfig,), {"__annotations__": {"a": int}, "a": 1,

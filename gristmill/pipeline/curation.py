@@ -125,8 +125,7 @@ def _score_requirement(
     try:
         if not own:
             nested = scorer.requirements(inner)
-            if any(r.stage == "set" for r in nested):
-                raise TypeError(f"{scorer.name}: a requirement's scorer has set-stage needs")
+            _refuse_set_stage(scorer, nested, "a requirement's scorer")
             resolve(workspace, scorer, inner, nested, "shard", work_map)
             if isinstance(scorer, Selector):
                 scorer.prepare(inner)
@@ -141,6 +140,12 @@ def _score_requirement(
         if not own:
             scorer.release()  # one requirement's model in memory at a time
     return plan, scored
+
+
+def _refuse_set_stage(scorer: Scorer, requirements: list[Requirement], what: str) -> None:
+    """Set-stage needs exist only for a set selector's own set stage."""
+    if any(r.stage == "set" for r in requirements):
+        raise TypeError(f"{scorer.name}: {what} has set-stage requirements (use stage='shard')")
 
 
 def resolve(
@@ -221,6 +226,8 @@ def curate(
         )
         # Shard-stage requirements key the per-shard signal: resolved before prepare reads them.
         requirements = selector.requirements(context)
+        if not isinstance(selector, SetSelector):  # nothing would resolve or key them
+            _refuse_set_stage(selector, requirements, "a per-shard selector")
         reports: dict[str, RequirementReport] = {}
         resolve(ws, selector, context, requirements, "shard", work_map, reports)
         selector.prepare(context)

@@ -108,26 +108,6 @@ def record_scores(
         con.execute("commit")
 
 
-def score_corpus(
-    workspace: Workspace, corpus: str, scorer: Scorer, context: SelectorContext | None = None
-) -> ScoringPlan:
-    """Score a corpus's missing shards in this process (cached); the plan with every shard stored.
-
-    For notebooks and tests; selectors never call it (they declare requirements, which the
-    pipeline scores through its work map).
-    """
-    plan = plan_scoring(workspace, corpus, scorer, context)
-    infos = [
-        score_shard(str(workspace.root), corpus, shard, scorer, plan.config_hash)
-        for shard in plan.todo
-    ]
-    if infos:
-        record_scores(workspace, plan, infos, scorer.config_dict())
-    plan.stored.update({info.shard_hash: info.path for info in infos})
-    plan.todo = []
-    return plan
-
-
 SET_SHARD = "set"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,7 +12,6 @@ from gristmill.errors import GristmillError
 from gristmill.pipeline.map import WorkMap, batched_by_time, serial_map
 from gristmill.pipeline.units import ChunkUnit, ingest_unit
 from gristmill.storage import catalog, queries
-from gristmill.storage.catalog import ChunkResult
 from gristmill.storage.readers import IngestOptions, plan_chunks
 from gristmill.storage.workspace import Workspace, validate_name
 
@@ -28,18 +28,10 @@ class IngestReport:
     added: dict[str, int]
     stats: dict[str, Any]
     skipped_inputs: list[dict[str, str]] = field(default_factory=list)
-    results: list[ChunkResult] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """The ingest flow's result (the keys the CLI and the recipe flow read)."""
-        return {
-            "corpus": self.corpus,
-            "chunks": self.chunks,
-            "chunks_skipped": self.chunks_skipped,
-            "added": self.added,
-            "stats": self.stats,
-            "skipped_inputs": self.skipped_inputs,
-        }
+        return dataclasses.asdict(self)
 
 
 def as_workspace(workspace: Workspace | str | os.PathLike[str]) -> Workspace:
@@ -60,19 +52,19 @@ def ingest(
     validate_name("corpus", corpus)
     ws = as_workspace(workspace)
     with ws.write_lock(f"ingest {corpus}"):
+        with ws.catalog() as con:  # before planning, which reads every input
+            catalog.check_corpus_name(con, corpus)
         skipped: list[dict[str, str]] = []  # directory entries left out, named with why
         chunks = plan_chunks(paths, options, skipped=skipped)
         options_hash = options.options_hash()
         sources = {c.source: (c.fingerprint, options_hash) for c in chunks}
         with ws.catalog() as con:
-            catalog.check_corpus_name(con, corpus)
             catalog.check_sources(con, corpus, sources)
             done = catalog.done_chunks(con, corpus)
         todo = [c for c in chunks if c.key(corpus, options_hash) not in done]
         bar = progress.track(f"ingest {corpus}", len(todo))
         units = [ChunkUnit(str(ws.root), corpus, c, options) for c in todo]
         added = dict.fromkeys(COUNTS, 0)
-        results: list[ChunkResult] = []
         for batch in batched_by_time(work_map(ingest_unit, units)):
             with ws.catalog() as con:
                 for result in batch:
@@ -80,15 +72,12 @@ def ingest(
             for result in batch:
                 for key in added:
                     added[key] += getattr(result, key)
-            results.extend(batch)
             bar.advance(len(batch))
         bar.close()
         if todo:  # a corpus only changes when chunks were added
             _check_unique_ids(ws, corpus)
     stats = queries.corpus_stats(ws, corpus)
-    return IngestReport(
-        corpus, len(chunks), len(chunks) - len(todo), added, stats, skipped, results
-    )
+    return IngestReport(corpus, len(chunks), len(chunks) - len(todo), added, stats, skipped)
 
 
 def _check_unique_ids(ws: Workspace, corpus: str) -> None:

@@ -187,3 +187,10 @@ def test_a_colliding_view_never_breaks_sql_for_the_workspace(
                     "file_bytes, content_hash from shards where corpus = 'pool'")  # fmt: skip
     result = queries.run_sql(workspace, "select count(distinct corpus) from shards")
     assert result["rows"] == [[3]] and "shards" in result["hidden"]
+
+
+def test_a_corpus_held_before_the_name_rules_keeps_its_paths(tmp_path: Path) -> None:
+    workspace = Workspace(tmp_path / "ws")  # a new name is refused, an existing one still works
+    assert workspace.corpus_dir("a__b").name == workspace.signal_dir("a__b", "q", "k").parts[-3]
+    with pytest.raises(InputError, match="invalid corpus name"):
+        workspace.corpus_dir("../elsewhere")

@@ -20,7 +20,7 @@ from gristmill.errors import InputError
 from gristmill.selectors import minhash
 from gristmill.selectors.base import Selector, SelectorConfig, SelectorContext
 from gristmill.selectors.requirements import CorpusRead, Requirement
-from gristmill.storage.workspace import validate_name
+from gristmill.storage.workspace import safe_name
 
 
 class DecontaminateConfig(SelectorConfig):
@@ -52,7 +52,7 @@ class DecontaminateSelector(Selector):
     def requirements(self, context: SelectorContext) -> list[Requirement]:
         """The evaluation corpus's documents (its version keys every shard's scores)."""
         config = self.config
-        validate_name("corpus", config.eval)
+        safe_name("corpus", config.eval)
         if config.eval == context.corpus:
             raise InputError(f"decontaminate: eval names the pool corpus itself ({config.eval!r})")
         return [CorpusRead("eval", config.eval)]

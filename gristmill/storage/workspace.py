@@ -53,13 +53,23 @@ def reserved_corpus_names() -> frozenset[str]:
     return frozenset(tables | {SELECTION_VIEW_PREFIX})
 
 
-def validate_name(kind: str, name: str) -> str:
-    """Return `name` if it is safe as a file name and SQL view name, else raise InputError."""
+def safe_name(kind: str, name: str) -> str:
+    """Return `name` if it is safe as a file name (it cannot leave its folder), else InputError."""
     if not isinstance(name, str) or not _NAME_RE.match(name) or ".." in name:
         raise InputError(
             f"invalid {kind} name {name!r}: use letters, digits, '_', '-' and '.', "
             "starting with a letter or digit (at most 128 characters, no '..')"
         )
+    return name
+
+
+def validate_name(kind: str, name: str) -> str:
+    """Return `name` if it is safe as a file name and as a new SQL view name, else InputError.
+
+    New names only: paths of what a workspace already holds need just `safe_name`, so a
+    corpus ingested before these rules stays usable (its view is skipped with a note).
+    """
+    safe_name(kind, name)
     if kind == "corpus" and (VIEW_SEPARATOR in name or name.lower() in reserved_corpus_names()):
         raise InputError(
             f"invalid corpus name {name!r}: it would take the name of a catalog table or view "
@@ -99,18 +109,18 @@ class Workspace:
 
     def corpus_dir(self, corpus: str) -> Path:
         """Directory of a corpus's document shards."""
-        return self.root / "corpora" / validate_name("corpus", corpus)
+        return self.root / "corpora" / safe_name("corpus", corpus)
 
     def rejects_dir(self, corpus: str) -> Path:
         """Directory of a corpus's rejected records."""
-        return self.root / "rejects" / validate_name("corpus", corpus)
+        return self.root / "rejects" / safe_name("corpus", corpus)
 
     def signal_dir(self, corpus: str, signal: str, config_hash: str) -> Path:
         """Directory of one signal's per-shard files for one config."""
         return (
             self.root
             / "signals"
-            / validate_name("corpus", corpus)
+            / safe_name("corpus", corpus)
             / validate_name("signal", signal)
             / config_hash
         )

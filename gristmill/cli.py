@@ -103,13 +103,11 @@ def handle_errors(command: F) -> F:
         except Exception as error:
             if _interrupted(error):
                 raise _fail("interrupted", 130, error) from None
+            message = f"internal error ({type(error).__name__}: {error})"
             if os.environ.get(DEBUG_VARIABLE, "") not in ("", "0"):
                 traceback.print_exception(error, file=sys.stderr)
-                raise _fail(f"internal error ({type(error).__name__}: {error})", 1, error) from None
-            message = (
-                f"internal error ({type(error).__name__}: {error}); "
-                f"rerun with {DEBUG_VARIABLE}=1 for the traceback"
-            )
+            else:
+                message += f"; rerun with {DEBUG_VARIABLE}=1 for the traceback"
             raise _fail(message, 1, error) from None
 
     return wrapper  # type: ignore[return-value]

@@ -24,7 +24,7 @@ def _unknown_device(name: object) -> str:
 
 def _known_device(name: str) -> str:
     """The name as given when it spells a device; ValueError (a config error) otherwise."""
-    if not _DEVICE_NAME.fullmatch(name):
+    if not isinstance(name, str) or not _DEVICE_NAME.fullmatch(name):
         raise ValueError(_unknown_device(name))
     return name
 
@@ -36,8 +36,11 @@ Device = Annotated[str, AfterValidator(_known_device)]
 def resolve_device(name: str | None = "auto") -> str:
     """The torch device to run on: "auto" or None -> "cuda" when a GPU is present, else "cpu";
     InputError for a name that is not a device, or a GPU asked for where there is none."""
-    if not isinstance(name, str | None) or (name is not None and not _DEVICE_NAME.fullmatch(name)):
-        raise InputError(_unknown_device(name))
+    if name is not None:
+        try:
+            _known_device(name)
+        except ValueError as error:
+            raise InputError(str(error)) from None
     import torch  # here, so that reading a config needs no torch
 
     if name is None or name == "auto":

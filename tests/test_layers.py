@@ -27,7 +27,8 @@ def sources(*names: str) -> list[Path]:
     found = []
     for name in names:
         path = PACKAGE / name
-        found += sorted(path.rglob("*.py")) if path.is_dir() else [path] if path.exists() else []
+        assert path.exists(), f"{path} is gone: update the layer lists"
+        found += sorted(path.rglob("*.py")) if path.is_dir() else [path]
     return found
 
 

@@ -131,8 +131,6 @@ class SelectionView:
     signal: str
     kept: str
     columns: frozenset[str]
-    signal_files: list[Path]
-    members: Path
     sample: int
     seed: int
     max_chars: int
@@ -170,8 +168,7 @@ def selection_view(
         signal = f"read_parquet({sql_files(signal_paths)}) s"
         kept = f"d.doc_id in (select doc_id from read_parquet({sql_files([members])}))"
         yield SelectionView(
-            record, con, candidates, signal, kept, frozenset(names), signal_paths,
-            members, sample, seed, max_chars,
+            record, con, candidates, signal, kept, frozenset(names), sample, seed, max_chars
         )  # fmt: skip
 
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 import pyarrow as pa
 import xxhash
 from pydantic import BaseModel, ConfigDict, Field
 
 Format = Literal["jsonl", "parquet", "csv", "tsv", "txt", "hf"]
-FORMATS: tuple[str, ...] = ("jsonl", "parquet", "csv", "tsv", "txt", "hf")
+FORMATS: tuple[str, ...] = get_args(Format)
 _COMPRESSED = (".gz", ".zst", ".zstd", ".bz2", ".xz")
 _EXTENSIONS = {
     ".jsonl": "jsonl",

@@ -256,3 +256,27 @@ def test_debian_reference_pages_are_in_their_urls_language(shared_data: Path) ->
     found = identifier("fasttext")([text for _, text in debian])
     right = sum(lang == want for (want, _), (lang, *_) in zip(debian, found, strict=True))
     assert right / len(debian) >= 0.97, right
+
+
+def test_corpus_languages_for_stats(workspace: Workspace, tmp_path: Path) -> None:
+    assert language.corpus_languages(workspace, "pool")["languages"] == []
+    pipeline.curate(workspace, "pool", "language")  # identify only: no selection needed
+    counts = language.corpus_languages(workspace, "pool")
+    assert (counts["shards_identified"], counts["shards"]) == (2, 2)
+    rows = {r["language"]: r for r in counts["languages"]}
+    assert {lang: r["documents"] for lang, r in rows.items()} == {"en": 4, "de": 3, "fr": 3,
+                                                                  "und": 1}  # fmt: skip
+    texts = pool_rows(workspace)
+    assert rows["de"]["text_bytes"] == sum(len(t.encode()) for t in TEXTS["de"])
+    total = sum(len(t.encode()) for t in texts.values())
+    assert sum(r["text_bytes"] for r in rows.values()) == total
+    # A shard added since: counted once it is identified.
+    spanish = "Hola, ¿cómo estás? Hoy hace muy buen tiempo en la ciudad."
+    write_jsonl(tmp_path / "more.jsonl", [{"text": TEXTS["fr"][0]}, {"text": spanish}])
+    ingest_catalogued(tmp_path / "ws", [tmp_path / "more.jsonl"], "pool")
+    grown = language.corpus_languages(workspace, "pool")
+    assert (grown["shards_identified"], grown["shards"]) == (2, 3)
+    pipeline.curate(workspace, "pool", "language")
+    now = language.corpus_languages(workspace, "pool")["languages"]
+    rows = {r["language"]: r["documents"] for r in now}
+    assert (rows["fr"], rows["es"]) == (4, 1)

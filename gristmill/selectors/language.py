@@ -25,7 +25,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-import unicodedata
 from collections import Counter
 from collections.abc import Callable
 from functools import cache
@@ -33,6 +32,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 from pydantic import Field, field_validator
@@ -41,6 +41,9 @@ from gristmill.errors import InputError
 from gristmill.selectors.base import PoolFeatures, Section, SelectorConfig, SetSelector, Table
 from gristmill.selectors.requirements import Requirement, Setting
 from gristmill.selectors.selection import SelectOptions
+from gristmill.storage import catalog
+from gristmill.storage.files import sql_files
+from gristmill.storage.workspace import Workspace
 
 if TYPE_CHECKING:
     from gristmill.selectors.base import SelectorContext
@@ -56,6 +59,7 @@ MODEL_PACKAGES: dict[str, str] = {
 }
 LANGUAGE_COLUMNS = ("lang", "lang_score", "lang2", "lang2_score")
 _CODE = re.compile(r"^[a-z]{2,3}(-[a-z0-9]{2,8})*$")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 
 # One identification: (top language, its score, runner-up, its score).
 Identified = tuple[str, float, str, float]
@@ -98,9 +102,9 @@ class LanguageConfig(SelectorConfig):
 
 
 def _single_line(text: str, max_chars: int) -> str:
-    """The leading `max_chars` characters with control characters (newlines too) as spaces."""
-    cut = text[:max_chars]
-    return "".join(" " if unicodedata.category(c)[0] == "C" else c for c in cut)
+    """The leading `max_chars` characters, line breaks and other control characters as spaces
+    (fastText reads one line per text)."""
+    return _CONTROL.sub(" ", text[:max_chars])
 
 
 def _has_letters(text: str) -> bool:
@@ -321,3 +325,38 @@ class LanguageSelector(SetSelector):
             "group by s.lang order by candidates desc, language"
         )
         return [Section("languages", rows, [Table("per language", rows)], shows=("languages",))]
+
+
+def corpus_languages(workspace: Workspace, corpus: str) -> dict[str, Any]:
+    """Documents and text bytes per language of a corpus, from its latest identification (the
+    newest stored `language` signal) over the shards it covers; for `stats`."""
+    with workspace.catalog(read_only=True) as con:
+        catalog.require_corpus(con, corpus)
+        latest = con.execute(
+            "select config_hash from signals where corpus = ? and signal = ? "
+            "order by created_at desc limit 1",
+            [corpus, LanguageSelector.name],
+        ).fetchone()
+        stored = {}
+        if latest is not None:
+            stored = catalog.signal_files(con, corpus, LanguageSelector.name, latest[0])
+        shards = catalog.shards(con, corpus)
+    covered = [s for s in shards if s["content_hash"] in stored]
+    result: dict[str, Any] = {
+        "signal_key": latest[0] if latest else None,
+        "shards_identified": len(covered),
+        "shards": len(shards),
+        "languages": [],
+    }
+    if covered:
+        documents = sql_files([workspace.absolute(s["path"]) for s in covered])
+        signals = sql_files([workspace.absolute(stored[s["content_hash"]]) for s in covered])
+        with duckdb.connect() as con:
+            result["languages"] = catalog.rows(
+                con,
+                "select s.lang as language, count(*)::bigint as documents, "
+                "sum(d.n_bytes)::bigint as text_bytes, round(avg(s.lang_score), 4) as mean_score "
+                f"from read_parquet({documents}) d join read_parquet({signals}) s using (doc_id) "
+                "group by s.lang order by documents desc, language",
+            )
+    return result

@@ -184,6 +184,15 @@ def test_bad_settings_name_the_key(params: dict, message: str) -> None:
     assert str(raised.value).startswith("selector language: ") and message in str(raised.value)
 
 
+def test_a_language_the_model_never_answers_is_refused(workspace: Workspace) -> None:
+    with pytest.raises(InputError, match=r"languages: model fasttext does not identify xx, zz$"):
+        pipeline.curate(workspace, "pool", "language", params={"languages": ["en", "zz", "xx"]})
+    assert {"en", "zh", "ja", "id", "pt", "und"} <= language.known_languages("fasttext")
+    for model, package in (("cld2", "pycld2"), ("lingua", "lingua")):
+        if importlib.util.find_spec(package) is not None:
+            assert {"en", "de", "zh", "und"} <= language.known_languages(model)
+
+
 def test_codes_and_reasons() -> None:
     assert [normalize_code(c) for c in ("zh-CN", "pt_BR", " EN ", "zh")] == ["zh", "pt", "en", "zh"]
     config = LanguageSelector.from_params({"languages": ["zh-cn", "zh", "en"]}).config

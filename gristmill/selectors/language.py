@@ -59,7 +59,8 @@ MODEL_PACKAGES: dict[str, str] = {
 }
 LANGUAGE_COLUMNS = ("lang", "lang_score", "lang2", "lang2_score")
 _CODE = re.compile(r"^[a-z]{2,3}(-[a-z0-9]{2,8})*$")
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+# Control characters, line separators and lone surrogates (which no model's UTF-8 can carry).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]+")
 
 # One identification: (top language, its score, runner-up, its score).
 Identified = tuple[str, float, str, float]
@@ -190,11 +191,7 @@ def _cld2_identifier(max_chars: int) -> Callable[[list[str]], list[Identified]]:
     def one(text: str) -> Identified:
         if not _has_letters(text):
             return NOTHING
-        try:
-            _, _, details = pycld2.detect(text, bestEffort=True)
-        except pycld2.error:  # what CLD2 cannot take as UTF-8 (stray surrogates)
-            clean = text.encode("utf-8", "ignore").decode("utf-8")
-            _, _, details = pycld2.detect(clean, bestEffort=True)
+        _, _, details = pycld2.detect(text, bestEffort=True)
         ranked = [(normalize_code(c), p / 100.0) for _, c, p, _ in details if c != "un" and p > 0]
         ranked += [(UNDETERMINED, 0.0)] * (2 - len(ranked))
         return ranked[0][0], ranked[0][1], ranked[1][0], ranked[1][1]
@@ -210,6 +207,24 @@ IDENTIFIERS: dict[str, Callable[[int], Callable[[list[str]], list[Identified]]]]
     "lingua": _lingua_identifier,
     "cld2": _cld2_identifier,
 }
+
+
+def known_languages(model: str) -> set[str]:
+    """The codes a model can answer with (and `und`)."""
+    if model == "fasttext":
+        import fasttext
+
+        labels = fasttext.load_model(str(_fasttext_model_path())).get_labels()
+        codes = {label.removeprefix("__label__") for label in labels}
+    elif model == "lingua":
+        from lingua import Language
+
+        codes = {language.iso_code_639_1.name for language in Language.all()}
+    else:
+        import pycld2
+
+        codes = {code for _, code in pycld2.LANGUAGES}
+    return {normalize_code(code) for code in codes} | {UNDETERMINED}
 
 
 def identifier(model: str, max_chars: int = 20_000) -> Callable[[list[str]], list[Identified]]:
@@ -260,6 +275,17 @@ class LanguageSelector(SetSelector):
     def requirements(self, context: SelectorContext) -> list[Requirement]:
         """The model package's version: a new model (package release) is a new signal."""
         return [Setting("model", model_version(self.config.model), stage="shard")]
+
+    def prepare(self, context: SelectorContext) -> None:
+        """Refuse languages the model never answers with (a typo would silently drop all)."""
+        if self.config.languages is None:
+            return
+        unknown = sorted(set(self.config.languages) - known_languages(self.config.model))
+        if unknown:
+            raise InputError(
+                f"selector language: languages: model {self.config.model} does not identify "
+                f"{', '.join(unknown)}"
+            )
 
     def score(self, documents: pa.Table) -> pa.Table:
         """doc_id and the top two languages with their scores."""

@@ -197,6 +197,7 @@ def test_codes_and_reasons() -> None:
     assert [normalize_code(c) for c in ("zh-CN", "pt_BR", " EN ", "zh")] == ["zh", "pt", "en", "zh"]
     config = LanguageSelector.from_params({"languages": ["zh-cn", "zh", "en"]}).config
     assert config.languages == ["en", "zh"]
+    assert LanguageSelector.from_params({"languages": "de, en"}).config.languages == ["de", "en"]
     reasons = drop_reasons(["en", "fr", "de"], np.array([0.9, 0.95, 0.4]), ["en", "de"], 0.65)
     assert reasons == [[], ["lang=fr"], ["lang_score<0.65"]]
     assert drop_reasons(["fr"], np.array([0.1]), None, 0.0) == [[]]

@@ -87,6 +87,14 @@ class LanguageConfig(SelectorConfig):
         0.0, ge=0.0, le=1.0, description="keep documents whose top language scores at least this"
     )
 
+    @field_validator("languages", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        # `--param languages=en,de` on the command line; a list in recipes and JSON.
+        if isinstance(value, str):
+            return [part for part in value.split(",") if part.strip()]
+        return value
+
     @field_validator("languages")
     @classmethod
     def _codes(cls, value: list[str] | None) -> list[str] | None:

@@ -45,8 +45,11 @@ def url_language(url: str) -> str | None:
     return normalize_code(match.group(1) or "en")
 
 
-def web_documents(data: Path) -> tuple[list[tuple[str, str, str]], Counter[str]]:
-    """(url, expected language, main text) per HTML page of the test WARCs; skips counted."""
+def web_documents(
+    data: Path, only: str | None = None
+) -> tuple[list[tuple[str, str, str]], Counter[str]]:
+    """(url, expected language, main text) per HTML page of the test WARCs (only those whose URL
+    contains `only`, if given); skips counted."""
     from resiliparse.extract.html2text import extract_plain_text
     from resiliparse.parse.encoding import bytes_to_str, detect_encoding
     from warcio.archiveiterator import ArchiveIterator
@@ -65,7 +68,8 @@ def web_documents(data: Path) -> tuple[list[tuple[str, str, str]], Counter[str]]
                 except Exception:  # the truncated file's last record
                     skipped["truncated"] += 1
                     break
-                if record.rec_type != "response":
+                url = record.rec_headers.get_header("WARC-Target-URI", "")
+                if record.rec_type != "response" or (only is not None and only not in url):
                     continue
                 http = record.http_headers
                 content_type = http.get_header("Content-Type", "") if http else ""
@@ -75,13 +79,13 @@ def web_documents(data: Path) -> tuple[list[tuple[str, str, str]], Counter[str]]
                 charset = re.search(r"charset=([\w-]+)", content_type)
                 encoding = charset.group(1) if charset else detect_encoding(body)
                 text = extract_plain_text(bytes_to_str(body, encoding), main_content=True)
-                expected = url_language(record.rec_headers.get_header("WARC-Target-URI", ""))
+                expected = url_language(url)
                 if expected is None:
                     skipped["unknown url"] += 1
                 elif not text.strip():
                     skipped["no text"] += 1
                 else:
-                    pages.append((record.rec_headers.get_header("WARC-Target-URI"), expected, text))
+                    pages.append((url, expected, text))
     return pages, skipped
 
 

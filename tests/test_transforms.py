@@ -51,8 +51,15 @@ def _pii(**params: object):
         ("release 8.8.8.8", None, {}),
         ("tag v1.2.3.4 and 1.2.3.4.5", None, {}),
         ("not an address 999.1.1.1 or 01.02.03.04", None, {}),
+        ("Contents\n12.6.2.1. Compiling\n  6.2.4.1. exim4", None, {}),
+        (
+            "hosts:\n8.8.4.4 dns\nmulticast 224.0.0.251",
+            "hosts:\n<IP> dns\nmulticast 224.0.0.251",
+            {"ipv4": 1},
+        ),
         ("v6 2606:4700:4700::1111 here", "v6 <IP> here", {"ipv6": 1}),
         ("loopback ::1 and docs 2001:db8::1", None, {}),
+        ("multicast ff02::1, slice a[::2]", None, {}),
         ("at 12:30:45 use std::vector", None, {}),
         ("call +44 20 7946 0958 today", "call <PHONE> today", {"phone": 1}),
         ("or (415) 555-0132, 415-555-0132 or 415.555.0132", None, {"phone": 3}),
@@ -74,7 +81,7 @@ def test_pii_masks_addresses_and_numbers_and_keeps_lookalikes(
 
 def test_pii_tokens_and_private_addresses_are_configurable() -> None:
     masker = _pii(email_token="[e]", ip_token="[ip]", public_ips_only=False, phones=False)
-    result = masker.apply("x@y.org from 10.0.0.1 or ::1, tel +1 415 555 0132", "d")
+    result = masker.apply("x@y.org from 10.0.0.1 or fe80::1, tel +1 415 555 0132", "d")
     assert result.text == "[e] from [ip] or [ip], tel +1 415 555 0132"
     assert result.changes == {"email": 1, "ipv4": 1, "ipv6": 1}
 
@@ -397,3 +404,18 @@ def test_an_older_catalog_gets_the_transforms_table(tmp_path: Path) -> None:
     with duckdb.connect(str(ws.catalog_path)) as con:
         catalog.ensure_schema(con)
         assert catalog.schema_version(con) == 2 and catalog.has_table(con, "transforms")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "The Mona Lisa doesnâ€™t have eyebrows.\nplain ascii line\n",
+        "<p>a &amp; b</p>\nthen &amp; here\r\nsÃ©ance\x00 and ﬁ\u3000wide",
+        "first &lt;tag&gt; line\nsecond line has a < sign\nthird &amp;",
+        "",
+    ],
+)
+def test_normalize_gives_what_ftfy_fix_text_gives(text: str) -> None:
+    import ftfy
+
+    assert get("normalize").from_params({}).apply(text, "d").text == ftfy.fix_text(text)

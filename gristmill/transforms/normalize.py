@@ -1,13 +1,17 @@
 """The `normalize` transform: Unicode and mojibake repair with ftfy, then a normal form.
 
-ftfy's `fix_and_explain` (METHODS.md: mojibake, HTML entities, curly quotes, then NFC) with its
-own defaults, except what the config changes. The change record counts each fix ftfy applied by
-its name (`fix_encoding` for any re-decoding of mojibake, `normalization` for the
-normal form) and `changed` when the text differs.
+ftfy (METHODS.md: mojibake, HTML entities, curly quotes, then NFC) with its own defaults, except
+what the config changes, line by line as `ftfy.fix_text` does (the same output: HTML entities are
+left alone from the first line with a '<' on, under "auto"). A line of printable ASCII with no
+'&' has nothing any of these fixes changes and is passed over, which makes typical web text
+several times faster. The change record counts each fix applied by its name (`fix_encoding`
+for any re-decoding of mojibake, `normalization` for the normal form) and `changed` when the
+text differs.
 """
 
 from __future__ import annotations
 
+import re
 from typing import ClassVar, Literal
 
 import ftfy
@@ -15,6 +19,8 @@ import ftfy
 from gristmill.transforms.base import Rewrite, Transform, TransformConfig
 
 ENCODING_STEPS = frozenset({"encode", "decode", "transcode"})
+# Characters some fix acts on in ASCII text: entities, escapes, control characters and \r.
+ASCII_FIXABLE = re.compile(r"[&\x00-\x08\x0b-\x1f\x7f]")
 
 
 class NormalizeConfig(TransformConfig):
@@ -45,12 +51,26 @@ class NormalizeTransform(Transform):
 
     def apply(self, text: str, domain: str) -> Rewrite:
         """The repaired text; counts per fix applied, and `changed`."""
-        fixed, steps = ftfy.fix_and_explain(text, config=self._fixer)
+        fixer = self._fixer
+        out: list[str] = []
         changes: dict[str, int] = {}
-        for action, name in steps or []:
-            key = "fix_encoding" if action in ENCODING_STEPS else name
-            key = "normalization" if action == "normalize" else key
-            changes[key] = 1
-        if fixed != text:
+        position = 0
+        while position < len(text):
+            end = text.find("\n", position) + 1 or len(text)
+            end = min(end, position + fixer.max_decode_length)
+            segment = text[position:end]
+            position = end
+            if fixer.unescape_html == "auto" and "<" in segment:
+                fixer = fixer._replace(unescape_html=False)
+            if segment.isascii() and not ASCII_FIXABLE.search(segment):
+                out.append(segment)
+                continue
+            fixed, steps = ftfy.fix_and_explain(segment, config=fixer)
+            out.append(fixed)
+            for action, name in steps or []:
+                key = "fix_encoding" if action in ENCODING_STEPS else name
+                changes["normalization" if action == "normalize" else key] = 1
+        result = "".join(out)
+        if result != text:
             changes["changed"] = 1
-        return Rewrite(fixed, changes)
+        return Rewrite(result, changes)

@@ -3,10 +3,12 @@
 Rules (METHODS.md, after datatrove's PIIFormatter and BigScience):
 - E-mail: an ASCII local part, '@', and a dotted host ending in a letters-only top-level label.
 - IP: dotted quads and colon-hex groups, each candidate validated by `ipaddress`; by default only
-  public (globally routable) addresses are masked, so 10.x, 192.168.x, ::1 and the documentation
-  ranges stay. A dotted quad inside a longer dotted run (1.2.3.4.5), glued to a word (v1.2.3.4),
-  or right after "version", "release", "build" or "ver" is taken for a version number and kept:
-  such strings are far more often versions than addresses in text.
+  public unicast addresses are masked, so 10.x, 192.168.x, ::1, multicast (ff02::1, 224.0.0.251)
+  and the documentation ranges stay. A dotted quad inside a longer dotted run (1.2.3.4.5), glued
+  to a word (v1.2.3.4), right after "version", "release", "build" or "ver", or opening a line
+  and followed by a '.' ("12.6.2.1. Compiling", a section number) is kept: such strings are far
+  more often versions and section numbers than addresses. An IPv6 candidate needs two non-empty
+  groups ("::2" in a[::2] is a slice).
 - Phone: international numbers (+ and a country code, 8 to 15 digits in groups) and North
   American numbers written with separators ((555) 123-4567, 555-123-4567, 555.123.4567). A bare
   run of digits and national formats without a country code are left alone: too many of them are
@@ -36,8 +38,8 @@ PHONE_INTERNATIONAL = re.compile(r"(?<![\w+])\+\d{1,3}(?:[ .-]?\(?\d{1,4}\)?){2,
 PHONE_NORTH_AMERICA = re.compile(
     r"(?<![\w(.-])(?:\(\d{3}\)[ .-]?|\d{3}[ .-])\d{3}[ .-]\d{4}(?![\w-])(?!\.\d)"
 )
+SECTION_START = re.compile(r"(?:^|\n)[ \t]*$")
 VERSION_BEFORE = re.compile(r"\b(?:version|release|build|ver\.?)\s*$", re.IGNORECASE)
-HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 
 
 class PiiConfig(TransformConfig):
@@ -79,7 +81,11 @@ class PiiTransform(Transform):
         return Rewrite(text, changes)
 
     def _ipv4(self, match: re.Match[str]) -> str | None:
-        if VERSION_BEFORE.search(match.string, max(0, match.start() - 12), match.start()):
+        text, start = match.string, match.start()
+        if VERSION_BEFORE.search(text, max(0, start - 12), start):
+            return None
+        opens_line = SECTION_START.search(text, max(0, start - 8), start) is not None
+        if opens_line and text.startswith(".", match.end()):
             return None
         try:
             address = ipaddress.IPv4Address(match.group())
@@ -89,7 +95,7 @@ class PiiTransform(Transform):
 
     def _ipv6(self, match: re.Match[str]) -> str | None:
         candidate = match.group()
-        if not HEX_DIGITS.intersection(candidate):  # "::" alone
+        if sum(bool(group) for group in candidate.split(":")) < 2:  # "::", "::2"
             return None
         try:
             address = ipaddress.IPv6Address(candidate)
@@ -98,7 +104,8 @@ class PiiTransform(Transform):
         return self._masked(address)
 
     def _masked(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
-        if self.config.public_ips_only and not address.is_global:
+        public = address.is_global and not (address.is_multicast or address.is_reserved)
+        if self.config.public_ips_only and not public:
             return None
         return self.config.ip_token
 

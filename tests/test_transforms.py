@@ -162,6 +162,7 @@ def test_specs_parse_from_the_cli_and_a_recipe_and_refuse_bad_ones() -> None:
     specs = parse_specs(["pii", {"lines": {"min_words": 5}}, normalize])
     assert specs[1] == TransformSpec(name="lines", params={"min_words": 5})
     assert with_params(specs, {"lines.min_words": 2})[1].params == {"min_words": 2}
+    assert parse_specs([s.model_dump() for s in specs]) == specs  # as a flow parameter
     with pytest.raises(InputError, match="unknown transform 'pi'"):
         parse_specs("pi")[0].build()
     with pytest.raises(InputError, match="transform lines: min_word"):

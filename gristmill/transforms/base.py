@@ -107,7 +107,8 @@ SpecLike = TransformSpec | str | tuple[str, dict[str, Any]] | dict[str, Any]
 
 def parse_specs(value: str | list[SpecLike]) -> list[TransformSpec]:
     """Transform specs from "pii,normalize,lines", a list of names, (name, params) pairs,
-    {name: params} mappings or TransformSpec objects; InputError for anything else."""
+    {name: params} mappings, TransformSpec objects or their plain data ({"name", "params"});
+    InputError for anything else."""
     items: list[Any] = (
         value
         if not isinstance(value, str)
@@ -121,6 +122,11 @@ def parse_specs(value: str | list[SpecLike]) -> list[TransformSpec]:
             specs.append(TransformSpec(name=item))
         elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], dict):
             specs.append(TransformSpec(name=item[0], params=item[1]))
+        elif isinstance(item, dict) and "name" in item:  # a TransformSpec as plain data
+            try:
+                specs.append(TransformSpec.model_validate(item))
+            except ValidationError as error:
+                raise InputError(describe_validation_error(error, "transform: ")) from None
         elif isinstance(item, dict) and len(item) == 1:
             name, params = next(iter(item.items()))
             if not isinstance(params, dict | None):

@@ -73,11 +73,12 @@ def repeat_key(domain: str, line: str) -> int:
     return xxhash.xxh3_64_intdigest(f"{domain}\x00{folded}".encode())
 
 
-def count_words(line: str) -> int:
-    """Whitespace-separated words, each ideographic character counted as one word."""
+def count_words(line: str, words: list[str] | None = None) -> int:
+    """Whitespace-separated words (`words`: the line split already), each ideographic
+    character counted as one word."""
+    if line.isascii() or not IDEOGRAPHS.search(line):
+        return len(line.split() if words is None else words)
     ideographs = len(IDEOGRAPHS.findall(line))
-    if not ideographs:
-        return len(line.split())
     return ideographs + len(IDEOGRAPHS.sub(" ", line).split())
 
 
@@ -170,11 +171,11 @@ class LinesTransform(Transform):
             return "lorem_ipsum"
         if self.repeated and repeat_key(domain, line) in self.repeated:
             return "repeated"
-        if config.max_word_length is not None and any(
-            len(word) > config.max_word_length for word in line.split()
-        ):
+        words = line.split()
+        longest = config.max_word_length
+        if longest is not None and len(line) > longest and any(len(w) > longest for w in words):
             return "word_too_long"
-        if config.min_words is not None and count_words(line) < config.min_words:
+        if config.min_words is not None and count_words(line, words) < config.min_words:
             return "too_few_words"
         if config.terminal_punctuation:
             end = line.rstrip()

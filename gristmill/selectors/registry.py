@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import importlib
 from importlib.metadata import entry_points
+from typing import TypeVar
 
 from gristmill.errors import InputError
 from gristmill.selectors.base import Selector
+
+T = TypeVar("T")
 
 ENTRY_POINT_GROUP = "gristmill.selectors"
 _BUILTINS = {
@@ -22,24 +25,34 @@ _BUILTINS = {
     ),
     "learnability": "gristmill.selectors.learnability:LearnabilitySelector",
     "cartography": "gristmill.selectors.cartography:CartographySelector",
+    "url_filter": "gristmill.selectors.url_filter:UrlFilterSelector",
 }
 
 
-def available() -> dict[str, str]:
-    """Selector name -> 'module:Class' for every selector that can be used."""
-    found = dict(_BUILTINS)
-    for entry in entry_points(group=ENTRY_POINT_GROUP):
+def registered(builtins: dict[str, str], group: str) -> dict[str, str]:
+    """Name -> 'module:Class' of the built-ins plus an entry-point group's plug-ins."""
+    found = dict(builtins)
+    for entry in entry_points(group=group):
         found.setdefault(entry.name, entry.value)
     return found
 
 
+def load(kind: str, name: str, known: dict[str, str], base: type[T]) -> type[T]:
+    """The class registered under `name` in `known`; InputError listing the known ones."""
+    if name not in known:
+        raise InputError(f"unknown {kind} {name!r} (available: {', '.join(sorted(known))})")
+    module_name, _, attribute = known[name].partition(":")
+    found = getattr(importlib.import_module(module_name), attribute)
+    if not (isinstance(found, type) and issubclass(found, base)):
+        raise InputError(f"{kind} {name!r} ({known[name]}) is not a gristmill {base.__name__}")
+    return found
+
+
+def available() -> dict[str, str]:
+    """Selector name -> 'module:Class' for every selector that can be used."""
+    return registered(_BUILTINS, ENTRY_POINT_GROUP)
+
+
 def get(name: str) -> type[Selector]:
     """The selector class registered under `name`; InputError listing the known ones."""
-    known = available()
-    if name not in known:
-        raise InputError(f"unknown selector {name!r} (available: {', '.join(sorted(known))})")
-    module_name, _, attribute = known[name].partition(":")
-    selector = getattr(importlib.import_module(module_name), attribute)
-    if not (isinstance(selector, type) and issubclass(selector, Selector)):
-        raise InputError(f"selector {name!r} ({known[name]}) is not a gristmill Selector")
-    return selector
+    return load("selector", name, available(), Selector)

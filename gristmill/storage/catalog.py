@@ -14,7 +14,8 @@ import duckdb
 
 from gristmill.errors import InputError, NotFoundError
 
-SCHEMA_VERSION = "1"
+# Version 2 added `transforms` (which transforms made a derived corpus from which parent).
+SCHEMA_VERSION = "2"
 
 _SCHEMA = """
 create table if not exists meta (key varchar primary key, value varchar);
@@ -42,6 +43,10 @@ create table if not exists selections (
     n_candidates bigint, n_selected bigint, bytes_selected bigint, corpus_version varchar,
     code_version varchar, recipe varchar, summary varchar,
     created_at timestamp default current_timestamp);
+create table if not exists transforms (
+    corpus varchar primary key, parent varchar, parent_version varchar, transforms varchar,
+    config_hash varchar, code_version varchar, recipe varchar, status varchar,
+    summary varchar, created_at timestamp default current_timestamp, finished_at timestamp);
 create table if not exists runs (
     run_id varchar primary key, kind varchar, params varchar, status varchar, metrics varchar,
     created_at timestamp default current_timestamp, finished_at timestamp);
@@ -49,11 +54,33 @@ create table if not exists runs (
 
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
-    """Create the catalog tables if they are missing."""
+    """Create the catalog tables if they are missing, and note the schema version.
+
+    Every change so far only added tables, which `create table if not exists` gives an older
+    catalog too; the version is raised to say so (a later change that alters a table migrates
+    here, keyed by the version found).
+    """
     con.execute(_SCHEMA)
     con.execute(
-        "insert into meta values ('schema_version', ?) on conflict do nothing", [SCHEMA_VERSION]
+        "insert into meta values ('schema_version', ?) on conflict do update set "
+        "value = excluded.value where try_cast(meta.value as integer) < ?",
+        [SCHEMA_VERSION, int(SCHEMA_VERSION)],
     )
+
+
+def schema_version(con: duckdb.DuckDBPyConnection) -> int:
+    """The schema version the catalog was last written with."""
+    found = con.execute("select value from meta where key = 'schema_version'").fetchall()
+    return int(found[0][0]) if found else 0
+
+
+def has_table(con: duckdb.DuckDBPyConnection, table: str) -> bool:
+    """True when the catalog has `table` (a read-only catalog older than it may not)."""
+    found = con.execute(
+        "select 1 from duckdb_tables() where table_name = ? and database_name = current_database()",
+        [table],
+    ).fetchall()
+    return bool(found)
 
 
 def rows(con: duckdb.DuckDBPyConnection, query: str, params: list[Any] | None = None) -> list[dict]:
@@ -201,6 +228,59 @@ def corpus_version(con: duckdb.DuckDBPyConnection, corpus: str) -> str:
     return xxhash.xxh3_64_hexdigest("\n".join(hashes).encode())
 
 
+def drop_chunks(con: duckdb.DuckDBPyConnection, corpus: str, keys: set[str]) -> list[str]:
+    """Forget chunks of a corpus with their shards and rejects, in one transaction; the paths
+    of their files (for the caller to delete once the catalog no longer names them)."""
+    paths: list[str] = []
+    if not keys:
+        return paths
+    con.execute("begin transaction")
+    try:
+        for key in sorted(keys):
+            found = con.execute(
+                "select path from shards where corpus = ? and chunk_key = ? union all "
+                "select rejects_path from chunks where corpus = ? and chunk_key = ? "
+                "and rejects_path is not null",
+                [corpus, key, corpus, key],
+            ).fetchall()
+            paths += [p for (p,) in found]
+            for table in ("shards", "rejects", "chunks"):
+                con.execute(
+                    f"delete from {table} where corpus = ? and chunk_key = ?", [corpus, key]
+                )
+        con.execute("commit")
+    except Exception:
+        con.execute("rollback")
+        raise
+    return paths
+
+
+# -- transforms --------------------------------------------------------------------------------
+def transform_record(con: duckdb.DuckDBPyConnection, corpus: str) -> dict[str, Any] | None:
+    """How a derived corpus was made (parent, transforms, config hash), or None for a corpus
+    that was ingested."""
+    if not has_table(con, "transforms"):
+        return None
+    found = rows(con, "select * from transforms where corpus = ?", [corpus])
+    return found[0] if found else None
+
+
+def record_transform(con: duckdb.DuckDBPyConnection, record: dict[str, Any]) -> None:
+    """Insert or replace a derived corpus's record (and its row in `corpora`)."""
+    con.execute("insert into corpora (name) values (?) on conflict do nothing", [record["corpus"]])
+    _insert_or_replace(con, "transforms", record)
+
+
+def _insert_or_replace(con: duckdb.DuckDBPyConnection, table: str, record: dict[str, Any]) -> None:
+    """Insert or replace one row of a catalog table (column names are the catalog's own)."""
+    columns = list(record)
+    placeholders = ", ".join("?" for _ in columns)
+    con.execute(
+        f"insert or replace into {table} ({', '.join(columns)}) values ({placeholders})",
+        [record[c] for c in columns],
+    )
+
+
 # -- signals -----------------------------------------------------------------------------------
 def signal_files(
     con: duckdb.DuckDBPyConnection, corpus: str, signal: str, config_hash: str
@@ -234,12 +314,7 @@ def record_signal(
 # -- selections --------------------------------------------------------------------------------
 def record_selection(con: duckdb.DuckDBPyConnection, record: dict[str, Any]) -> None:
     """Insert or replace a selection's record."""
-    columns = list(record)
-    placeholders = ", ".join("?" for _ in columns)
-    con.execute(
-        f"insert or replace into selections ({', '.join(columns)}) values ({placeholders})",
-        [record[c] for c in columns],
-    )
+    _insert_or_replace(con, "selections", record)
 
 
 def get_selection(con: duckdb.DuckDBPyConnection, name: str) -> dict[str, Any]:

@@ -13,12 +13,14 @@ from gristmill.selectors import available
 
 PACKAGE = Path(__file__).resolve().parents[1] / "gristmill"
 # Everything `cli -> flows -> {selectors, training} -> storage` puts below the flows.
-BELOW_FLOWS = ["storage", "selectors", "training", "pipeline", "recipe.py", "errors.py",
-               "progress.py", "devices.py"]  # fmt: skip
+BELOW_FLOWS = ["storage", "selectors", "training", "pipeline", "transforms", "recipe.py",
+               "errors.py", "progress.py", "devices.py"]  # fmt: skip
 # Columns only one selector writes and reads (the generic `score` and `reasons` are not here, nor
 # perplexity_correlation's `domain_weight`: --domain-weight is every selection's quota option).
 SELECTOR_COLUMNS = {"confidence", "variability", "correctness", "loss_base", "loss_ref",
                     "duplicate_of", "cluster"}  # fmt: skip
+# Selector names that are also ordinary words, allowed in prose (help texts, messages).
+ENGLISH_SELECTOR_NAMES = {"language"}
 WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -58,7 +60,10 @@ def words(tree: ast.AST) -> set[str]:
         elif isinstance(node, ast.alias):
             found.update((node.asname or node.name).split("."))
         elif isinstance(node, ast.Constant) and isinstance(node.value, str):
-            found.update(WORD.findall(node.value))
+            string_words = set(WORD.findall(node.value))
+            if " " in node.value.strip():  # prose may use a selector name that is an English word
+                string_words -= ENGLISH_SELECTOR_NAMES
+            found.update(string_words)
     return found
 
 

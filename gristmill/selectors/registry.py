@@ -26,6 +26,7 @@ _BUILTINS = {
     "learnability": "gristmill.selectors.learnability:LearnabilitySelector",
     "cartography": "gristmill.selectors.cartography:CartographySelector",
     "url_filter": "gristmill.selectors.url_filter:UrlFilterSelector",
+    "language": "gristmill.selectors.language:LanguageSelector",
 }
 
 

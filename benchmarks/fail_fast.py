@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -24,18 +25,26 @@ sys.path.insert(0, str(ROOT / "tests"))
 from test_fail_fast import build_cases  # noqa: E402  (the cases live with their test)
 
 
-def time_case(args: list[str], pythonpath: Path, repeat: int) -> tuple[float, int, str]:
-    """Median wall seconds of `repeat` runs, the exit code and the first line of stderr."""
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def time_case(args: list[str], pythonpath: Path, repeat: int) -> tuple[float, float, int, int, str]:
+    """Median wall and CPU seconds of `repeat` runs, the exit code, the lines on stderr and the
+    first of them. CPU time says what a busy machine's wall time hides."""
     env = {**os.environ, "PYTHONPATH": str(pythonpath), "COLUMNS": "80"}
-    times, code, first = [], 0, ""
+    times, cpus, code, lines, first = [], [], 0, 0, ""
     for _ in range(repeat):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), _children_cpu()
         done = subprocess.run([sys.executable, "-m", "gristmill.cli", *args], env=env,
                               capture_output=True, text=True, timeout=600)  # fmt: skip
         times.append(time.perf_counter() - start)
+        cpus.append(_children_cpu() - cpu)
         code = done.returncode
-        first = (done.stderr.strip().splitlines() or [""])[0]
-    return statistics.median(times), code, first
+        printed = done.stderr.strip().splitlines()
+        lines, first = len(printed), (printed or [""])[0]
+    return statistics.median(times), statistics.median(cpus), code, lines, first
 
 
 def main() -> None:
@@ -47,14 +56,15 @@ def main() -> None:
     options = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="gristmill-fail-fast-") as tmp:
         cases = build_cases(Path(tmp))
-        print(f"{'case':42} {'exit':>4} {'seconds':>8}  message")
+        print(f"{'case':40} {'exit':>4} {'lines':>5} {'wall s':>6} {'cpu s':>5}  message")
         worst = 0.0
         for name, args, _expected in cases:
             if options.cases and name not in options.cases:
                 continue
-            seconds, code, first = time_case(args, options.pythonpath, options.repeat)
+            seconds, cpu, code, lines, first = time_case(args, options.pythonpath, options.repeat)
             worst = max(worst, seconds)
-            print(f"{name:42} {code:>4} {seconds:>8.2f}  {first[:70]}", flush=True)
+            print(f"{name:40} {code:>4} {lines:>5} {seconds:>6.2f} {cpu:>5.2f}  {first[:50]}",
+                  flush=True)  # fmt: skip
         print(f"slowest: {worst:.2f} s (median of {options.repeat} runs each, {os.cpu_count()} "
               f"CPUs, load {os.getloadavg()[0]:.1f})")  # fmt: skip
 

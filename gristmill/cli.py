@@ -541,8 +541,9 @@ def _budget_used(budget: dict[str, Any]) -> str | None:
 @app.command()
 @handle_errors
 def selections(workspace: WorkspaceOption = None, json_output: JsonOption = False) -> None:
-    """List selections: what each was selected from (a corpus, or the selection it narrowed)
-    and what it kept; --json gives every recorded field."""
+    """List selections: what each was selected from and what it kept.
+
+    "from" is the corpus, or the selection it narrowed (--input); --json gives every field."""
     rows = queries.list_selections(_ws(workspace))
     if json_output:
         _print_json(rows)
@@ -570,8 +571,7 @@ def inspect(
     workspace: WorkspaceOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Show kept and dropped documents with their scores and reasons, and what the selector
-    explains about the selection."""
+    """Show kept and dropped documents with scores and reasons, and the selector's explanation."""
     from gristmill.pipeline.inspection import inspect_selection
 
     result = inspect_selection(_ws(workspace), selection, sample, seed, ranked=ranked)
@@ -925,8 +925,9 @@ def list_selectors(
     ] = None,
     json_output: JsonOption = False,
 ) -> None:
-    """List the selectors available (built-in and from installed plug-ins), or show one
-    selector's parameters with their defaults and what they do."""
+    """List the selectors, or show one selector's parameters, defaults and what they do.
+
+    The list has the built-in selectors and those of installed plug-ins."""
     from gristmill.selectors import available, get
 
     if name is not None:
@@ -1007,8 +1008,9 @@ def drop_corpus_command(
     workspace: WorkspaceOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Remove a corpus: its shards, rejects and records; refused while selections or stored
-    signals use it, unless --cascade drops them too."""
+    """Remove a corpus with its shards and rejects (refused while anything uses it).
+
+    Its selections and stored signals use it; --cascade drops them too."""
     from gristmill.storage.drop import drop_corpus
 
     _print_dropped(drop_corpus(_ws(workspace), name, cascade), json_output)
@@ -1022,8 +1024,10 @@ def drop_selection_command(
     workspace: WorkspaceOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Remove a selection and its members; refused while selections made from it (--input)
-    exist, unless --cascade drops them too. Exports written by materialize are left alone."""
+    """Remove a selection with its members (refused while selections are made from it).
+
+    Selections made from it (--input) use it; --cascade drops them too. Exports written by
+    materialize are left alone."""
     from gristmill.storage.drop import drop_selection
 
     _print_dropped(drop_selection(_ws(workspace), name, cascade), json_output)

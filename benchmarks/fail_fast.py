@@ -38,7 +38,8 @@ def time_case(args: list[str], pythonpath: Path, repeat: int) -> tuple[float, fl
     for _ in range(repeat):
         start, cpu = time.perf_counter(), _children_cpu()
         done = subprocess.run([sys.executable, "-m", "gristmill.cli", *args], env=env,
-                              capture_output=True, text=True, timeout=600)  # fmt: skip
+                              capture_output=True, text=True, timeout=600,
+                              cwd=pythonpath)  # fmt: skip
         times.append(time.perf_counter() - start)
         cpus.append(_children_cpu() - cpu)
         code = done.returncode

@@ -216,6 +216,15 @@ def _ws(workspace: Path | None) -> Workspace:
     return Workspace(workspace)
 
 
+def _as_options(problems: str) -> str:
+    """Validation problems named as the command-line options (`--txt_unit:` -> `--txt-unit:`)."""
+    lines = []
+    for line in problems.splitlines():
+        key, sep, rest = line.partition(":")
+        lines.append(key.replace("_", "-") + sep + rest)
+    return "\n".join(lines)
+
+
 def _checks() -> Any:
     """gristmill.pipeline.checks, imported by the commands that run flows (only they need it,
     and `import gristmill.cli` stays quick)."""
@@ -327,7 +336,7 @@ def ingest(
             shard_bytes=int(shard_mb * 2**20),
         )  # fmt: skip
     except ValidationError as error:
-        raise InputError(describe_validation_error(error, "--")) from None
+        raise InputError(_as_options(describe_validation_error(error, "--"))) from None
     ws = _ws(workspace)
     _checks().check_runner(runner)
     _checks().check_ingest(ws, paths, corpus, options)
@@ -413,7 +422,7 @@ def _select_options(
             domain_weights=weights, tokenizer=tokenizer,
         )  # fmt: skip
     except ValidationError as error:
-        raise InputError(describe_validation_error(error, "--")) from None
+        raise InputError(_as_options(describe_validation_error(error, "--"))) from None
 
 
 @app.command()

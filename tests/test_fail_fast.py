@@ -82,7 +82,7 @@ def build_cases(tmp: Path) -> list[tuple[str, list[str], str]]:
          "no such file or directory"),
         ("unknown format", ["ingest", str(odd), "--corpus", "c", *w], "unknown format"),
         ("bad ingest option", ["ingest", str(raw), "--corpus", "c", "--txt-unit", "page", *w],
-         "txt_unit"),
+         "--txt-unit: Input should be"),
         ("every record rejected", ["ingest", str(raw), "--corpus", "c", "--text-field", "body",
                                    *w], "the records have the fields text, site"),
         ("materialize into a non-empty dir", ["materialize", "clean", "--out", str(full), *w],

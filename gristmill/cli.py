@@ -28,18 +28,23 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TimeElapsedCo
 from rich.table import Table
 
 from gristmill import progress
-from gristmill.errors import GristmillError
+from gristmill.errors import GristmillError, InputError
 from gristmill.storage import Workspace, queries
 from gristmill.storage.readers import FORMATS, IngestOptions
 
+# -h as well as --help, on every command and sub-command (sub-apps inherit it and say it too).
+HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(
     help="Select and prepare corpora for language models, and measure what the selection is worth.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings=HELP_OPTIONS,
 )
-out = Console()
-err = Console(stderr=True)
+# soft_wrap: messages are never broken mid-word (a hint stays one copyable command); tables
+# still lay out to the terminal's width.
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 WorkspaceOption = Annotated[
@@ -56,6 +61,9 @@ AddressOption = Annotated[
     typer.Option(help="address of a running Ray head or Dask scheduler [default: start one]"),
 ]
 WorkersOption = Annotated[int | None, typer.Option(help="parallel workers [default: CPU count]")]
+QuietOption = Annotated[
+    bool, typer.Option("--quiet", "-q", help="no progress display and no notes on stderr")
+]
 
 
 DEBUG_VARIABLE = "GRISTMILL_DEBUG"
@@ -125,8 +133,11 @@ class _RichTask:
         self.bar.stop_task(self.id)  # freeze its elapsed time
 
 
-def _with_progress(run: Callable[[], Any]) -> Any:
-    """Run with rich progress bars on stderr for every long loop the flows report."""
+def _with_progress(run: Callable[[], Any], quiet: bool = False) -> Any:
+    """Run with rich progress bars on stderr for every long loop the flows report; none with
+    `quiet` or when stderr is not a terminal (a log file gets no bars)."""
+    if quiet or not err.is_terminal:
+        return run()
     columns = ("[progress.description]{task.description}", BarColumn(), TaskProgressColumn(),
                TimeElapsedColumn())  # fmt: skip
     with (
@@ -140,20 +151,129 @@ def _print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
 
 
-def _table(rows: list[dict[str, Any]], title: str | None = None) -> None:
+def _print_csv(columns: list[str], rows: list[list[Any]]) -> None:
+    """Rows as CSV on stdout: a header, then one line per row; lists and objects as JSON."""
+    import csv
+
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow(
+            "" if v is None else json.dumps(v, default=str) if isinstance(v, list | dict) else v
+            for v in row
+        )
+
+
+def _shown(column: str, value: Any, raw: bool) -> str:
+    """A table cell: counts with thousands separators (ids and `raw` tables as they are)."""
+    if value is None:
+        return ""
+    if isinstance(value, int) and not isinstance(value, bool) and not raw:
+        return str(value) if column.endswith("id") else f"{value:,}"
+    return str(value)
+
+
+def _fitted_widths(natural: list[int], available: int) -> list[int]:
+    """Column widths within `available` characters: the widest columns are cut down first, to
+    one common cap, so narrow columns keep their whole values."""
+    if sum(natural) <= available:
+        return natural
+    low, high = 1, max(natural)
+    while low < high:  # the largest cap under which the columns fit
+        cap = (low + high + 1) // 2
+        fits = sum(min(n, cap) for n in natural) <= available
+        low, high = (cap, high) if fits else (low, cap - 1)
+    return [min(n, max(low, 4)) for n in natural]
+
+
+def _table(
+    rows: list[dict[str, Any]], title: str | None = None, raw: bool = False, one_line: bool = False
+) -> None:
+    """Rows as a table on stdout; `one_line` cuts long cells short (…) to fit the terminal
+    instead of folding them, so that a wide result stays one line per row."""
     if not rows:
         out.print(f"{title}: none" if title else "(no rows)")
         return
+    columns = [str(c) for c in rows[0]]
+    cells = [[_shown(c, v, raw) for c, v in zip(columns, row.values(), strict=True)]
+             for row in rows]  # fmt: skip
     table = Table(title=title)
-    for column in rows[0]:
-        table.add_column(str(column), overflow="fold")
-    for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row.values()))
+    if one_line:
+        natural = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+        borders = 3 * len(columns) + 1  # "│ " before each column, " " after, a last "│"
+        for column, width in zip(columns, _fitted_widths(natural, out.width - borders),
+                                 strict=True):  # fmt: skip
+            table.add_column(column, overflow="ellipsis", no_wrap=True, width=width)
+    else:
+        for column in columns:
+            table.add_column(column, overflow="fold")
+    for row in cells:
+        table.add_row(*row)
     out.print(table)
 
 
 def _ws(workspace: Path | None) -> Workspace:
     return Workspace(workspace)
+
+
+def _as_options(problems: str) -> str:
+    """Validation problems named as the command-line options (`--txt_unit:` -> `--txt-unit:`)."""
+    lines = []
+    for line in problems.splitlines():
+        key, sep, rest = line.partition(":")
+        lines.append(key.replace("_", "-") + sep + rest)
+    return "\n".join(lines)
+
+
+def _checks() -> Any:
+    """gristmill.pipeline.checks, imported by the commands that run flows (only they need it,
+    and `import gristmill.cli` stays quick)."""
+    from gristmill.pipeline import checks
+
+    return checks
+
+
+SERVER_HINT = "gristmill server start keeps history and gives a UI"
+
+
+def _use_local_server() -> str | None:
+    """Point Prefect at the running local gristmill server unless PREFECT_API_URL is set; the
+    API URL the flows will use (None: Prefect's temporary API, which keeps no runs)."""
+    if os.environ.get("PREFECT_API_URL"):
+        return os.environ["PREFECT_API_URL"]
+    try:
+        from gristmill.server import running_api_url
+    except ImportError:  # a gristmill without the server module
+        return None
+    url = running_api_url()
+    if url:
+        os.environ["PREFECT_API_URL"] = url
+    return url
+
+
+def _server_module_present() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("gristmill.server") is not None
+
+
+def _connect(quiet: bool = False) -> str | None:
+    """Use the local server when one runs (its API URL); otherwise say, in one line on stderr,
+    that runs are not kept and how to keep them (not with `quiet`)."""
+    url = _use_local_server()
+    if url is None and not quiet and _server_module_present():
+        err.print(f"note: no gristmill server running: runs are not kept ({SERVER_HINT})",
+                  highlight=False)  # fmt: skip
+    return url
+
+
+def _flows(quiet: bool = False) -> Any:
+    """The flows package, imported only once every check has passed (Prefect starts up here),
+    connected to the local server when one runs."""
+    _connect(quiet)
+    import gristmill.flows
+
+    return gristmill.flows
 
 
 def _recipe_workspace(loaded: Any, workspace: Path | None) -> Workspace:
@@ -163,13 +283,13 @@ def _recipe_workspace(loaded: Any, workspace: Path | None) -> Workspace:
     return ws
 
 
-def _params(pairs: list[str] | None) -> dict[str, Any]:
+def _params(pairs: list[str] | None, option: str = "--param") -> dict[str, Any]:
     """k=v pairs; values parse as JSON when they can (numbers, booleans, null, lists)."""
     params: dict[str, Any] = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise typer.BadParameter(f"{pair!r} is not key=value", param_hint="--param")
+            raise InputError(f"{option}: {pair!r} is not key=value")
         try:
             params[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -200,12 +320,11 @@ def ingest(
     runner: RunnerOption = "threads",
     workers: WorkersOption = None,
     json_output: JsonOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Ingest raw files into a corpus of Parquet shards (resumable; bad records kept as rejects)."""
     from pydantic import ValidationError
 
-    from gristmill.errors import InputError
-    from gristmill.flows import ingest_flow, task_runner
     from gristmill.selectors.base import describe_validation_error
 
     try:
@@ -217,9 +336,13 @@ def ingest(
             shard_bytes=int(shard_mb * 2**20),
         )  # fmt: skip
     except ValidationError as error:
-        raise InputError(describe_validation_error(error, "--")) from None
-    flow = ingest_flow.with_options(task_runner=task_runner(runner, workers))
-    result = _with_progress(lambda: flow(str(_ws(workspace).root), paths, corpus, options))
+        raise InputError(_as_options(describe_validation_error(error, "--"))) from None
+    ws = _ws(workspace)
+    _checks().check_runner(runner)
+    _checks().check_ingest(ws, paths, corpus, options)
+    flows = _flows(quiet)
+    flow = flows.ingest_flow.with_options(task_runner=flows.task_runner(runner, workers))
+    result = _with_progress(lambda: flow(str(ws.root), paths, corpus, options), quiet)
     if json_output:
         _print_json(result)
         return
@@ -230,13 +353,13 @@ def _print_ingest(corpus: str, result: dict[str, Any]) -> None:
     """One ingest's summary: what was added, the corpus now, rejects and skipped entries."""
     stats, added = result["stats"], result["added"]
     out.print(
-        f"[bold]{corpus}[/]: +{added['documents']} documents, +{added['rejected']} rejected "
-        f"({result['chunks_skipped']} of {result['chunks']} chunks already done). "
-        f"Corpus: {stats['documents']} documents, {stats['text_bytes']:,} bytes, "
-        f"{stats.get('n_domains', 0)} domains, {stats['rejected']} rejected"
+        f"[bold]{corpus}[/]: +{added['documents']:,} documents, +{added['rejected']:,} rejected "
+        f"({result['chunks_skipped']:,} of {result['chunks']:,} chunks already done). "
+        f"Corpus: {stats['documents']:,} documents, {stats['text_bytes']:,} bytes, "
+        f"{stats.get('n_domains', 0):,} domains, {stats['rejected']:,} rejected"
     )
     if stats["rejects_by_reason"]:
-        reasons = ", ".join(f"{k} {v}" for k, v in stats["rejects_by_reason"].items())
+        reasons = ", ".join(f"{k} {v:,}" for k, v in stats["rejects_by_reason"].items())
         out.print(f"rejects: {reasons} (see `gristmill sql 'select * from \"{corpus}__rejects\"'`)")
     if result["skipped_inputs"]:
         skipped = result["skipped_inputs"]
@@ -263,13 +386,14 @@ def stats(corpus: str, workspace: WorkspaceOption = None, json_output: JsonOptio
         return
     check = "[green]yes[/]" if result["reconciles"] else "[red]NO[/]"
     out.print(
-        f"[bold]{corpus}[/]: {result['records_read']} records read = {result['documents']} "
-        f"documents + {result['rejected']} rejected (reconciles: {check}); "
-        f"{result['text_bytes']:,} text bytes in {result['shards']} shards "
-        f"({result['file_bytes']:,} on disk), {result['sources']} sources"
+        f"[bold]{corpus}[/]: {result['records_read']:,} records read = {result['documents']:,} "
+        f"documents + {result['rejected']:,} rejected (reconciles: {check}); "
+        f"{result['text_bytes']:,} text bytes in {result['shards']:,} shards "
+        f"({result['file_bytes']:,} on disk), {result['sources']:,} sources"
     )
     _table(
-        result["domains"], f"domains (top {len(result['domains'])} of {result.get('n_domains', 0)})"
+        result["domains"],
+        f"domains (top {len(result['domains'])} of {result.get('n_domains', 0):,})",
     )
     rejects = [{"reason": k, "count": v} for k, v in result["rejects_by_reason"].items()]
     _table(rejects, "rejects")
@@ -281,13 +405,14 @@ def _select_options(
 ) -> Any:  # fmt: skip
     from pydantic import ValidationError
 
-    from gristmill.errors import InputError
     from gristmill.selectors.base import describe_validation_error
     from gristmill.selectors.selection import SelectOptions
 
     try:
         weights = (
-            {k: float(v) for k, v in _params(domain_weight).items()} if domain_weight else None
+            {k: float(v) for k, v in _params(domain_weight, "--domain-weight").items()}
+            if domain_weight
+            else None
         )
     except (TypeError, ValueError):
         raise InputError(f"--domain-weight takes domain=number, got {domain_weight}") from None
@@ -297,7 +422,7 @@ def _select_options(
             domain_weights=weights, tokenizer=tokenizer,
         )  # fmt: skip
     except ValidationError as error:
-        raise InputError(describe_validation_error(error, "--")) from None
+        raise InputError(_as_options(describe_validation_error(error, "--"))) from None
 
 
 @app.command()
@@ -311,22 +436,27 @@ def score(
     runner: RunnerOption = "threads",
     workers: WorkersOption = None,
     json_output: JsonOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Score every document of a corpus and store the scores (reused by later selects)."""
-    from gristmill.flows import curate_flow, task_runner
-
-    flow = curate_flow.with_options(task_runner=task_runner(runner, workers))
+    ws, params = _ws(workspace), _params(param)
+    _checks().check_runner(runner)
+    _checks().check_curate(ws, corpus, selector, params=params, target=target)
+    flows = _flows(quiet)
+    flow = flows.curate_flow.with_options(task_runner=flows.task_runner(runner, workers))
     result = _with_progress(
-        lambda: flow(str(_ws(workspace).root), corpus, selector, params=_params(param),
-                     target=target, score_only=True)
+        lambda: flow(str(ws.root), corpus, selector, params=params, target=target,
+                     score_only=True),
+        quiet,
     )  # fmt: skip
     if json_output:
         _print_json(result)
         return
     out.print(
         f"{selector} scores for [bold]{corpus}[/] (config {result['config_hash']}): "
-        f"{result['shards_scored']} shards scored, {result['shards_reused']} reused; "
-        f'query them as "{corpus}__{result["signal"]}" in `gristmill sql`'
+        f"{result['shards_scored']:,} shards scored, {result['shards_reused']:,} reused; "
+        f'query them as "{corpus}__{result["signal"]}" in `gristmill sql`',
+        highlight=False,
     )
 
 
@@ -350,31 +480,45 @@ def select(
         list[str] | None, typer.Option(help="domain=weight quota ('*' for the rest)")
     ] = None,
     tokenizer: Annotated[str | None, typer.Option(help="local HF tokenizer for tokens")] = None,
+    replace: Annotated[
+        bool, typer.Option(help="replace an existing selection of this name")
+    ] = False,
     workspace: WorkspaceOption = None,
     runner: RunnerOption = "threads",
     workers: WorkersOption = None,
     json_output: JsonOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Score (reusing stored scores) and select under a budget into a named selection."""
-    from gristmill.flows import curate_flow, task_runner
-
     options = _select_options(mode, threshold, seed, temperature, domain_weight, tokenizer)
-    flow = curate_flow.with_options(task_runner=task_runner(runner, workers))
+    ws, params = _ws(workspace), _params(param)
+    _checks().check_runner(runner)
+    _checks().check_curate(
+        ws, corpus, selector, params=params, budget=budget, name=name, target=target,
+        input_selection=input, options=options, replace=replace,
+    )  # fmt: skip
+    flows = _flows(quiet)
+    flow = flows.curate_flow.with_options(task_runner=flows.task_runner(runner, workers))
     result = _with_progress(
-        lambda: flow(str(_ws(workspace).root), corpus, selector, params=_params(param),
-                     budget=budget, name=name, target=target, input_selection=input,
-                     options=options)
+        lambda: flow(str(ws.root), corpus, selector, params=params, budget=budget, name=name,
+                     target=target, input_selection=input, options=options),
+        quiet,
     )  # fmt: skip
     if json_output:
         _print_json(result)
         return
     record = result["selection"]
     out.print(
-        f"selection [bold]{name}[/]: kept {record['n_selected']} of {record['n_candidates']} "
-        f"documents ({record['bytes_selected']:,} bytes) from {corpus} with {selector} "
-        f"[{result['shards_scored']} shards scored, {result['shards_reused']} reused]"
+        f"selection [bold]{name}[/]: kept {record['n_selected']:,} of "
+        f"{record['n_candidates']:,} documents ({record['bytes_selected']:,} bytes) from "
+        f"{corpus} with {selector} [{result['shards_scored']:,} shards scored, "
+        f"{result['shards_reused']:,} reused]",
+        highlight=False,
     )
     summary = record["summary"]
+    used = _budget_used(summary["budget"])
+    if used:
+        out.print(used, highlight=False)
     if summary["budget"]["exceeds_pool"]:
         out.print(f"[yellow]note:[/] budget {budget} is at least the whole pool: all kept")
     _table(summary["domains"], "per domain")
@@ -383,12 +527,45 @@ def select(
                   + ", ".join(f"{r} ({n})" for r, n in summary["top_reasons"]))  # fmt: skip
 
 
+_UNIT_NAMES = {"docs": "documents", "bytes": "bytes", "tokens": "tokens"}
+
+
+def _amount(value: float) -> str:
+    """A budget amount: whole numbers with separators, others to one decimal place."""
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.1f}"
+
+
+def _budget_used(budget: dict[str, Any]) -> str | None:
+    """`budget 2Mtokens: used 1,999,761 of 2,000,000 tokens`, from a selection summary's
+    budget (None without a budget)."""
+    if budget.get("allowed") is None:
+        return None
+    unit = _UNIT_NAMES.get(budget["counts"], budget["counts"])
+    return (
+        f"budget {budget['budget']}: used {_amount(budget['used'])} of "
+        f"{_amount(budget['allowed'])} {unit} (pool {_amount(budget['pool'])})"
+    )
+
+
 @app.command()
 @handle_errors
 def selections(workspace: WorkspaceOption = None, json_output: JsonOption = False) -> None:
-    """List selections."""
+    """List selections: what each was selected from and what it kept.
+
+    "from" is the corpus, or the selection it narrowed (--input); --json gives every field."""
     rows = queries.list_selections(_ws(workspace))
-    _print_json(rows) if json_output else _table(rows, "selections")
+    if json_output:
+        _print_json(rows)
+        return
+    shown = [
+        {"name": r["name"],
+         "from": r["parent"] or r["corpus"],  # a parent selection is of the same corpus
+         "selector": r["selector"], "budget": r["budget"] or "none",
+         "kept": f"{r['n_selected']:,} of {r['n_candidates']:,}",
+         "created": str(r["created_at"])[:16]}
+        for r in rows
+    ]  # fmt: skip
+    _table(shown, "selections", one_line=True)
 
 
 @app.command()
@@ -403,8 +580,7 @@ def inspect(
     workspace: WorkspaceOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Show kept and dropped documents with their scores and reasons, and what the selector
-    explains about the selection."""
+    """Show kept and dropped documents with scores and reasons, and the selector's explanation."""
     from gristmill.pipeline.inspection import inspect_selection
 
     result = inspect_selection(_ws(workspace), selection, sample, seed, ranked=ranked)
@@ -461,20 +637,26 @@ def materialize(
     selection: str,
     out_dir: Annotated[Path, typer.Option("--out", help="output directory")],
     format: Annotated[str, typer.Option(help="parquet, jsonl or hf")] = "parquet",
-    overwrite: Annotated[bool, typer.Option(help="replace a non-empty output directory")] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(help="replace an earlier gristmill export there (never any other directory)"),
+    ] = False,
     workspace: WorkspaceOption = None,
     json_output: JsonOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Write a selection's documents (in rank order) as Parquet, JSONL or a HF dataset."""
-    from gristmill.flows import materialize_flow
-
-    result = materialize_flow(str(_ws(workspace).root), selection, str(out_dir), format, overwrite)
+    ws = _ws(workspace)
+    _checks().check_materialize(ws, selection, out_dir, format, overwrite)
+    flows = _flows(quiet)
+    result = flows.materialize_flow(str(ws.root), selection, str(out_dir), format, overwrite)
     if json_output:
         _print_json(result)
         return
     out.print(
-        f"wrote {result['documents']} documents of [bold]{selection}[/] to {result['out']} "
-        f"({result['format']}: {', '.join(result['files'][:5])})"
+        f"wrote {result['documents']:,} documents of [bold]{selection}[/] to {result['out']} "
+        f"({result['format']}: {', '.join(result['files'][:5])})",
+        highlight=False,
     )
 
 
@@ -485,11 +667,22 @@ def sql(
     limit: Annotated[int | None, typer.Option(help="at most this many rows (0: all)")] = 1000,
     workspace: WorkspaceOption = None,
     json_output: JsonOption = False,
+    csv_output: Annotated[bool, typer.Option("--csv", help="print CSV with a header row")] = False,
 ) -> None:
-    """Run one read-only SELECT; every corpus, signal, selection and rejects is a view."""
+    """Run one read-only SELECT; every corpus, signal, selection and rejects is a view.
+
+    The table shows values as DuckDB gives them, long ones cut short to fit the terminal;
+    --csv and --json give them whole."""
+    if json_output and csv_output:
+        raise InputError("--json and --csv: choose one")
     result = queries.run_sql(_ws(workspace), query, limit)
     rows = [dict(zip(result["columns"], r, strict=True)) for r in result["rows"]]
-    _print_json(rows) if json_output else _table(rows)
+    if json_output:
+        _print_json(rows)
+    elif csv_output:
+        _print_csv(result["columns"], result["rows"])
+    else:
+        _table([{k: _cell(v) for k, v in row.items()} for row in rows], raw=True, one_line=True)
     if result["hidden"]:
         err.print(f"note: no view for {', '.join(result['hidden'])}: the name is already taken",
                   highlight=False)  # fmt: skip
@@ -507,12 +700,13 @@ def run(
     workers: WorkersOption = None,
     address: AddressOption = None,
     json_output: JsonOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Run a whole recipe (ingest, selector steps, materialisation, experiment) as one flow."""
     from gristmill.recipe import load_recipe
 
     loaded = load_recipe(recipe)
-    _run_recipe(loaded, workspace, runner, workers, json_output, address)
+    _run_recipe(loaded, workspace, runner, workers, json_output, address, quiet)
 
 
 def _run_recipe(
@@ -522,41 +716,56 @@ def _run_recipe(
     workers: int | None,
     json_output: bool,
     address: str | None = None,
+    quiet: bool = False,
 ) -> None:
-    result = _recipe_result(loaded, workspace, runner, workers, address)
+    result = _recipe_result(loaded, workspace, runner, workers, address, quiet)
     if json_output:
         _print_json(result)
         return
-    out.print(f"recipe [bold]{loaded.name}[/] in {result['workspace']}")
+    out.print(f"recipe [bold]{loaded.name}[/] in {result['workspace']}", highlight=False)
     for item in result["ingest"]:
         stats = item["stats"]
-        reasons = ", ".join(f"{k} {v}" for k, v in stats["rejects_by_reason"].items())
+        reasons = ", ".join(f"{k} {v:,}" for k, v in stats["rejects_by_reason"].items())
         out.print(
-            f"  ingest {item['corpus']}: {stats['documents']} documents, "
-            f"{stats['rejected']} rejected ({reasons or 'none'})"
+            f"  ingest {item['corpus']}: {stats['documents']:,} documents, "
+            f"{stats['rejected']:,} rejected ({reasons or 'none'})",
+            highlight=False,
         )
     for item in result["select"]:
         record = item["selection"]
+        used = _budget_used(record["summary"]["budget"])
         out.print(
-            f"  select {record['name']} ({record['selector']}): kept {record['n_selected']} of "
-            f"{record['n_candidates']}"
+            f"  select {record['name']} ({record['selector']}): kept {record['n_selected']:,} of "
+            f"{record['n_candidates']:,}" + (f"; {used}" if used else ""),
+            highlight=False,
         )
     for item in result["out"]:
         out.print(
-            f"  materialize {item['selection']}: {item['documents']} documents -> {item['out']}"
+            f"  materialize {item['selection']}: {item['documents']:,} documents -> {item['out']}",
+            highlight=False,
         )
     if "experiment" in result:
         _print_experiment(result["experiment"])
 
 
 def _recipe_result(
-    loaded: Any, workspace: Path | None, runner: str, workers: int | None, address: str | None
+    loaded: Any,
+    workspace: Path | None,
+    runner: str,
+    workers: int | None,
+    address: str | None,
+    quiet: bool = False,
 ) -> dict[str, Any]:
-    """The recipe flow's result, run in the recipe's workspace with a progress display."""
-    from gristmill.flows import run_recipe_flow
-
-    root = str(_recipe_workspace(loaded, workspace).root)
-    return _with_progress(lambda: run_recipe_flow(loaded, root, runner, workers, address))
+    """The recipe flow's result, run in the recipe's workspace with a progress display, once
+    the whole recipe has been checked against the workspace."""
+    ws = _recipe_workspace(loaded, workspace)
+    _checks().check_runner(runner, address)
+    _checks().check_recipe(loaded, ws)
+    flows = _flows(quiet)
+    root = str(ws.root)
+    return _with_progress(
+        lambda: flows.run_recipe_flow(loaded, root, runner, workers, address), quiet
+    )
 
 
 def _print_experiment(result: dict[str, Any]) -> None:
@@ -576,15 +785,15 @@ def experiment(
     workers: WorkersOption = None,
     address: AddressOption = None,
     json_output: JsonOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Run the recipe's steps, then train and evaluate every arm of its experiment."""
-    from gristmill.errors import InputError
     from gristmill.recipe import load_recipe
 
     loaded = load_recipe(recipe)
     if loaded.experiment is None:
         raise InputError(f"{recipe}: experiment: the recipe has no experiment section")
-    result = _recipe_result(loaded, workspace, runner, workers, address)["experiment"]
+    result = _recipe_result(loaded, workspace, runner, workers, address, quiet)["experiment"]
     _print_json(result) if json_output else _print_experiment(result)
 
 
@@ -601,18 +810,21 @@ def serve(
     address: AddressOption = None,
 ) -> None:
     """Serve the recipe as a Prefect deployment on a schedule until stopped (Ctrl-C)."""
-    from gristmill.flows.serve import check_schedule, serve_recipe
     from gristmill.recipe import load_recipe
 
-    check_schedule(cron, interval)
     loaded = load_recipe(recipe)  # refuse a bad recipe now, not at the first scheduled run
-    root = str(_recipe_workspace(loaded, workspace).root)
+    ws = _recipe_workspace(loaded, workspace)
+    _checks().check_runner(runner, address)
+    _checks().check_recipe(loaded, ws)
+    root = str(ws.root)
     deployment = name or loaded.name
-    api = os.environ.get("PREFECT_API_URL")
+    api = _use_local_server()
+    from gristmill.flows.serve import check_schedule, serve_recipe
+
+    check_schedule(cron, interval)
     err.print(
         f"serving [bold]{deployment}[/] ({cron or f'every {interval:g} s'}) on "
-        f"{api or 'a temporary local API (set PREFECT_API_URL to watch runs in a UI)'}; "
-        "Ctrl-C stops",
+        f"{api or f'a temporary local API that keeps no runs ({SERVER_HINT})'}; Ctrl-C stops",
         highlight=False,
     )
     serve_recipe(
@@ -626,6 +838,7 @@ def serve(
 def quickstart(
     workspace: WorkspaceOption = None,
     json_output: JsonOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Build a sample corpus offline (from Python's own docs) and run the quickstart recipe."""
     from importlib.resources import files
@@ -642,11 +855,12 @@ def quickstart(
         files("gristmill").joinpath("examples/quickstart.yaml").read_text(), encoding="utf-8"
     )
     loaded = load_recipe(recipe_file)
-    _run_recipe(loaded, ws.root, "threads", None, json_output)
+    _run_recipe(loaded, ws.root, "threads", None, json_output, quiet=quiet)
     if not json_output:
         out.print(
             f"\nnext: gristmill -h; gristmill stats sample -w {ws.root}; "
-            f"gristmill inspect clean -w {ws.root}; recipe: {recipe_file}"
+            f"gristmill inspect clean -w {ws.root}; recipe: {recipe_file}",
+            highlight=False,
         )
 
 
@@ -654,6 +868,7 @@ zoo_app = typer.Typer(
     help="Model zoos: small models trained on mixtures of a pool's domains, each scored on a "
     "benchmark, for selectors that take a zoo parameter.",
     no_args_is_help=True,
+    context_settings=HELP_OPTIONS,
 )
 app.add_typer(zoo_app, name="zoo")
 
@@ -678,23 +893,31 @@ def zoo_build(
     ] = None,
     workspace: WorkspaceOption = None,
     json_output: JsonOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Train small models on random mixtures of a pool's domains and score each on a benchmark."""
-    from gristmill.flows import zoo_build_flow
+    from gristmill.storage.workspace import validate_name
     from gristmill.training.zoo import zoo_config
 
     config = zoo_config(
         {**_params(param), "models": models, "seed": seed, "device": device,
          "target_domain": target_domain, "target": target}
     )  # fmt: skip
-    result = _with_progress(lambda: zoo_build_flow(str(_ws(workspace).root), corpus, name, config))
+    ws = _ws(workspace)
+    validate_name("zoo", name)
+    for needed in (corpus, target):
+        if needed is not None:
+            _checks().check_corpus(ws, needed)
+    flows = _flows(quiet)
+    result = _with_progress(lambda: flows.zoo_build_flow(str(ws.root), corpus, name, config), quiet)
     if json_output:
         _print_json(result)
         return
     out.print(
         f"zoo [bold]{name}[/]: {len(result['models'])} models in {result['zoo']} "
         f"({result['wall_seconds']:.0f} s on {result['device']}); use it with "
-        f"`gristmill select {corpus} --selector {result['selector']} --param zoo={name}`"
+        f"`gristmill select {corpus} --selector {result['selector']} --param zoo={name}`",
+        highlight=False,
     )
     _table(
         [{k: m[k] for k in ("model", "size", "params", "tokens", "bits_per_byte", "error")}
@@ -705,15 +928,186 @@ def zoo_build(
 
 @app.command("selectors")
 @handle_errors
-def list_selectors(json_output: JsonOption = False) -> None:
-    """List the selectors available (built-in and from installed plug-ins)."""
+def list_selectors(
+    name: Annotated[
+        str | None, typer.Argument(help="show this selector's parameters [default: list all]")
+    ] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """List the selectors, or show one selector's parameters, defaults and what they do.
+
+    The list has the built-in selectors and those of installed plug-ins."""
     from gristmill.selectors import available, get
 
+    if name is not None:
+        _show_selector(get(name), json_output)
+        return
     rows = []
-    for name, target in sorted(available().items()):
-        cls = get(name)
-        rows.append({"selector": name, "class": target, "about": (cls.__doc__ or "").strip()})
+    for selector, target in sorted(available().items()):
+        cls = get(selector)
+        rows.append({"selector": selector, "class": target, "about": (cls.__doc__ or "").strip()})
     _print_json(rows) if json_output else _table(rows, "selectors")
+
+
+def _show_selector(cls: Any, json_output: bool) -> None:
+    """A selector's description, defaults and parameters (from its config's fields)."""
+    rows = []
+    for field_name, info in cls.Config.model_fields.items():
+        required = info.is_required()
+        default = "(required)" if required else info.get_default(call_default_factory=True)
+        rows.append({
+            "param": field_name,
+            "type": _type_name(info.annotation),
+            "default": default,
+            "description": info.description or "",
+        })  # fmt: skip
+    about = " ".join((cls.__doc__ or "").split())
+    if json_output:
+        _print_json({"selector": cls.name, "about": about, "default_mode": cls.default_mode,
+                     "requires_target": cls.requires_target, "params": rows})  # fmt: skip
+        return
+    target = "; needs --target" if cls.requires_target else ""
+    out.print(f"[bold]{cls.name}[/]: {about} (default mode {cls.default_mode}{target})",
+              highlight=False)  # fmt: skip
+    shown = [{**row, "default": json.dumps(row["default"], default=str)
+              if row["default"] != "(required)" else row["default"]} for row in rows]  # fmt: skip
+    _table(shown, "parameters (--param key=value)")
+    out.print(f"example: gristmill select CORPUS --selector {cls.name} --name NAME "
+              "--budget 20% --param key=value", highlight=False)  # fmt: skip
+
+
+def _type_name(annotation: Any) -> str:
+    """A parameter's type as written in Python (`int`, `str | None`, `Literal['a', 'b']`)."""
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+drop_app = typer.Typer(
+    help="Remove a corpus or a selection with its files (refused while something uses it).",
+    no_args_is_help=True,
+    context_settings=HELP_OPTIONS,
+)
+app.add_typer(drop_app, name="drop")
+CascadeOption = Annotated[
+    bool, typer.Option("--cascade", help="also drop what uses it (selections, stored signals)")
+]
+
+
+def _print_dropped(dropped: Any, json_output: bool) -> None:
+    import dataclasses
+
+    if json_output:
+        _print_json(dataclasses.asdict(dropped))
+        return
+    parts = [f"corpus {dropped.corpus}"] if dropped.corpus else []
+    if dropped.selections:
+        parts.append(f"selections {', '.join(dropped.selections)}")
+    if dropped.signals:
+        parts.append(f"stored signals {', '.join(dropped.signals)}")
+    out.print(f"dropped {'; '.join(parts)} ({len(dropped.directories)} directories removed)",
+              highlight=False)  # fmt: skip
+
+
+@drop_app.command("corpus")
+@handle_errors
+def drop_corpus_command(
+    name: Annotated[str, typer.Argument(help="the corpus")],
+    cascade: CascadeOption = False,
+    workspace: WorkspaceOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Remove a corpus with its shards and rejects (refused while anything uses it).
+
+    Its selections and stored signals use it; --cascade drops them too."""
+    from gristmill.storage.drop import drop_corpus
+
+    _print_dropped(drop_corpus(_ws(workspace), name, cascade), json_output)
+
+
+@drop_app.command("selection")
+@handle_errors
+def drop_selection_command(
+    name: Annotated[str, typer.Argument(help="the selection")],
+    cascade: CascadeOption = False,
+    workspace: WorkspaceOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Remove a selection with its members (refused while selections are made from it).
+
+    Selections made from it (--input) use it; --cascade drops them too. Exports written by
+    materialize are left alone."""
+    from gristmill.storage.drop import drop_selection
+
+    _print_dropped(drop_selection(_ws(workspace), name, cascade), json_output)
+
+
+server_app = typer.Typer(
+    help="A local Prefect server on 127.0.0.1 that keeps the history of runs and serves the UI; "
+    "while it runs every gristmill command uses it.",
+    no_args_is_help=True,
+    context_settings=HELP_OPTIONS,
+)
+app.add_typer(server_app, name="server")
+
+
+def _server() -> Any:
+    """gristmill.server, or a clear error for a gristmill without it."""
+    try:
+        import gristmill.server as server
+    except ImportError:
+        raise GristmillError("this gristmill has no local server (gristmill.server)") from None
+    return server
+
+
+def _print_state(state: dict[str, Any], json_output: bool) -> None:
+    if json_output:
+        _print_json(state)
+        return
+    for key, value in state.items():
+        out.print(f"{key}: {value}", highlight=False)
+
+
+@server_app.command("start")
+@handle_errors
+def server_start(
+    port: Annotated[
+        int | None, typer.Option(help="port on 127.0.0.1 [default: a free one]")
+    ] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Start the local server in the background (its database keeps every run)."""
+    _print_state(_server().start(port), json_output)
+
+
+@server_app.command("stop")
+@handle_errors
+def server_stop(json_output: JsonOption = False) -> None:
+    """Stop the local server."""
+    _print_state(_server().stop(), json_output)
+
+
+@server_app.command("status")
+@handle_errors
+def server_status(json_output: JsonOption = False) -> None:
+    """Whether the local server runs, and where."""
+    _print_state(_server().status(), json_output)
+
+
+@app.command()
+@handle_errors
+def ui(
+    open_browser: Annotated[bool, typer.Option("--open", help="open it in a web browser")] = False,
+) -> None:
+    """Print the URL of the Prefect UI of the local server (runs, artifacts, deployments)."""
+    url = _server().ui_url()
+    if url is None:
+        raise GristmillError("no gristmill server running: gristmill server start starts one")
+    out.print(url, highlight=False)
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(url)
 
 
 def main() -> None:

@@ -130,12 +130,9 @@ class Recipe(BaseModel):
                 raise ValueError(f"select[{index}].name: {step.name!r} is already used")
             names.add(step.name)
             previous = step
-        selections = {s.name for s in self.select}
-        for index, out in enumerate(self.materialize):
-            if out.selection not in selections:
-                raise ValueError(
-                    f"materialize[{index}].selection: {out.selection!r} is no step of this recipe"
-                )
+        # Which corpora and selections a workspace already holds is checked against it before
+        # the recipe runs (gristmill.pipeline.checks.check_recipe): a recipe may materialise a
+        # selection an earlier run made.
         return self
 
     def resolve_paths(self, base: Path) -> Recipe:

@@ -1,16 +1,39 @@
 """The library pipeline: whole ingest, curation and materialisation steps as plain functions.
 
 Notebooks, tests and benchmarks call these; the Prefect flows call them too, with a work map
-that runs each unit as a Prefect task. Nothing here imports Prefect.
+that runs each unit as a Prefect task. Nothing here imports Prefect. The names below are
+imported when first used, so that `gristmill.pipeline.checks` loads without the whole pipeline
+(the CLI's checks run before anything heavy is imported).
 """
 
-from gristmill.pipeline.curation import Curation, curate
-from gristmill.pipeline.export import materialize
-from gristmill.pipeline.ingestion import IngestReport, ingest
-from gristmill.pipeline.inspection import inspect_selection
-from gristmill.pipeline.map import ThreadMap, WorkMap, serial_map
-from gristmill.pipeline.units import ChunkUnit, ShardUnit, ingest_unit, score_unit
+from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gristmill.pipeline.curation import Curation, curate
+    from gristmill.pipeline.export import materialize
+    from gristmill.pipeline.ingestion import IngestReport, ingest
+    from gristmill.pipeline.inspection import inspect_selection
+    from gristmill.pipeline.map import ThreadMap, WorkMap, serial_map
+    from gristmill.pipeline.units import ChunkUnit, ShardUnit, ingest_unit, score_unit
+
+_MODULE_OF = {
+    "ChunkUnit": "units",
+    "Curation": "curation",
+    "IngestReport": "ingestion",
+    "ShardUnit": "units",
+    "ThreadMap": "map",
+    "WorkMap": "map",
+    "curate": "curation",
+    "ingest": "ingestion",
+    "ingest_unit": "units",
+    "inspect_selection": "inspection",
+    "materialize": "export",
+    "score_unit": "units",
+    "serial_map": "map",
+}
 __all__ = [
     "ChunkUnit",
     "Curation",
@@ -26,3 +49,12 @@ __all__ = [
     "score_unit",
     "serial_map",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """The pipeline's public names, each imported from its module when first asked for."""
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
+    globals()[name] = value
+    return value

@@ -7,15 +7,20 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from gristmill import progress
-from gristmill.errors import GristmillError
+from gristmill.errors import GristmillError, InputError
 from gristmill.pipeline.map import WorkMap, batched_by_time, serial_map
 from gristmill.pipeline.units import ChunkUnit, ingest_unit
 from gristmill.storage import catalog, queries
-from gristmill.storage.readers import IngestOptions, plan_chunks
+from gristmill.storage.drop import drop_corpus
+from gristmill.storage.readers import Chunk, IngestOptions, Reject, plan_chunks, read_chunk
 from gristmill.storage.workspace import Workspace, validate_name
 
 COUNTS = ("records_read", "documents", "rejected")
+# Rejects whose record is there but not where the options look: the fields found are named.
+_FIELD_REASONS = ("missing_text", "non_string_text")
 
 
 @dataclass
@@ -59,9 +64,13 @@ def ingest(
         options_hash = options.options_hash()
         sources = {c.source: (c.fingerprint, options_hash) for c in chunks}
         with ws.catalog() as con:
-            catalog.check_sources(con, corpus, sources)
+            new_corpus = corpus not in catalog.corpus_names(con)
             done = catalog.done_chunks(con, corpus)
         todo = [c for c in chunks if c.key(corpus, options_hash) not in done]
+        if todo:  # before the corpus or its sources are recorded
+            check_first_records(todo[0], options)
+        with ws.catalog() as con:
+            catalog.check_sources(con, corpus, sources)
         bar = progress.track(f"ingest {corpus}", len(todo))
         units = [ChunkUnit(str(ws.root), corpus, c, options) for c in todo]
         added = dict.fromkeys(COUNTS, 0)
@@ -76,8 +85,63 @@ def ingest(
         bar.close()
         if todo:  # a corpus only changes when chunks were added
             _check_unique_ids(ws, corpus)
-    stats = queries.corpus_stats(ws, corpus)
+        stats = queries.corpus_stats(ws, corpus)
+        if new_corpus and stats["documents"] == 0:
+            drop_corpus(ws, corpus, cascade=True)  # a new corpus has nothing that uses it
+            raise InputError(_nothing_kept(corpus, stats))
     return IngestReport(corpus, len(chunks), len(chunks) - len(todo), added, stats, skipped)
+
+
+def _nothing_kept(corpus: str, stats: dict[str, Any]) -> str:
+    """Why a new corpus was not kept: every record read was rejected (or there were none)."""
+    if not stats["records_read"]:
+        return f"corpus {corpus!r}: the inputs hold no records; nothing was ingested"
+    reasons = ", ".join(f"{k} {v:,}" for k, v in stats["rejects_by_reason"].items())
+    return (
+        f"corpus {corpus!r}: all {stats['records_read']:,} records read were rejected "
+        f"({reasons}); the corpus was not kept"
+    )
+
+
+def _fields(rejects: list[Reject], limit: int = 100) -> list[str]:
+    """The top-level fields of the rejected records (the first `limit`), in order of appearance."""
+    found: dict[str, None] = {}
+    for reject in rejects[:limit]:
+        try:
+            record = orjson.loads(reject.raw or b"")
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            found.update(dict.fromkeys(record))
+    return list(found)
+
+
+def check_first_records(chunk: Chunk, options: IngestOptions) -> None:
+    """InputError when every record of the chunk's first batch is rejected for one reason:
+    options that do not fit the input (a wrong text field, a wrong format) would reject them
+    all. A missing text field is named with the fields the records have."""
+    batches = read_chunk(chunk, options)
+    try:
+        first = next((p for p in batches if p.records), None)
+    finally:
+        batches.close()
+    if first is None or first.table.num_rows or not first.rejects:
+        return
+    reasons = {r.reason for r in first.rejects}
+    if len(reasons) != 1:
+        return
+    reject = first.rejects[0]
+    message = (
+        f"{chunk.source}: all {first.records:,} records read first were rejected as "
+        f"{reject.reason} (line {reject.line}: {reject.detail})"
+    )
+    fields = _fields(first.rejects) if reject.reason in _FIELD_REASONS else []
+    if fields:
+        message += (
+            f"; the records have the fields {', '.join(fields)} "
+            "(--text-field names the one with the text)"
+        )
+    raise InputError(message + "; nothing was ingested")
 
 
 def _check_unique_ids(ws: Workspace, corpus: str) -> None:

@@ -57,7 +57,6 @@ def test_chain_defaults_and_paths(tmp_path: Path) -> None:
         (("budget: 10docs", "budget: plenty"), "select.1.budget"),
         (("selector: quality\n  - name", "selector: nope\n  - name"), "unknown selector 'nope'"),
         (("mode: topk", "mode: best"), "select.1.mode"),
-        (("selection: top", "selection: missing"), "materialize[0].selection"),
         (("format: jsonl", "format: xml"), "materialize.0.format"),
         (("domain_field: site", "domain_feld: site"), "ingest.0.domain_feld"),
         (("name: test", "name: test\nextra: 1"), "extra"),

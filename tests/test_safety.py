@@ -79,12 +79,12 @@ def test_changed_chunk_size_is_refused_not_duplicated(ws: Path, tmp_path: Path) 
     assert stats["documents"] == 8
 
 
-def test_all_rejected_input_is_a_clean_result(tmp_path: Path) -> None:
+def test_all_rejected_input_is_refused_and_leaves_no_corpus(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "raw.jsonl", [{"body": "no text field"}] * 3)
     code, out = run("ingest", str(path), "--corpus", "none", "-w", str(tmp_path / "ws"), "--json")
-    assert code == 0, out
-    result = json.loads(out)
-    assert result["stats"]["documents"] == 0 and result["stats"]["rejected"] == 3
+    assert code == 2 and "body" in out, out
+    listed = run("corpora", "-w", str(tmp_path / "ws"), "--json")[1]
+    assert "none" not in listed  # no workspace at all, or one without the corpus
 
 
 def test_input_selection_must_share_the_corpus(ws: Path, tmp_path: Path) -> None:

@@ -144,12 +144,18 @@ def publish_selection(record: dict[str, Any], workspace: Workspace | None = None
             f"Top reasons for dropping: {reasons or 'n/a'}"
         ),
     )
-    if workspace is not None:
-        create_markdown_artifact(
-            key=artifact_key("selection-scores", record["name"]),
-            markdown=selection_markdown(workspace, record["name"]),
-            description=f"Selection {record['name']}: scores of kept and dropped documents",
-        )
+    if workspace is None:
+        return
+    try:
+        markdown = selection_markdown(workspace, record["name"])
+    except Exception as error:  # the UI is a view: the selection stands without it
+        logger.warning("selection %r: no score artifact: %s", record["name"], error)
+        return
+    create_markdown_artifact(
+        key=artifact_key("selection-scores", record["name"]),
+        markdown=markdown,
+        description=f"Selection {record['name']}: scores of kept and dropped documents",
+    )
 
 
 # Documents shown per side (kept, dropped) in a selection's artifact, and characters of each.
@@ -276,11 +282,10 @@ def selection_markdown(workspace: Workspace, name: str) -> str:
         histogram = score_histogram(view)
         sample = queries.sample_selection(view)
         record = view.record
-    return (
-        f"# Selection {name}\n\n"
+    return (  # no title: the artifact's page shows its key and description above it
         f"{record['n_selected']:,} of {record['n_candidates']:,} documents of "
         f"`{record['corpus']}` kept by `{record['selector']}`.\n\n"
-        f"## Score distribution\n\n{histogram_markdown(histogram)}\n"
+        f"## Score distribution (`{record['signal']}`)\n\n{histogram_markdown(histogram)}\n"
         f"## Examples\n\n{examples_markdown(sample)}"
     )
 

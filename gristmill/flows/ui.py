@@ -179,8 +179,7 @@ def score_histogram(view: SelectionView, bins: int = BINS) -> dict[str, Any]:
         f"from ({scored}) where {finite}"
     )[0]
     unscored = view.rows(
-        f"select kept, count(*) as n from ({scored}) where not ({finite}) or score is null "
-        f"group by kept"
+        f"select kept, count(*) as n from ({scored}) where not ({finite}) group by kept"
     )
     result: dict[str, Any] = {"exact": True, "rows": [], "unscored": _sides(unscored)}
     if not stats["n_values"]:

@@ -19,7 +19,7 @@ from gristmill.storage import catalog
 from gristmill.storage.files import write_json_atomic
 from gristmill.storage.workspace import Workspace
 from gristmill.training.config import ExperimentSpec
-from gristmill.training.report import aggregate, write_plot, write_report
+from gristmill.training.report import aggregate, inline_plots, write_plot, write_report
 
 
 def run_id_for(spec: ExperimentSpec, versions: dict[str, str | None]) -> str:
@@ -105,7 +105,8 @@ def experiment_flow(workspace: str, spec: ExperimentSpec) -> dict[str, Any]:
     )
     create_markdown_artifact(
         key=artifact_key("report", run_id),
-        markdown=(run_dir / "report.md").read_text(encoding="utf-8"),
-        description=f"Experiment {run_id}: the report (plot at {run_dir / 'metrics.png'})",
+        # The UI cannot read the run directory: the plot travels inside the markdown.
+        markdown=inline_plots(run_dir / "report.md"),
+        description=f"Experiment {run_id}: the report ({run_dir / 'report.md'})",
     )
     return {"run_id": run_id, "run_dir": str(run_dir), "table": table, "runs": results}

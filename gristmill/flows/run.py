@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefect import flow
+from prefect import flow, get_run_logger
 
 from gristmill.flows.experiment import experiment_flow
 from gristmill.flows.tasks import cluster, curate_flow, ingest_flow, materialize_flow, task_runner
-from gristmill.flows.ui import progress_artifacts
+from gristmill.flows.ui import progress_artifacts, publish_recipe
 from gristmill.flows.zoo import zoo_build_flow
 from gristmill.recipe import Recipe, load_recipe
 from gristmill.storage.readers import IngestOptions
@@ -29,6 +29,7 @@ def run_recipe_flow(
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(Path(recipe))
     ws = Workspace(workspace or recipe.workspace)
+    logger = get_run_logger()
     results: dict[str, Any] = {"workspace": str(ws.root), "ingest": [], "select": [], "out": []}
     # The lock first: a second run of the recipe must not start a cluster it cannot use.
     with (
@@ -41,32 +42,59 @@ def run_recipe_flow(
         curate = curate_flow.with_options(task_runner=task_runner(runner, workers, stage_address))
         for step in recipe.ingest:
             options = IngestOptions(**step.model_dump(exclude={"corpus", "paths"}))
-            results["ingest"].append(ingest(str(ws.root), step.paths, step.corpus, options))
-        results["zoo"] = [
-            zoo_build_flow(str(ws.root), step.corpus, step.name, step.zoo_config())
-            for step in recipe.zoo
-        ]
+            report = ingest(str(ws.root), step.paths, step.corpus, options)
+            results["ingest"].append(report)
+            added = report["added"]
+            logger.info(
+                "ingest %s: +%s documents, +%s rejected of %s records read (%s of %s chunks "
+                "already done); corpus %s documents",
+                step.corpus, f"{added['documents']:,}", f"{added['rejected']:,}",
+                f"{added['records_read']:,}", report["chunks_skipped"], report["chunks"],
+                f"{report['stats']['documents']:,}",
+            )  # fmt: skip
+        results["zoo"] = []
+        for step in recipe.zoo:
+            built = zoo_build_flow(str(ws.root), step.corpus, step.name, step.zoo_config())
+            results["zoo"].append(built)
+            logger.info("zoo %s from %s: %s", step.name, step.corpus, built["zoo"])
         for step in recipe.select:
             assert step.corpus is not None
-            results["select"].append(
-                curate(
-                    str(ws.root),
-                    step.corpus,
-                    step.selector,
-                    params=step.params,
-                    budget=step.budget,
-                    name=step.name,
-                    target=step.target,
-                    input_selection=step.input if step.input != step.corpus else None,
-                    options=step.select_options(),
-                    recipe=recipe.model_dump(mode="json"),
-                )
+            curation = curate(
+                str(ws.root),
+                step.corpus,
+                step.selector,
+                params=step.params,
+                budget=step.budget,
+                name=step.name,
+                target=step.target,
+                input_selection=step.input if step.input != step.corpus else None,
+                options=step.select_options(),
+                recipe=recipe.model_dump(mode="json"),
             )
+            results["select"].append(curation)
+            record = curation["selection"]
+            logger.info(
+                "select %s (%s, budget %s) from %s: kept %s of %s; %s shards scored, %s reused",
+                record["name"], record["selector"], record["budget"] or "none",
+                step.input or step.corpus, f"{record['n_selected']:,}",
+                f"{record['n_candidates']:,}",
+                curation["shards_scored"], curation["shards_reused"],
+            )  # fmt: skip
         for out in recipe.materialize:
-            results["out"].append(
-                materialize_flow(str(ws.root), out.selection, out.out, out.format, out.overwrite)
+            written = materialize_flow(
+                str(ws.root), out.selection, out.out, out.format, out.overwrite
             )
+            results["out"].append(written)
+            logger.info(
+                "materialize %s: %s documents -> %s",
+                out.selection, f"{written['documents']:,}", written["out"],
+            )  # fmt: skip
         if recipe.experiment is not None:
             # Training runs in this process's threads: its tasks hold models in memory.
             results["experiment"] = experiment_flow(str(ws.root), recipe.experiment)
+            logger.info(
+                "experiment %s: report %s/report.md",
+                results["experiment"]["run_id"], results["experiment"]["run_dir"],
+            )  # fmt: skip
+    publish_recipe(recipe.name, results)
     return results

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,11 @@ LOWER_IS_BETTER = {
     "train_response_loss",
     "response_loss_gap",
 }
+
+
+# A plot is a few tens of KB; past this, a viewer is better served by the file's path.
+EMBED_LIMIT_BYTES = 1 << 20
+_LOCAL_PNG = re.compile(r"!\[([^\]]*)\]\(([^)\s:]+\.png)\)")
 
 
 def aggregate(results: list[dict[str, Any]], arms: list[str]) -> list[dict[str, Any]]:
@@ -132,3 +139,24 @@ def write_report(
         )
     lines += ["", f"![metrics per arm]({plot_name})", ""]
     path.write_text("\n".join(lines), encoding="utf-8")
+
+
+def inline_plots(report: Path, limit: int = EMBED_LIMIT_BYTES) -> str:
+    """report.md with each PNG it shows from its own directory inlined as a data: URI, for
+    viewers that cannot read the run directory (the Prefect UI); a missing or larger file is
+    named by its full path instead."""
+
+    def inline(match: re.Match[str]) -> str:
+        alt, name = match.group(1), match.group(2)
+        path = report.parent / name
+        if path.resolve().parent != report.parent.resolve():
+            return match.group(0)  # only the run's own plots
+        if not path.is_file():
+            return f"({alt}: {path} is missing)"
+        size = path.stat().st_size
+        if size > limit:
+            return f"({alt}: {path}, {size:,} bytes, too large to show inline)"
+        encoded = base64.b64encode(path.read_bytes()).decode("ascii")
+        return f"![{alt}](data:image/png;base64,{encoded})"
+
+    return _LOCAL_PNG.sub(inline, report.read_text(encoding="utf-8"))

@@ -170,9 +170,11 @@ def status() -> dict[str, Any]:
         _clean_stale(pid)
         report["stale_cleaned"] = True
         return report
-    if state is None:
+    if state is None:  # the pid file comes first, the state a moment later
         return {**report, "starting": True, "pid": pid}
-    return {**report, **state, "running": _port_open(int(state["port"]))}
+    # uvicorn listens once the app has started (database migrated): listening is answering.
+    listening = _port_open(int(state["port"]))
+    return {**report, **state, "running": listening, "starting": not listening}
 
 
 def _db_holders(database: Path, ignore: set[int]) -> list[int]:
@@ -249,7 +251,6 @@ def _wait_healthy(pid: int, api_url: str, wait_s: float, log: Path) -> None:
                 f"the Prefect server stopped during start-up; the end of {log}:\n{_log_tail(log)}"
             )
         if time.monotonic() > deadline:
-            _terminate(pid, timeout_s=10)
             raise GristmillError(
                 f"the Prefect server did not answer {api_url}/health within {wait_s:g} s and "
                 f"was stopped; the end of {log}:\n{_log_tail(log)}"
@@ -274,9 +275,9 @@ def start(port: int | None = None, wait_s: float = 90) -> dict[str, Any]:
     with _start_lock():
         current = status()
         if current["starting"]:
-            # Started by a start that ended before the API answered; wait for it here.
-            state_wait = time.monotonic() + wait_s
-            while (current := status())["starting"] and time.monotonic() < state_wait:
+            # Another start (or one interrupted) launched it: wait for it here.
+            deadline = time.monotonic() + wait_s
+            while (current := status())["starting"] and time.monotonic() < deadline:
                 time.sleep(0.25)
         if current["running"]:
             if port is not None and port != current["port"]:
@@ -287,8 +288,8 @@ def start(port: int | None = None, wait_s: float = 90) -> dict[str, Any]:
             return {**current, "already_running": True}
         if current.get("pid") is not None:
             raise GristmillError(
-                f"the gristmill server (pid {current['pid']}) does not answer; "
-                f"`gristmill server stop` ends it (log: {files['log']})"
+                f"the gristmill server (pid {current['pid']}) does not answer after {wait_s:g} s;"
+                f" `gristmill server stop` ends it (log: {files['log']})"
             )
         holders = _db_holders(files["database"], ignore={os.getpid()})
         if holders:
@@ -323,11 +324,6 @@ def _launch(port: int, wait_s: float) -> dict[str, Any]:
     _children[process.pid] = process
     write_text_atomic(files["pid"], f"{process.pid}\n")
     api_url = f"http://{HOST}:{port}/api"
-    try:
-        _wait_healthy(process.pid, api_url, wait_s, files["log"])
-    except GristmillError:
-        _clean_stale(process.pid)
-        raise
     state = {
         "pid": process.pid,
         "port": port,
@@ -337,7 +333,14 @@ def _launch(port: int, wait_s: float) -> dict[str, Any]:
         "log": str(files["log"]),
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+    # Written before the API answers: a server whose start was cut short is still found.
     write_json_atomic(files["state"], state)
+    try:
+        _wait_healthy(process.pid, api_url, wait_s, files["log"])
+    except BaseException:  # it died, it did not answer in time, or Ctrl-C: no half-started server
+        _terminate(process.pid, timeout_s=10)
+        _clean_stale(process.pid)
+        raise
     return {**status(), "already_running": False, "startup_s": round(time.monotonic() - began, 2)}
 
 

@@ -194,3 +194,4 @@ def test_a_server_that_dies_at_start_up_is_reported_with_its_log(
         server.start(wait_s=60)
     assert time.monotonic() - began < 60
     assert not (tmp_path / "server" / "server.pid").exists()
+    assert not (tmp_path / "server" / "state.json").exists()

@@ -195,3 +195,39 @@ def test_a_server_that_dies_at_start_up_is_reported_with_its_log(
     assert time.monotonic() - began < 60
     assert not (tmp_path / "server" / "server.pid").exists()
     assert not (tmp_path / "server" / "state.json").exists()
+
+
+def test_serve_uses_the_configured_api_else_the_gristmill_server_started_for_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+
+    from gristmill.flows.serve import api_for_serving
+
+    lines: list[str] = []
+    starts: list[int] = []
+    url = "http://127.0.0.1:4999/api"
+
+    def fake_start() -> dict[str, Any]:
+        starts.append(1)
+        return {"api_url": url, "url": url.removesuffix("/api"), "database": "/db/prefect.db"}
+
+    monkeypatch.setattr(server, "start", fake_start)
+    with (
+        temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:4000/api"}),
+        api_for_serving(lines.append) as api,
+    ):
+        assert api == "http://127.0.0.1:4000/api"
+    assert not starts and not lines
+
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        monkeypatch.setattr(server, "running_api_url", lambda: "http://127.0.0.1:4001/api")
+        with api_for_serving(lines.append) as api:
+            assert api == get_current_settings().api.url == "http://127.0.0.1:4001/api"
+        assert not starts and not lines
+
+        monkeypatch.setattr(server, "running_api_url", lambda: None)
+        with api_for_serving(lines.append) as api:
+            assert api == get_current_settings().api.url == url
+        assert starts == [1]
+        assert "started the gristmill server" in lines[0] and "gristmill server stop" in lines[0]

@@ -200,14 +200,6 @@ def test_artifacts_in_the_prefect_api(tmp_path: Path) -> None:
     assert found["progress-ingest-web"].data == 100.0
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _stop(process: subprocess.Popen) -> None:
     """Stop a process we started: SIGINT, then SIGKILL if it lingers."""
     if process.poll() is None:
@@ -219,65 +211,66 @@ def _stop(process: subprocess.Popen) -> None:
             process.wait()
 
 
-@pytest.mark.slow
-def test_serve_on_an_interval_against_a_prefect_server(tmp_path: Path) -> None:
+def _wait_for(
+    predicate: Any, what: str, process: subprocess.Popen, log: Path, timeout_s: float
+) -> Any:
+    """Poll `predicate` until it returns something true; fail if `process` exits first."""
+    deadline = time.monotonic() + timeout_s
+    while not (found := predicate()):
+        assert process.poll() is None, f"exited {process.returncode}:\n{log.read_text()}"
+        assert time.monotonic() < deadline, f"{what} within {timeout_s} s:\n{log.read_text()}"
+        time.sleep(0.5)
+    return found
+
+
+# Run by tests/test_server.py against the gristmill server: the session's temporary server runs
+# no scheduler, so the runs that fall due and would turn Late only appear with a real one.
+def serve_logs_runs_and_pauses_on_sigterm(api: str, tmp_path: Path, interval: int = 3600) -> None:
+    """Serve a recipe against `api`, start a run of its deployment, SIGTERM the serve: a line per
+    run start and end, exit 0, the deployment paused and no run left Scheduled to turn Late (with
+    a server that schedules and a short interval, runs fall due while another one runs)."""
     import httpx
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     recipe = _recipe(tmp_path, files=1, docs=20, name="scheduled")
-    home = tmp_path / "prefect-home"
-    port = _free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(home),
-        "PREFECT_API_URL": api,
-        "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(home / "results"),
-        "PREFECT_SERVER_API_HOST": "127.0.0.1",
-        "PREFECT_SERVER_API_PORT": str(port),
-        "PREFECT_RUNNER_POLL_FREQUENCY": "2",
-    }
-    prefect = Path(sys.executable).parent / "prefect"
-    logs = tmp_path / "server.log"
-    server = subprocess.Popen(
-        [str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=logs.open("w"), stderr=subprocess.STDOUT,
+    ws = tmp_path / "ws"
+    log = tmp_path / "serve.log"
+    env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
+    served = subprocess.Popen(
+        [sys.executable, "-m", "gristmill.cli", "serve", str(recipe), "--interval", str(interval),
+         "-w", str(ws)],
+        env=env, stdout=subprocess.DEVNULL, stderr=log.open("w"),
+        # As a shell starts a background job: SIGINT ignored, so SIGTERM must not lean on it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )  # fmt: skip
-    served = None
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, logs.read_text()
-            try:
-                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "prefect server did not start"
-            time.sleep(0.5)
-        ws = tmp_path / "ws"
-        served = subprocess.Popen(
-            [sys.executable, "-m", "gristmill.cli", "serve", str(recipe), "--interval", "5",
-             "-w", str(ws)],
-            env=env, stdout=subprocess.DEVNULL, stderr=(tmp_path / "serve.log").open("w"),
-        )  # fmt: skip
-        deadline = time.monotonic() + 180
-        completed: list[dict] = []
-        while not completed:
-            assert served.poll() is None, (tmp_path / "serve.log").read_text()
-            assert time.monotonic() < deadline, "no scheduled run completed"
-            time.sleep(1)
-            runs = httpx.post(
-                f"{api}/flow_runs/filter",
-                json={"flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}},
-                timeout=10,
-            ).json()
-            completed = [r for r in runs if r.get("deployment_id")]
-        assert completed[0]["parameters"]["recipe"] == str(recipe.resolve())
-        assert len(_members(ws, "sample")) > 0
+        _wait_for(lambda: "serving deployment" in log.read_text(), "serving", served, log, 120)
+        with (
+            temporary_settings(updates={PREFECT_API_URL: api}),
+            get_client(sync_client=True) as client,
+        ):
+            deployment = client.read_deployment_by_name("run-recipe/scheduled")
+            created = client.create_flow_run_from_deployment(deployment.id)
+        ended = re.compile(rf"run {re.escape(created.name)} ended Completed after [0-9.]+ s")
+        _wait_for(lambda: ended.search(log.read_text()), "no run ended", served, log, 240)
+        served.send_signal(signal.SIGTERM)
+        assert served.wait(timeout=60) == 0, log.read_text()
     finally:
-        if served is not None:
-            _stop(served)
-        _stop(server)
+        _stop(served)
+    text = log.read_text()
+    assert f"run {created.name} started" in text
+    assert "stopping" in text and "schedule of run-recipe/scheduled is paused" in text
+    assert "Traceback" not in text, text
+    assert httpx.get(f"{api}/deployments/{deployment.id}", timeout=10).json()["paused"]
+    scheduled = httpx.post(
+        f"{api}/flow_runs/filter",
+        json={"deployments": {"id": {"any_": [str(deployment.id)]}},
+              "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}},
+        timeout=10,
+    ).json()  # fmt: skip
+    assert scheduled == []
+    assert len(_members(ws, "sample")) > 0
 
 
 @contextlib.contextmanager

@@ -6,6 +6,11 @@ server listened on until someone killed it. Here the server runs under a watchdo
 stops it once its parent is gone (it is re-parented then). A watchdog rather than Linux's
 prctl(PR_SET_PDEATHSIG), which fires when the *thread* that started the child ends: Prefect
 starts the server from whichever thread first needs the API.
+
+With an API configured (PREFECT_API_URL: the gristmill server the CLI finds, or any other),
+Prefect starts no temporary server and the patched method never runs. The gristmill server
+(`gristmill.server`) is `prefect server start` in a session of its own, not a temporary server:
+nothing here watches or stops it.
 """
 
 from __future__ import annotations

@@ -24,10 +24,8 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TimeElapsedColumn
 from rich.table import Table
 
-from gristmill import progress
 from gristmill.errors import GristmillError, InputError
 from gristmill.storage import Workspace, queries
 from gristmill.storage.readers import FORMATS, IngestOptions
@@ -121,29 +119,12 @@ def handle_errors(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-class _RichTask:
-    def __init__(self, bar: Progress, description: str, total: float | None) -> None:
-        self.bar = bar
-        self.id = bar.add_task(description, total=total)
-
-    def advance(self, amount: float = 1) -> None:
-        self.bar.advance(self.id, amount)
-
-    def close(self) -> None:
-        self.bar.stop_task(self.id)  # freeze its elapsed time
-
-
 def _with_progress(run: Callable[[], Any], quiet: bool = False) -> Any:
     """Run with rich progress bars on stderr for every long loop the flows report; none with
     `quiet` or when stderr is not a terminal (a log file gets no bars)."""
-    if quiet or not err.is_terminal:
-        return run()
-    columns = ("[progress.description]{task.description}", BarColumn(), TaskProgressColumn(),
-               TimeElapsedColumn())  # fmt: skip
-    with (
-        Progress(*columns, console=err, transient=False) as bar,
-        progress.reporting(lambda d, t: _RichTask(bar, d, t)),
-    ):
+    from gristmill.console_progress import rich_progress
+
+    with rich_progress(err, quiet):
         return run()
 
 
@@ -380,7 +361,9 @@ def corpora(workspace: WorkspaceOption = None, json_output: JsonOption = False) 
 @handle_errors
 def stats(corpus: str, workspace: WorkspaceOption = None, json_output: JsonOption = False) -> None:
     """Documents, bytes, domains and rejects of a corpus (read = ingested + rejected)."""
-    result = queries.corpus_stats(_ws(workspace), corpus)
+    from gristmill.pipeline.inspection import corpus_report
+
+    result = corpus_report(_ws(workspace), corpus)
     if json_output:
         _print_json(result)
         return
@@ -397,6 +380,10 @@ def stats(corpus: str, workspace: WorkspaceOption = None, json_output: JsonOptio
     )
     rejects = [{"reason": k, "count": v} for k, v in result["rejects_by_reason"].items()]
     _table(rejects, "rejects")
+    identified = result["languages"]
+    if identified["languages"]:
+        _table(identified["languages"], f"languages ({identified['shards_identified']:,} of "
+               f"{identified['shards']:,} shards identified)")  # fmt: skip
 
 
 def _select_options(
@@ -809,7 +796,8 @@ def serve(
     workers: WorkersOption = None,
     address: AddressOption = None,
 ) -> None:
-    """Serve the recipe as a Prefect deployment on a schedule until stopped (Ctrl-C)."""
+    """Serve the recipe as a Prefect deployment on a schedule until stopped (Ctrl-C or SIGTERM;
+    its schedule is paused on exit)."""
     from gristmill.recipe import load_recipe
 
     loaded = load_recipe(recipe)  # refuse a bad recipe now, not at the first scheduled run
@@ -818,13 +806,13 @@ def serve(
     _checks().check_recipe(loaded, ws)
     root = str(ws.root)
     deployment = name or loaded.name
-    api = _use_local_server()
+    _use_local_server()  # serve itself starts the local server when none runs
     from gristmill.flows.serve import check_schedule, serve_recipe
 
     check_schedule(cron, interval)
     err.print(
-        f"serving [bold]{deployment}[/] ({cron or f'every {interval:g} s'}) on "
-        f"{api or f'a temporary local API that keeps no runs ({SERVER_HINT})'}; Ctrl-C stops",
+        f"serving [bold]{deployment}[/] ({cron or f'every {interval:g} s'}); "
+        "Ctrl-C or SIGTERM stops",
         highlight=False,
     )
     serve_recipe(
@@ -1060,12 +1048,29 @@ def _server() -> Any:
     return server
 
 
-def _print_state(state: dict[str, Any], json_output: bool) -> None:
+def _print_state(state: dict[str, Any], json_output: bool, action: str) -> None:
+    """A server's state: one line of what happened, then where its files are."""
     if json_output:
         _print_json(state)
         return
-    for key, value in state.items():
-        out.print(f"{key}: {value}", highlight=False)
+    if action == "start" and state.get("already_running"):
+        line = f"already running at {state['url']} (pid {state['pid']})"
+    elif action == "start":
+        line = f"started at {state['url']} (pid {state['pid']}, {state['startup_s']:g} s)"
+    elif action == "stop":
+        line = "stopped" if state.get("stopped") else "no gristmill server is running"
+    elif state.get("running"):
+        line = f"running at {state['url']} (pid {state['pid']})"
+    elif state.get("starting"):
+        line = f"starting (pid {state['pid']})"
+    else:
+        line = "not running" + (" (stale state of a dead server removed)"
+                                if state.get("stale_cleaned") else "")  # fmt: skip
+    out.print(line, highlight=False)
+    if action != "stop":
+        out.print(f"database: {state['database']}\nlog: {state['log']}", highlight=False)
+    if action == "status" and not state.get("running"):
+        out.print("`gristmill server start` starts it", highlight=False)
 
 
 @server_app.command("start")
@@ -1077,21 +1082,21 @@ def server_start(
     json_output: JsonOption = False,
 ) -> None:
     """Start the local server in the background (its database keeps every run)."""
-    _print_state(_server().start(port), json_output)
+    _print_state(_server().start(port), json_output, "start")
 
 
 @server_app.command("stop")
 @handle_errors
 def server_stop(json_output: JsonOption = False) -> None:
     """Stop the local server."""
-    _print_state(_server().stop(), json_output)
+    _print_state(_server().stop(), json_output, "stop")
 
 
 @server_app.command("status")
 @handle_errors
 def server_status(json_output: JsonOption = False) -> None:
     """Whether the local server runs, and where."""
-    _print_state(_server().status(), json_output)
+    _print_state(_server().status(), json_output, "status")
 
 
 @app.command()

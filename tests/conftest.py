@@ -17,6 +17,8 @@ os.environ.update(
         "DO_NOT_TRACK": "1",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_HOME": _PREFECT_HOME,
+        # Never a developer's own gristmill server (~/.gristmill): tests start their own.
+        "GRISTMILL_HOME": os.path.join(_PREFECT_HOME, "gristmill-home"),
         "PREFECT_RESULTS_LOCAL_STORAGE_PATH": os.path.join(_PREFECT_HOME, "results"),
         "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "CRITICAL",
         "GRISTMILL_LOCK_TIMEOUT": "2",

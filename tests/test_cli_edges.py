@@ -242,9 +242,14 @@ def server(monkeypatch) -> types.SimpleNamespace:
     state = types.SimpleNamespace(url=None)
     module = types.ModuleType("gristmill.server")
     module.running_api_url = lambda: state.url
-    module.start = lambda port: {"url": f"http://127.0.0.1:{port or 4300}/api", "pid": 1}
+    files = {"database": "/home/prefect.db", "log": "/home/server.log", "pid": 1}
+    module.start = lambda port: {
+        **files, "url": f"http://127.0.0.1:{port or 4300}", "already_running": False,
+        "api_url": f"http://127.0.0.1:{port or 4300}/api", "startup_s": 12.5,
+    }  # fmt: skip
     module.stop = lambda: {"stopped": True}
-    module.status = lambda: {"running": state.url is not None, "url": state.url}
+    module.status = lambda: {**files, "running": state.url is not None,
+                             "url": state.url and state.url.removesuffix("/api")}  # fmt: skip
     module.ui_url = lambda: state.url and state.url.removesuffix("/api")
     monkeypatch.setitem(sys.modules, "gristmill.server", module)
     monkeypatch.setattr(cli, "_server_module_present", lambda: True)
@@ -271,12 +276,15 @@ def test_without_a_server_one_note_says_how_to_keep_runs(server, capsys) -> None
 
 def test_server_commands_and_ui_call_the_server_module(server) -> None:
     started = json.loads(invoke("server", "start", "--port", "4301", "--json").stdout)
-    assert started["url"] == "http://127.0.0.1:4301/api"
-    assert "stopped: True" in invoke("server", "stop").stdout
+    assert started["api_url"] == "http://127.0.0.1:4301/api"
+    said = invoke("server", "start").stdout
+    assert "started at http://127.0.0.1:4300 (pid 1, 12.5 s)" in said and "/home/prefect.db" in said
+    assert invoke("server", "stop").stdout.strip() == "stopped"
+    assert "not running" in invoke("server", "status").stdout
     assert "no gristmill server running" in invoke("ui", code=1).output
     server.url = "http://127.0.0.1:4300/api"
     assert invoke("ui").stdout.strip() == "http://127.0.0.1:4300"
-    assert "running: True" in invoke("server", "status").stdout
+    assert "running at http://127.0.0.1:4300 (pid 1)" in invoke("server", "status").stdout
 
 
 # -- recipes against the workspace ------------------------------------------------------------

@@ -14,7 +14,8 @@ from gristmill.selectors import available
 PACKAGE = Path(__file__).resolve().parents[1] / "gristmill"
 # Everything `cli -> flows -> {selectors, training} -> storage` puts below the flows.
 BELOW_FLOWS = ["storage", "selectors", "training", "pipeline", "transforms", "recipe.py",
-               "errors.py", "progress.py", "devices.py"]  # fmt: skip
+               "errors.py", "progress.py", "devices.py", "server.py",
+               "console_progress.py"]  # fmt: skip
 # Columns only one selector writes and reads (the generic `score` and `reasons` are not here, nor
 # perplexity_correlation's `domain_weight`: --domain-weight is every selection's quota option).
 SELECTOR_COLUMNS = {"confidence", "variability", "correctness", "loss_base", "loss_ref",

@@ -107,11 +107,6 @@ def test_curate_advances_its_bar_once_per_finished_shard_in_documents(tmp_path: 
     assert loop["advances"] == [DOCS] * SHARDS
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pipeline/ingestion.py ingest advances per recorded batch (every 2 s), not per "
-    "finished chunk: the fix (progress.advancing) is in the report",
-)
 def test_ingest_advances_its_bar_once_per_finished_chunk(tmp_path: Path) -> None:
     recorder = Recorder()
     with progress.reporting(recorder):

@@ -12,6 +12,7 @@ from gristmill.flows.experiment import experiment_flow
 from gristmill.flows.tasks import cluster, curate_flow, ingest_flow, materialize_flow, task_runner
 from gristmill.flows.ui import progress_artifacts, publish_recipe
 from gristmill.flows.zoo import zoo_build_flow
+from gristmill.pipeline.checks import check_recipe
 from gristmill.recipe import Recipe, load_recipe
 from gristmill.storage.readers import IngestOptions
 from gristmill.storage.workspace import Workspace
@@ -29,6 +30,7 @@ def run_recipe_flow(
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(Path(recipe))
     ws = Workspace(workspace or recipe.workspace)
+    check_recipe(recipe, ws)  # a served run reads its recipe now: checked before any step
     logger = get_run_logger()
     results: dict[str, Any] = {"workspace": str(ws.root), "ingest": [], "select": [], "out": []}
     # The lock first: a second run of the recipe must not start a cluster it cannot use.

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from gristmill.pipeline.curation import Curation, curate
     from gristmill.pipeline.export import materialize
     from gristmill.pipeline.ingestion import IngestReport, ingest
-    from gristmill.pipeline.inspection import inspect_selection
+    from gristmill.pipeline.inspection import corpus_report, inspect_selection
     from gristmill.pipeline.map import ThreadMap, WorkMap, serial_map
     from gristmill.pipeline.units import ChunkUnit, ShardUnit, ingest_unit, score_unit
 
@@ -26,6 +26,7 @@ _MODULE_OF = {
     "ShardUnit": "units",
     "ThreadMap": "map",
     "WorkMap": "map",
+    "corpus_report": "inspection",
     "curate": "curation",
     "ingest": "ingestion",
     "ingest_unit": "units",
@@ -41,6 +42,7 @@ __all__ = [
     "ShardUnit",
     "ThreadMap",
     "WorkMap",
+    "corpus_report",
     "curate",
     "ingest",
     "ingest_unit",

@@ -71,17 +71,16 @@ def ingest(
             check_first_records(todo[0], options)
         with ws.catalog() as con:
             catalog.check_sources(con, corpus, sources)
-        bar = progress.track(f"ingest {corpus}", len(todo))
+        bar = progress.track(f"ingest {corpus}", len(todo), unit="chunks")
         units = [ChunkUnit(str(ws.root), corpus, c, options) for c in todo]
         added = dict.fromkeys(COUNTS, 0)
-        for batch in batched_by_time(work_map(ingest_unit, units)):
+        for batch in batched_by_time(progress.advancing(work_map(ingest_unit, units), bar)):
             with ws.catalog() as con:
                 for result in batch:
                     catalog.record_chunk(con, corpus, result)
             for result in batch:
                 for key in added:
                     added[key] += getattr(result, key)
-            bar.advance(len(batch))
         bar.close()
         if todo:  # a corpus only changes when chunks were added
             _check_unique_ids(ws, corpus)

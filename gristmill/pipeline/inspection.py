@@ -51,3 +51,14 @@ def _explain(view: SelectionView) -> list[Section]:
     except InputError:
         return []
     return selector.explain(view)
+
+
+def corpus_report(workspace: Workspace, corpus: str) -> dict[str, Any]:
+    """A corpus's statistics (storage's counts, domains and rejects), with its documents per
+    language when a language identification of it is stored."""
+    from gristmill.selectors.language import corpus_languages
+
+    return {
+        **queries.corpus_stats(workspace, corpus),
+        "languages": corpus_languages(workspace, corpus),
+    }

@@ -11,7 +11,8 @@ times `--repeat` rounds of, one after another, each in a fresh interpreter:
 * `gristmill materialize sel-0 --out DIR` (the CLI, through its flow);
 * the library call, `python -c 'from gristmill.pipeline import materialize; ...'`.
 
-Each figure is the child's wall time, so both sides include interpreter start-up and imports;
+Each figure is the child's wall time, so both sides include interpreter start-up and imports,
+beside the child's CPU seconds (user + system; steadier than wall time on a loaded machine);
 the medians over the rounds count. Prints a Markdown table of medians and ratios, then the
 same as JSON.
 
@@ -31,10 +32,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from orchestration import DEFAULT_INPUT, ENV, start_server
+from orchestration import DEFAULT_INPUT, ENV, start_server, timed_command
 
 CLI = [sys.executable, "-m", "gristmill.cli"]
 GOALS = {"select": 3.0, "materialize": 5.0}  # seconds, on the 2-core machine
@@ -65,15 +65,6 @@ def _library_materialize(ws: Path, selection: str, out: Path) -> list[str]:
     return [sys.executable, "-c", script, str(ws), selection, str(out)]
 
 
-def _wall(command: list[str], env: dict[str, str]) -> float:
-    start = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    return seconds
-
-
 def main() -> None:
     """Prepare the workspace, time every command `--repeat` times, print medians and ratios."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -94,6 +85,7 @@ def main() -> None:
         server, api = start_server(scratch / "server-home", env)
         served = {**env, "PREFECT_API_URL": api}
         times: dict[str, list[float]] = {}
+        cpu: dict[str, list[float]] = {}
         for round_ in range(args.repeat):
             commands = {
                 "select: gristmill": [*CLI, "select", corpus, "--selector", args.selector,
@@ -107,10 +99,13 @@ def main() -> None:
                                                              scratch / f"lib-out-{round_}"),
             }  # fmt: skip
             for name, command in commands.items():
-                seconds = _wall(command, served)
+                seconds, result = timed_command(command, served)
                 times.setdefault(name, []).append(seconds)
-                print(f"round {round_}: {name} {seconds:.2f} s", flush=True)
+                cpu.setdefault(name, []).append(result["child_cpu"])
+                print(f"round {round_}: {name} {seconds:.2f} s, CPU {result['child_cpu']:.2f} s",
+                      flush=True)  # fmt: skip
         medians = {name: statistics.median(values) for name, values in times.items()}
+        cpu_medians = {name: statistics.median(values) for name, values in cpu.items()}
         from gristmill.storage import Workspace, queries
 
         documents = queries.corpus_stats(Workspace(ws), corpus)["documents"]
@@ -118,15 +113,20 @@ def main() -> None:
               f"budget {args.budget}, median of {args.repeat} rounds, Prefect server on "
               f"127.0.0.1, {platform.python_version()}, {datetime.date.today()}, "
               f"load average {os.getloadavg()[0]:.1f}\n")  # fmt: skip
-        print("| command | gristmill s | library s | ratio | goal |\n|---|---:|---:|---:|---|")
+        print("| command | gristmill s | library s | ratio | CPU s: gristmill / library (ratio) "
+              "| goal |\n|---|---:|---:|---:|---|---|")  # fmt: skip
         summary = {}
         for command, goal in GOALS.items():
             cli, library = medians[f"{command}: gristmill"], medians[f"{command}: library"]
             ratio = cli / library
             met = "met" if ratio <= MAX_RATIO and cli < goal else "NOT met"
-            print(f"| {command} | {cli:.2f} | {library:.2f} | {ratio:.2f} | "
+            cli_cpu, library_cpu = (cpu_medians[f"{command}: {who}"]
+                                    for who in ("gristmill", "library"))  # fmt: skip
+            print(f"| {command} | {cli:.2f} | {library:.2f} | {ratio:.2f} | {cli_cpu:.2f} / "
+                  f"{library_cpu:.2f} ({cli_cpu / library_cpu:.2f}) | "
                   f"<= {MAX_RATIO}x and < {goal:.0f} s: {met} |")  # fmt: skip
             summary[command] = {"gristmill_s": cli, "library_s": library, "ratio": ratio,
+                                "gristmill_cpu_s": cli_cpu, "library_cpu_s": library_cpu,
                                 "runs": {k: v for k, v in times.items()
                                          if k.startswith(command)}}  # fmt: skip
         print("\n" + json.dumps({"documents": documents, "repeat": args.repeat, **summary}))

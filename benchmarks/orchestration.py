@@ -134,7 +134,7 @@ def prepare(source: Path, scratch: Path, files: int, copies: int = 1) -> Path:
     return recipe
 
 
-def _timed(command: list[str], env: dict[str, str]) -> tuple[float, dict[str, Any]]:
+def timed_command(command: list[str], env: dict[str, str]) -> tuple[float, dict[str, Any]]:
     """The command's wall seconds and its last stdout line as JSON, with "child_cpu": the
     CPU seconds (user + system) of the whole child process, imports included."""
     start = time.perf_counter()
@@ -222,7 +222,7 @@ def main() -> None:
 
         def timed(command: list[str]) -> tuple[float, dict[str, Any], float]:
             before = _tree_cpu_seconds(server.pid)
-            wall, parsed = _timed(command, served)
+            wall, parsed = timed_command(command, served)
             return wall, parsed, _tree_cpu_seconds(server.pid) - before
 
         for round_ in range(args.repeat):
@@ -241,7 +241,7 @@ def main() -> None:
             keep("rerun", rerun_wall, rerun["child_cpu"], rerun_server)
         ephemeral_wall = None
         if not args.skip_temporary_api:
-            ephemeral_wall, _ = _timed([*gristmill, str(scratch / "ws-ephemeral")], env)
+            ephemeral_wall, _ = timed_command([*gristmill, str(scratch / "ws-ephemeral")], env)
             print(f"gristmill run, temporary API: {ephemeral_wall:.1f} s wall", flush=True)
         lib_s, lib_wall, flow_s = best["library"], best["library wall"], best["flow"]
         run_wall, rerun_wall, relib_wall = best["run"], best["rerun"], best["library again"]

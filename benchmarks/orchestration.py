@@ -12,7 +12,8 @@ is a fixed few seconds per command and is reported separately):
   (the same steps the flows run, no Prefect; the catalog written in ~2 s batches);
 * flow: `run_recipe_flow(...)` called in the child (the work, imports excluded);
 * gristmill run: the command itself, timed from outside (imports and start-up included);
-* gristmill run again on the same workspace: everything is cached;
+* the library child again on its workspace, and gristmill run again on its own: everything
+  is cached, so these are the fixed costs;
 * gristmill run without a server (Prefect's temporary API): the start-up cost on its own.
 
 The library and flow figures are seconds inside the child around the calls; the `gristmill run`
@@ -133,21 +134,29 @@ def prepare(source: Path, scratch: Path, files: int, copies: int = 1) -> Path:
     return recipe
 
 
-def _timed(command: list[str], env: dict[str, str]) -> tuple[float, dict[str, Any]]:
+def timed_command(command: list[str], env: dict[str, str]) -> tuple[float, dict[str, Any]]:
+    """The command's wall seconds and its last stdout line as JSON, with "child_cpu": the
+    CPU seconds (user + system) of the whole child process, imports included."""
     start = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
-    last = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else "{}"
+    with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
+        child = subprocess.Popen(command, env=env, stdout=stdout, stderr=stderr)
+        _, status, usage = os.wait4(child.pid, 0)
+        wall = time.perf_counter() - start
+        stdout.seek(0)
+        stderr.seek(0)
+        output, errors = stdout.read().decode(), stderr.read().decode(errors="replace")
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{errors[-3000:]}")
+    last = output.strip().splitlines()[-1] if output.strip() else "{}"
     try:
         parsed = json.loads(last)
     except json.JSONDecodeError:
         parsed = {}
-    return wall, parsed if isinstance(parsed, dict) else {}
+    parsed = parsed if isinstance(parsed, dict) else {}
+    return wall, {**parsed, "child_cpu": usage.ru_utime + usage.ru_stime}
 
 
-def _start_server(home: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+def start_server(home: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
     import httpx
 
     with socket.socket() as sock:
@@ -194,7 +203,7 @@ def main() -> None:
         env = {**os.environ, **ENV, "PREFECT_HOME": str(scratch / "prefect-home"),
                "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "CRITICAL",
                "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}  # fmt: skip
-        server, api = _start_server(scratch / "server-home", env)
+        server, api = start_server(scratch / "server-home", env)
         served = {**env, "PREFECT_API_URL": api}
         me = [sys.executable, __file__, "--workers", str(args.workers), "--child"]
         gristmill = [str(Path(sys.executable).parent / "gristmill"), "run", str(recipe),
@@ -213,48 +222,53 @@ def main() -> None:
 
         def timed(command: list[str]) -> tuple[float, dict[str, Any], float]:
             before = _tree_cpu_seconds(server.pid)
-            wall, parsed = _timed(command, served)
+            wall, parsed = timed_command(command, served)
             return wall, parsed, _tree_cpu_seconds(server.pid) - before
 
         for round_ in range(args.repeat):
             ws = scratch / f"round-{round_}"
             lib_wall, lib, lib_server = timed([*me, "library", str(recipe), str(ws / "lib")])
             keep("library", lib["seconds"], lib["cpu"], lib_server)
-            keep("library wall", lib_wall)
+            keep("library wall", lib_wall, lib["child_cpu"], lib_server)
             _, flow, flow_server = timed([*me, "flow", str(recipe), str(ws / "flow")])
             keep("flow", flow["seconds"], flow["cpu"], flow_server)
-            run_wall, _, _ = timed([*gristmill, str(ws / "run")])
-            keep("run", run_wall)
-            rerun_wall, _, _ = timed([*gristmill, str(ws / "run")])
-            keep("rerun", rerun_wall)
+            run_wall, run, run_server = timed([*gristmill, str(ws / "run")])
+            keep("run", run_wall, run["child_cpu"], run_server)
+            # Everything cached: the library child again on its workspace, then the command.
+            relib_wall, relib, relib_server = timed([*me, "library", str(recipe), str(ws / "lib")])
+            keep("library again", relib_wall, relib["child_cpu"], relib_server)
+            rerun_wall, rerun, rerun_server = timed([*gristmill, str(ws / "run")])
+            keep("rerun", rerun_wall, rerun["child_cpu"], rerun_server)
         ephemeral_wall = None
         if not args.skip_temporary_api:
-            ephemeral_wall, _ = _timed([*gristmill, str(scratch / "ws-ephemeral")], env)
+            ephemeral_wall, _ = timed_command([*gristmill, str(scratch / "ws-ephemeral")], env)
             print(f"gristmill run, temporary API: {ephemeral_wall:.1f} s wall", flush=True)
         lib_s, lib_wall, flow_s = best["library"], best["library wall"], best["flow"]
-        run_wall, rerun_wall = best["run"], best["rerun"]
+        run_wall, rerun_wall, relib_wall = best["run"], best["rerun"], best["library again"]
         rows = [
-            ("library calls (no Prefect), seconds in the child", lib_s, None),
-            ("run_recipe_flow, seconds in the child", flow_s, flow_s / lib_s),
-            ("library child, wall", lib_wall, None),
-            ("`gristmill run`, wall", run_wall, run_wall / lib_wall),
-            ("`gristmill run` again (all cached), wall", rerun_wall, rerun_wall / run_wall),
+            ("library calls (no Prefect), seconds in the child", "library", None),
+            ("run_recipe_flow, seconds in the child", "flow", flow_s / lib_s),
+            ("library child, wall", "library wall", None),
+            ("`gristmill run`, wall", "run", run_wall / lib_wall),
+            ("library child again (all cached), wall", "library again", None),
+            ("`gristmill run` again (all cached), wall", "rerun", rerun_wall / relib_wall),
         ]
-        if ephemeral_wall is not None:
-            rows.append(("`gristmill run` with Prefect's temporary API, wall", ephemeral_wall,
-                         ephemeral_wall / lib_wall))  # fmt: skip
         print(f"\n{args.files} files ({args.copies} copies of {args.input.name}), "
               f"{args.workers} workers, "
               f"fastest of {args.repeat} rounds, "
-              f"{platform.python_version()}, {datetime.date.today()}\n")  # fmt: skip
+              f"{platform.python_version()}, {datetime.date.today()}, "
+              f"load average {os.getloadavg()[0]:.1f}\n")  # fmt: skip
         print("| what | seconds | ratio | CPU s: own / server |\n|---|---|---|---|")
-        row_cpu = [cpu["library"], cpu["flow"], "", "", ""] + [""] * (len(rows) - 5)
-        for (name, seconds, ratio), used in zip(rows, row_cpu, strict=True):
+        for name, key, ratio in rows:
             shown = "" if ratio is None else f"{ratio:.3f}"
-            print(f"| {name} | {seconds:.1f} | {shown} | {used} |")
+            print(f"| {name} | {best[key]:.1f} | {shown} | {cpu[key]} |")
+        if ephemeral_wall is not None:
+            print(f"| `gristmill run` with Prefect's temporary API, wall | {ephemeral_wall:.1f} "
+                  f"| {ephemeral_wall / lib_wall:.3f} | |")  # fmt: skip
         print(
-            "\nratios: flow / library, run / library child, re-run / run, "
-            "temporary-API run / library child"
+            "\nratios: flow / library, run / library child, cached re-run / cached library "
+            "child, temporary-API run / library child; CPU of the wall rows is the whole "
+            "child's (imports included)"
         )
     finally:
         if server is not None and server.poll() is None:

@@ -331,11 +331,11 @@ def test_flow_fails_fast_with_input_error_for_a_deleted_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from gristmill.flows import tasks
-    from gristmill.pipeline import ingestion
+    from gristmill.pipeline import ingestion, units
 
     path = write_jsonl(tmp_path / "vanishing.jsonl", [{"text": good_text(0)}])
     calls = []
-    real_plan, real_ingest = ingestion.plan_chunks, tasks.ingest_chunk
+    real_plan, real_ingest = ingestion.plan_chunks, units.ingest_chunk
 
     def plan_then_delete(paths: list[str], options: IngestOptions, **kwargs: object) -> list:
         chunks = real_plan(paths, options, **kwargs)
@@ -349,7 +349,7 @@ def test_flow_fails_fast_with_input_error_for_a_deleted_file(
     monkeypatch.setattr(ingestion, "plan_chunks", plan_then_delete)
     # Past the up-front read of the first records, so the deletion is met inside the task.
     monkeypatch.setattr(ingestion, "check_first_records", lambda *args, **kwargs: None)
-    monkeypatch.setattr(tasks, "ingest_chunk", counted)
+    monkeypatch.setattr(units, "ingest_chunk", counted)  # what the ingest task's units call
     with pytest.raises(InputError, match=r"vanishing\.jsonl"):
         tasks.ingest_flow(str(tmp_path / "ws"), [str(path)], "c")
     assert len(calls) == 1  # not retried: a missing input is not a transient I/O error

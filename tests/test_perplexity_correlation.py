@@ -296,8 +296,10 @@ def test_zoo_losses_run_as_ray_tasks(zoo_workspace: Path, tmp_path: Path) -> Non
                 id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
             )
         )
-    shard_tasks = [t for t in runs if t.name.startswith("score-shard")]
-    # Five models' losses plus the selector's own per-shard pass: Prefect tasks on Ray.
+    # Task runs are named after their shards ("score shard 00000 of pool"); the task is known
+    # by its key. Five models' losses plus the selector's own per-shard pass: Prefect tasks on
+    # Ray, one each, as the pool is one shard (a task runs a group of small shards).
+    shard_tasks = [t for t in runs if t.task_key.startswith("score_shard_task-")]
     assert len(shard_tasks) == 6 and all(t.state.name == "Completed" for t in shard_tasks)
     with Workspace(fresh).catalog(read_only=True) as con:
         losses = con.execute(

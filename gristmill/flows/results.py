@@ -1,10 +1,10 @@
 """Task results in the workspace as JSON, read back only if they are gristmill's own records.
 
-Prefect pickles task results by default, and reads a result back with whatever serializer its
-record names, so a crafted file under `prefect-results/` would run code when a flow resumes.
-gristmill's worker tasks return plain records (`ChunkResult`, `SignalInfo`); they are written
-with `ResultJSONSerializer`, and a record that names any other serializer, or whose value does
-not decode to one of those types, reads as absent: the task runs again and overwrites it.
+Prefect pickles task results by default, so a crafted file under `prefect-results/` could run
+code when a flow resumes. gristmill's worker tasks cache each unit's plain record
+(`ChunkResult`, `SignalInfo`) themselves, as JSON written with `ResultJSONSerializer`; a file
+that does not decode to one of those types reads as absent: the unit runs again and
+overwrites it.
 """
 
 from __future__ import annotations
@@ -15,14 +15,12 @@ import logging
 from pathlib import Path
 from typing import Any, Literal
 
-from prefect import Task
-from prefect._internal.compatibility.async_dispatch import async_dispatch
-from prefect.filesystems import LocalFileSystem
 from prefect.serializers import Serializer
 from pydantic import TypeAdapter
 
 from gristmill.selectors.scoring import SignalInfo
 from gristmill.storage.catalog import ChunkResult
+from gristmill.storage.files import write_text_atomic
 
 logger = logging.getLogger(__name__)
 SERIALIZER_TYPE = "gristmill-json"
@@ -53,47 +51,29 @@ class ResultJSONSerializer(Serializer):
             raise ValueError(f"not a gristmill task result ({reason})") from None
 
 
-class ResultRecords(LocalFileSystem):
-    """Prefect's result records (the metadata naming the serializer and the value's file).
+class UnitResults:
+    """Each finished unit's result under its own key, as `<directory>/<key>.json`.
 
-    A record is read back only when it names `ResultJSONSerializer` and a value file under
-    `values` that decodes with it; anything else raises, which Prefect's cache lookup takes
-    for "no cached result".
+    A group task runs many units; the units are cached one by one here, so a group that
+    shares some units with one that ran before (a resumed run, a corpus grown by a shard)
+    runs only the others. A file that does not decode as a gristmill record reads as absent.
     """
 
-    _block_type_name = "gristmill result records"
-    values: str
+    def __init__(self, directory: Path, serializer: ResultJSONSerializer) -> None:
+        self.directory = directory
+        self.serializer = serializer
 
-    async def aread_path(self, path: str) -> bytes:
-        """The record at `path`, if it is one of gristmill's own."""
-        return self._checked(path, await super().aread_path(path))
-
-    @async_dispatch(aread_path)
-    def read_path(self, path: str) -> bytes:
-        """The record at `path`, if it is one of gristmill's own."""
-        return self._checked(path, super().read_path(path, _sync=True))
-
-    def _checked(self, path: str, content: bytes) -> bytes:
+    def read(self, key: str) -> Any | None:
+        """The result stored under `key`, or None."""
+        path = self.directory / f"{key}.json"
         try:
-            record = json.loads(content)
-            if record["serializer"] != {"type": SERIALIZER_TYPE}:
-                raise ValueError(f"names serializer {record['serializer']!r}")
-            values = Path(self.values).resolve()
-            value = Path(record["storage_key"]).resolve()
-            if value.parent != values:
-                raise ValueError(f"names a value outside {values}")
-            ResultJSONSerializer().loads(value.read_bytes())
-        except (ValueError, KeyError, TypeError, OSError) as error:
-            logger.warning("ignored task result record %s: %s", path, error)
-            raise ValueError(f"{path}: not a gristmill task result record ({error})") from None
-        return content
+            return self.serializer.loads(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as error:
+            logger.warning("ignored task result %s: %s", path, error)
+            return None
 
-
-def with_results_in(task: Task, results_dir: Path) -> Task:
-    """`task`, its results kept in `results_dir` as JSON and read back only as gristmill's own."""
-    values = results_dir / "values"
-    records = ResultRecords(basepath=str(results_dir / "records"), values=str(values))
-    return task.with_options(
-        result_storage=values,
-        cache_policy=task.cache_policy.configure(key_storage=records),
-    )
+    def write(self, key: str, result: Any) -> None:
+        """Store `result` under `key` (atomically: a reader sees the old file or the new)."""
+        write_text_atomic(self.directory / f"{key}.json", self.serializer.dumps(result).decode())

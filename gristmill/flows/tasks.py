@@ -2,45 +2,46 @@
 
 Each flow calls the library step (gristmill.pipeline), which holds the workspace's write lock
 and records results in the catalog from the flow process in batches (about every 2 s) as units
-finish; the flow's work map runs each unit as a Prefect task, one per chunk or shard. Two
-caches work together: the catalog skips finished chunks and stored signals before any task is
-made, and Prefect's task cache (task source + inputs, results as JSON under
-`<workspace>/prefect-results`, see flows/results.py) serves a task that finished but was never
-recorded, as when the flow process was killed.
+finish; the flow's work map runs the units as Prefect tasks, small chunks and shards grouped
+into one task of enough work (Prefect records every task run: at one task per 350 KB shard,
+that cost as much as the work). Two caches work together, both per unit: the catalog skips
+finished chunks and stored signals before any task is made, and each unit's result (keyed by
+its function's source and its inputs, JSON under `<workspace>/prefect-results/units`, see
+flows/results.py) serves a unit that finished but was never recorded, as when the flow
+process was killed.
 """
 
 # No `from __future__ import annotations`: a served flow is pickled by value, and string
 # annotations naming types the body never uses (IngestOptions, SelectOptions) would not resolve.
 import contextlib
+import functools
+import inspect
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from prefect import Task, flow, task
-from prefect.cache_policies import INPUTS, TASK_SOURCE
+from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
 from prefect.futures import as_completed
+from prefect.runtime import flow_run
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
+from prefect.utilities.hashing import hash_objects
 
 from gristmill import pipeline
 from gristmill.errors import InputError
-from gristmill.flows.results import ResultJSONSerializer, with_results_in
+from gristmill.flows.results import ResultJSONSerializer, UnitResults
 from gristmill.flows.ui import progress_artifacts, publish_selection
-from gristmill.pipeline.units import ingest_unit, score_unit, unit_arguments
-from gristmill.selectors.base import Scorer
-from gristmill.selectors.scoring import SignalInfo, score_shard
+from gristmill.pipeline.map import plan_groups
+from gristmill.pipeline.units import ChunkUnit, ShardUnit, ingest_unit, score_unit, unit_arguments
+from gristmill.selectors.scoring import SignalInfo
 from gristmill.selectors.selection import SelectOptions
 from gristmill.storage.catalog import ChunkResult
-from gristmill.storage.ingest import ingest_chunk
-from gristmill.storage.readers import Chunk, IngestOptions
+from gristmill.storage.readers import IngestOptions
 from gristmill.storage.workspace import Workspace
 
 RUNNERS = ("threads", "processes", "ray", "dask")
-# The inputs name the data's version: a chunk carries its file's fingerprint, a shard its content
-# hash, a signal its config hash, and `root` the workspace. The scorer object itself is left out:
-# its settings are in the config hash, and pickling a loaded model to hash it would be slow.
-WORKER_CACHE = TASK_SOURCE + INPUTS
-SCORE_CACHE = WORKER_CACHE - "scorer"
 RESULTS_DIR = "prefect-results"
 
 
@@ -131,75 +132,139 @@ def cluster(runner: str, workers: int | None, address: str | None) -> Iterator[s
 
 
 def result_storage(ws: Workspace) -> Path:
-    """Prefect's task results and cache records for a workspace: they live and go with it."""
+    """The worker tasks' per-unit results for a workspace: they live and go with it."""
     return ws.root / RESULTS_DIR
 
 
-def _worker_task(name: str, cache_policy: Any = WORKER_CACHE) -> Any:
-    """A per-chunk or per-shard task: retried with back-off on I/O errors, cached by source
-    and inputs."""
+def _worker_task(name: str) -> Any:
+    """A task that runs a group of units: retried with back-off on I/O errors, each unit's
+    result cached on its own (see `_run_units`), the run named by its `title`."""
     return task(
         name=name,
+        task_run_name="{title}",
         retries=3,
         retry_delay_seconds=[1, 4, 16],
         retry_jitter_factor=0.5,
         retry_condition_fn=_retry_on_io,
-        cache_policy=cache_policy,
-        persist_result=True,
-        result_serializer=ResultJSONSerializer(),
+        cache_policy=NO_CACHE,
+        persist_result=False,
+        result_serializer=ResultJSONSerializer(),  # what `_run_units` caches each unit with
     )
 
 
-class PrefectMap:
-    """A work map that runs each ingest or scoring unit as a Prefect task of its kind.
+@functools.cache
+def _source(fn: Callable[[Any], Any]) -> str:
+    return inspect.getsource(fn)
 
-    Results come back as they finish; a cached result whose files were deleted since is
-    computed again rather than served stale.
+
+def unit_key(fn: Callable[[Any], Any], unit: Any) -> str:
+    """A unit's cache key: the unit function's source and the unit's data version.
+
+    A chunk carries its file's fingerprint, a shard its content hash, a signal its config
+    hash, and `root` the workspace. The scorer itself is left out (its settings are in the
+    config hash, and hashing a loaded model would be slow), and so is the shard's number.
     """
+    inputs = {k: v for k, v in unit_arguments(unit).items() if k not in ("scorer", "number")}
+    return hash_objects(_source(fn), inputs, raise_on_failure=True)  # type: ignore[return-value]
 
-    def __init__(self, ws: Workspace) -> None:
-        self.ws = ws
 
-    def __call__(self, fn: Callable[[Any], Any], units: Sequence[Any]) -> Iterator[Any]:
-        """Submit `fn`'s task once per unit and yield the results in completion order."""
-        worker = _UNIT_TASKS.get(fn)
-        if worker is None:
-            raise TypeError(f"no Prefect task runs {fn.__qualname__} units")
-        bound = with_results_in(worker, result_storage(self.ws))
-        futures = [bound.submit(**unit_arguments(unit)) for unit in units]
-        unit_of = {id(future): unit for future, unit in zip(futures, units, strict=True)}
-        for future in as_completed(futures):
-            result = future.result()
-            unit = unit_of[id(future)]
-            if not unit.outputs_exist(result):
-                result = bound.with_options(refresh_cache=True).submit(**unit_arguments(unit))
-                result = result.result()
-            yield result
+def _run_units(
+    fn: Callable[[Any], Any], units: list[Any], results_dir: str, serializer: Any
+) -> list[Any]:
+    """Run a group's units in order, each served from its own cached result when that is
+    there and its files still are (a finished unit of a killed run is not done again)."""
+    store = UnitResults(Path(results_dir), serializer)
+    results = []
+    for unit in units:
+        key = unit_key(fn, unit)
+        result = store.read(key)
+        if result is None or not unit.outputs_exist(result):
+            result = fn(unit)
+            store.write(key, result)
+        results.append(result)
+    return results
 
 
 @_worker_task("ingest-chunk")
-def ingest_chunk_task(root: str, corpus: str, chunk: Chunk, options: IngestOptions) -> ChunkResult:
-    """Read one chunk into shards and rejects."""
-    return ingest_chunk(root, corpus, chunk, options)
+def ingest_chunk_task(units: list[ChunkUnit], results_dir: str, title: str) -> list[ChunkResult]:
+    """Read chunks into shards and rejects."""
+    return _run_units(ingest_unit, units, results_dir, ingest_chunk_task.result_serializer)
 
 
-@_worker_task("score-shard", SCORE_CACHE)
-def score_shard_task(
-    root: str, corpus: str, shard: dict, scorer: Scorer, config_hash: str
-) -> SignalInfo:
-    """Score one shard into the signal store."""
-    return score_shard(root, corpus, shard, scorer, config_hash)
+@_worker_task("score-shard")
+def score_shard_task(units: list[ShardUnit], results_dir: str, title: str) -> list[SignalInfo]:
+    """Score shards into the signal store."""
+    return _run_units(score_unit, units, results_dir, score_shard_task.result_serializer)
 
 
-# The task functions keep the units' fields as their parameters, so that Prefect's cache key
-# (task source + inputs) names the function and the data version as it always has.
+def _group_title(fn: Callable[[Any], Any], group: list[Any]) -> str:
+    """`score shard 00012 of imdb`, `score shards 00012-00019 of imdb`, `ingest part-003.jsonl`."""
+    first, last = group[0], group[-1]
+    if fn is score_unit:
+        if len(group) == 1:
+            return f"score shard {first.number:05d} of {first.corpus}"
+        return f"score shards {first.number:05d}-{last.number:05d} of {first.corpus}"
+    if len(group) == 1:
+        return f"ingest {first.title()}"
+    return f"ingest {first.title()} .. {last.title()} ({len(group)} chunks)"
+
+
 _UNIT_TASKS: dict[Callable[[Any], Any], Task] = {
     ingest_unit: ingest_chunk_task,
     score_unit: score_shard_task,
 }
 
 
-@flow(name="ingest", task_runner=task_runner(), persist_result=False)
+def _workers() -> int:
+    """The current flow's task runner's worker count (threads or processes), else the CPUs."""
+    context = FlowRunContext.get()
+    workers = getattr(context.task_runner, "_max_workers", None) if context else None
+    if isinstance(workers, int) and 0 < workers < 1 << 16:
+        return workers
+    return os.cpu_count() or 1
+
+
+class PrefectMap:
+    """A work map that runs ingest or scoring units as Prefect tasks, a group of units per task.
+
+    Small units are grouped (`plan_groups`, by bytes) so that Prefect's cost per task run stays
+    a small share of the work; each unit is still cached, and recorded in the catalog, on its
+    own. Results come back, unit by unit, as their groups finish.
+    """
+
+    def __init__(self, ws: Workspace, workers: int | None = None) -> None:
+        self.ws = ws
+        self.workers = workers
+
+    def __call__(self, fn: Callable[[Any], Any], units: Sequence[Any]) -> Iterator[Any]:
+        """Submit `fn`'s task once per group of units and yield the units' results."""
+        worker = _UNIT_TASKS.get(fn)
+        if worker is None:
+            raise TypeError(f"no Prefect task runs {fn.__qualname__} units")
+        workers = self.workers or _workers()
+        groups = plan_groups([unit.size_bytes() for unit in units], workers)
+        results_dir = str(result_storage(self.ws) / "units")
+        futures = []
+        for indexes in groups:
+            group = [units[i] for i in indexes]
+            title = _group_title(fn, group)
+            futures.append(worker.submit(units=group, results_dir=results_dir, title=title))
+        for future in as_completed(futures):
+            yield from future.result()
+
+
+def _curate_run_name() -> str:
+    """`curate imdb-clean (quality)`, or `score imdb (quality)` when only scoring."""
+    parameters = flow_run.parameters
+    if parameters.get("score_only") or parameters.get("name") is None:
+        return f"score {parameters['corpus']} ({parameters['selector']})"
+    return f"curate {parameters['name']} ({parameters['selector']})"
+
+
+@flow(
+    name="ingest", flow_run_name="ingest {corpus}", task_runner=task_runner(),
+    persist_result=False,
+)  # fmt: skip
 def ingest_flow(
     workspace: str, paths: list[str], corpus: str, options: IngestOptions | None = None
 ) -> dict[str, Any]:
@@ -210,7 +275,10 @@ def ingest_flow(
     return report.as_dict()
 
 
-@flow(name="curate", task_runner=task_runner(), persist_result=False)
+@flow(
+    name="curate", flow_run_name=_curate_run_name, task_runner=task_runner(),
+    persist_result=False,
+)  # fmt: skip
 def curate_flow(
     workspace: str,
     corpus: str,
@@ -239,7 +307,7 @@ def curate_flow(
     return curation.as_dict()
 
 
-@flow(name="materialize", persist_result=False)
+@flow(name="materialize", flow_run_name="materialize {selection} -> {out}", persist_result=False)
 def materialize_flow(
     workspace: str, selection: str, out: str, fmt: str = "parquet", overwrite: bool = False
 ) -> dict[str, Any]:

@@ -90,7 +90,14 @@ def score_shards(
     """Score the shards a plan lists as missing, recording them in batches; how many were."""
     bar = progress.track(label, len(plan.todo))
     root = str(workspace.root)
-    units = [ShardUnit(root, plan.corpus, s, scorer, plan.config_hash) for s in plan.todo]
+    number: dict[str, int] = {}  # each shard's place in its corpus, to name its task run
+    if plan.todo:
+        with workspace.catalog(read_only=True) as con:
+            number = {s["path"]: i for i, s in enumerate(catalog.shards(con, plan.corpus))}
+    units = [
+        ShardUnit(root, plan.corpus, s, scorer, plan.config_hash, number.get(s["path"], 0))
+        for s in plan.todo
+    ]
     scored = 0
     for batch in batched_by_time(work_map(score_unit, units)):
         record_scores(workspace, plan, batch, scorer.config_dict())

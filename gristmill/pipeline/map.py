@@ -58,3 +58,35 @@ def batched_by_time(results: Iterator[Any], seconds: float = RECORD_EVERY_S) -> 
             batch, since = [], time.monotonic()
     if batch:
         yield batch
+
+
+# Work per group when units are small: a Prefect task run costs tens of milliseconds of API
+# and server time, so a 350 KB shard per task spent as much on Prefect as on the work.
+GROUP_BYTES = 16 << 20
+GROUPS_PER_WORKER = 2  # at least this many groups per worker, so the workers stay busy
+
+
+def plan_groups(
+    sizes: Sequence[int | None], workers: int, target_bytes: int = GROUP_BYTES
+) -> list[range]:
+    """Split units (their sizes in bytes, in order) into consecutive groups of enough work.
+
+    Groups hold about `target_bytes`, or less where a smaller share of the total gives every
+    worker `GROUPS_PER_WORKER` groups; a unit joins the group its middle byte falls in, so the
+    groups come out even. A unit of unknown size runs alone.
+    """
+    known = sum(size for size in sizes if size is not None)
+    share = known / max(1, workers * GROUPS_PER_WORKER)
+    target = max(1.0, min(float(target_bytes), share))
+    groups: list[range] = []
+    start, offset, current = 0, 0, None
+    for index, size in enumerate(sizes):
+        slot = None if size is None else int((offset + size / 2) // target)
+        if index > start and (slot is None or slot != current):
+            groups.append(range(start, index))
+            start = index
+        current = slot if slot is not None else -1 - index  # an unknown size ends its group
+        offset += size or 0
+    if start < len(sizes):
+        groups.append(range(start, len(sizes)))
+    return groups

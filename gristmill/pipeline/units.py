@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from pathlib import PurePath
 from typing import Any
 
 from gristmill.selectors.base import Scorer
@@ -17,6 +18,10 @@ from gristmill.storage.workspace import Workspace
 def unit_arguments(unit: Any) -> dict[str, Any]:
     """A unit's fields by name, not copied (a scorer may hold a loaded model)."""
     return {f.name: getattr(unit, f.name) for f in fields(unit)}
+
+
+def _lines(first: int) -> str:
+    return f"from line {first:,}"
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,19 @@ class ChunkUnit:
         paths = [s.path for s in result.shards] + [result.rejects_path] * bool(result.rejects_path)
         return all(Workspace(self.root).absolute(p).exists() for p in paths)
 
+    def size_bytes(self) -> int | None:
+        """About how many input bytes the chunk reads (None: unknown, as for a hub dataset)."""
+        chunk = self.chunk
+        if chunk.end is not None and chunk.format != "parquet":  # a byte range
+            return chunk.end - chunk.start
+        planned = chunk.fingerprint.split(":", 1)[0]  # "<file bytes>:..." for local files
+        return int(planned) if planned.isdigit() else None
+
+    def title(self) -> str:
+        """What the chunk is, for a person: `part-003.jsonl`, `train.jsonl from line 120,001`."""
+        name = PurePath(self.chunk.source).name or self.chunk.source
+        return f"{name} {_lines(self.chunk.first_line)}" if self.chunk.end is not None else name
+
 
 def ingest_unit(unit: ChunkUnit) -> ChunkResult:
     """Ingest one chunk (the worker side of ingest)."""
@@ -48,10 +66,15 @@ class ShardUnit:
     shard: dict
     scorer: Scorer
     config_hash: str
+    number: int = 0  # the shard's place in its corpus, for names only (not a worker argument)
 
     def outputs_exist(self, result: SignalInfo) -> bool:
         """True while the signal file the result names is still there."""
         return Workspace(self.root).absolute(result.path).exists()
+
+    def size_bytes(self) -> int | None:
+        """The shard's text bytes: what a scorer reads."""
+        return int(self.shard["text_bytes"])
 
 
 def score_unit(unit: ShardUnit) -> SignalInfo:

@@ -1,0 +1,144 @@
+"""Fixed cost of a command: `gristmill select` (stored scores) and `materialize` vs the library.
+
+Ingests a JSONL input (the IMDB test set from shared/data by default, 25,000 reviews) into a
+scratch workspace and scores it once with `--selector` through the library, so that every
+`select` below reuses the stored scores. Then, against one Prefect server this script starts
+on 127.0.0.1 (PREFECT_API_URL set for every child, as a running `gristmill server` does), it
+times `--repeat` rounds of, one after another, each in a fresh interpreter:
+
+* `gristmill select CORPUS --selector S --budget B --name sel-N` (the CLI, through its flow);
+* the same library call, `python -c 'from gristmill.pipeline import curate; curate(...)'`;
+* `gristmill materialize sel-0 --out DIR` (the CLI, through its flow);
+* the library call, `python -c 'from gristmill.pipeline import materialize; ...'`.
+
+Each figure is the child's wall time, so both sides include interpreter start-up and imports,
+beside the child's CPU seconds (user + system; steadier than wall time on a loaded machine);
+the medians over the rounds count. Prints a Markdown table of medians and ratios, then the
+same as JSON.
+
+    python benchmarks/cli_latency.py --repeat 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from orchestration import DEFAULT_INPUT, ENV, start_server, timed_command
+
+CLI = [sys.executable, "-m", "gristmill.cli"]
+GOALS = {"select": 3.0, "materialize": 5.0}  # seconds, on the 2-core machine
+MAX_RATIO = 1.3
+
+
+def prepare(source: Path, ws: Path, corpus: str, selector: str, budget: str) -> None:
+    """Ingest `source` and score it once, so that each later select reuses the scores."""
+    from gristmill import pipeline
+
+    pipeline.ingest(ws, [str(source)], corpus, work_map=pipeline.ThreadMap())
+    pipeline.curate(ws, corpus, selector, budget=budget, name="warm-up")
+
+
+def _library_select(ws: Path, corpus: str, selector: str, budget: str, name: str) -> list[str]:
+    script = (
+        "import sys\nfrom gristmill.pipeline import curate\n"
+        "curate(sys.argv[1], sys.argv[2], sys.argv[3], budget=sys.argv[4], name=sys.argv[5])\n"
+    )
+    return [sys.executable, "-c", script, str(ws), corpus, selector, budget, name]
+
+
+def _library_materialize(ws: Path, selection: str, out: Path) -> list[str]:
+    script = (
+        "import sys\nfrom gristmill.pipeline import materialize\n"
+        "materialize(sys.argv[1], sys.argv[2], sys.argv[3])\n"
+    )
+    return [sys.executable, "-c", script, str(ws), selection, str(out)]
+
+
+def main() -> None:
+    """Prepare the workspace, time every command `--repeat` times, print medians and ratios."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--input", type=Path, default=DEFAULT_INPUT)
+    parser.add_argument("--selector", default="quality")
+    parser.add_argument("--budget", default="50%")
+    parser.add_argument("--repeat", type=int, default=5, help="rounds; the medians count")
+    args = parser.parse_args()
+    if not args.input.is_file():
+        raise SystemExit(f"input not found: {args.input}")
+    scratch = Path(tempfile.mkdtemp(prefix="gristmill-latency-"))
+    server = None
+    try:
+        env = {**os.environ, **ENV, "PREFECT_HOME": str(scratch / "prefect-home"),
+               "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "CRITICAL"}  # fmt: skip
+        ws, corpus = scratch / "ws", "reviews"
+        prepare(args.input, ws, corpus, args.selector, args.budget)
+        server, api = start_server(scratch / "server-home", env)
+        served = {**env, "PREFECT_API_URL": api}
+        times: dict[str, list[float]] = {}
+        cpu: dict[str, list[float]] = {}
+        for round_ in range(args.repeat):
+            commands = {
+                "select: gristmill": [*CLI, "select", corpus, "--selector", args.selector,
+                                      "--budget", args.budget, "--name", f"cli-{round_}",
+                                      "-w", str(ws)],
+                "select: library": _library_select(ws, corpus, args.selector, args.budget,
+                                                   f"lib-{round_}"),
+                "materialize: gristmill": [*CLI, "materialize", "warm-up", "--out",
+                                           str(scratch / f"cli-out-{round_}"), "-w", str(ws)],
+                "materialize: library": _library_materialize(ws, "warm-up",
+                                                             scratch / f"lib-out-{round_}"),
+            }  # fmt: skip
+            for name, command in commands.items():
+                seconds, result = timed_command(command, served)
+                times.setdefault(name, []).append(seconds)
+                cpu.setdefault(name, []).append(result["child_cpu"])
+                print(f"round {round_}: {name} {seconds:.2f} s, CPU {result['child_cpu']:.2f} s",
+                      flush=True)  # fmt: skip
+        medians = {name: statistics.median(values) for name, values in times.items()}
+        cpu_medians = {name: statistics.median(values) for name, values in cpu.items()}
+        from gristmill.storage import Workspace, queries
+
+        documents = queries.corpus_stats(Workspace(ws), corpus)["documents"]
+        print(f"\n{documents:,} documents ({args.input.name}), selector {args.selector}, "
+              f"budget {args.budget}, median of {args.repeat} rounds, Prefect server on "
+              f"127.0.0.1, {platform.python_version()}, {datetime.date.today()}, "
+              f"load average {os.getloadavg()[0]:.1f}\n")  # fmt: skip
+        print("| command | gristmill s | library s | ratio | CPU s: gristmill / library (ratio) "
+              "| goal |\n|---|---:|---:|---:|---|---|")  # fmt: skip
+        summary = {}
+        for command, goal in GOALS.items():
+            cli, library = medians[f"{command}: gristmill"], medians[f"{command}: library"]
+            ratio = cli / library
+            met = "met" if ratio <= MAX_RATIO and cli < goal else "NOT met"
+            cli_cpu, library_cpu = (cpu_medians[f"{command}: {who}"]
+                                    for who in ("gristmill", "library"))  # fmt: skip
+            print(f"| {command} | {cli:.2f} | {library:.2f} | {ratio:.2f} | {cli_cpu:.2f} / "
+                  f"{library_cpu:.2f} ({cli_cpu / library_cpu:.2f}) | "
+                  f"<= {MAX_RATIO}x and < {goal:.0f} s: {met} |")  # fmt: skip
+            summary[command] = {"gristmill_s": cli, "library_s": library, "ratio": ratio,
+                                "gristmill_cpu_s": cli_cpu, "library_cpu_s": library_cpu,
+                                "runs": {k: v for k, v in times.items()
+                                         if k.startswith(command)}}  # fmt: skip
+        print("\n" + json.dumps({"documents": documents, "repeat": args.repeat, **summary}))
+    finally:
+        if server is not None and server.poll() is None:
+            server.send_signal(signal.SIGINT)
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                server.kill()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

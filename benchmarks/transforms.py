@@ -24,7 +24,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from gristmill import pipeline
-from gristmill.pipeline.transform import transform
+from gristmill.pipeline.transformation import transform
 from gristmill.storage.readers import IngestOptions
 from gristmill.storage.workspace import Workspace
 from gristmill.transforms import get

@@ -514,6 +514,61 @@ def select(
                   + ", ".join(f"{r} ({n})" for r, n in summary["top_reasons"]))  # fmt: skip
 
 
+@app.command()
+@handle_errors
+def transform(
+    corpus: str,
+    with_: Annotated[
+        str, typer.Option("--with", help="transforms in order, e.g. pii,normalize,lines")
+    ],
+    name: Annotated[str, typer.Option(help="name of the derived corpus")],
+    param: Annotated[
+        list[str] | None, typer.Option(help="transform setting name.key=value (lines.min_words=3)")
+    ] = None,
+    workspace: WorkspaceOption = None,
+    runner: RunnerOption = "threads",
+    workers: WorkersOption = None,
+    json_output: JsonOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Rewrite a corpus's text (PII masked, text repaired, junk lines removed) into a derived
+    corpus that keeps every document's id; cached and resumable per shard."""
+    from gristmill.transforms.base import parse_specs, with_params
+
+    ws = _ws(workspace)
+    specs = with_params(parse_specs(with_), _params(param))
+    _checks().check_runner(runner)
+    _checks().check_transform(ws, corpus, specs, name)
+    flows = _flows(quiet)
+    flow = flows.transform_flow.with_options(task_runner=flows.task_runner(runner, workers))
+    chain = [spec.model_dump() for spec in specs]
+    result = _with_progress(lambda: flow(str(ws.root), corpus, chain, name), quiet)
+    if json_output:
+        _print_json(result)
+        return
+    _print_transform(result)
+
+
+def _print_transform(result: dict[str, Any]) -> None:
+    """One transform step's summary: documents kept and dropped, what each transform changed."""
+    names = ",".join(t["name"] for t in result["transforms"])
+    out.print(
+        f"[bold]{result['corpus']}[/] from {result['parent']} with {names}: "
+        f"{result['documents']:,} of {result['documents_read']:,} documents kept "
+        f"({result['shards_done']:,} shards rewritten, {result['shards_reused']:,} reused)",
+        highlight=False,
+    )
+    rows = [
+        {"transform": name, "documents changed": f"{result['changed_documents'].get(name, 0):,}",
+         "changes": ", ".join(f"{k} {v:,}" for k, v in counts.items())}
+        for name, counts in result["changes"].items()
+    ]  # fmt: skip
+    _table(rows, "changes")
+    if result["dropped_by_reason"]:
+        reasons = ", ".join(f"{k} {v:,}" for k, v in result["dropped_by_reason"].items())
+        out.print(f"dropped (kept as rejects): {reasons}", highlight=False)
+
+
 _UNIT_NAMES = {"docs": "documents", "bytes": "bytes", "tokens": "tokens"}
 
 
@@ -567,10 +622,19 @@ def inspect(
     workspace: WorkspaceOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Show kept and dropped documents with scores and reasons, and the selector's explanation."""
+    """Show kept and dropped documents with scores and reasons, and the selector's explanation;
+    for a corpus a transform made, documents before and after."""
+    from gristmill.errors import NotFoundError
     from gristmill.pipeline.inspection import inspect_selection
 
-    result = inspect_selection(_ws(workspace), selection, sample, seed, ranked=ranked)
+    ws = _ws(workspace)
+    try:
+        result = inspect_selection(ws, selection, sample, seed, ranked=ranked)
+    except NotFoundError:
+        if not _derived(ws, selection):
+            raise
+        _inspect_transform(ws, selection, sample, seed, json_output)
+        return
     if json_output:
         _print_json(result)
         return
@@ -600,6 +664,33 @@ def inspect(
     for section in result["sections"]:
         for table in section["tables"]:
             _cells_table(table["rows"], table["title"])
+
+
+def _derived(ws: Workspace, name: str) -> bool:
+    """True when `name` is a corpus a transform made."""
+    from gristmill.errors import NotFoundError
+    from gristmill.pipeline.transformation import lineage
+
+    try:
+        return bool(lineage(ws, name))
+    except NotFoundError:
+        return False
+
+
+def _inspect_transform(ws: Workspace, corpus: str, sample: int, seed: int, as_json: bool) -> None:
+    """A derived corpus's transforms and documents before and after them."""
+    from gristmill.pipeline.transformation import transform_examples
+
+    result = transform_examples(ws, corpus, sample, seed=seed)
+    if as_json:
+        _print_json(result)
+        return
+    record = result["corpus"]
+    chain = ", ".join(t["name"] for t in record["transforms"])
+    out.print(f"[bold]{corpus}[/]: made from {record['parent']} by {chain}; "
+              f"{record['code_version']}", highlight=False)  # fmt: skip
+    _cells_table(result["changed"], "changed (sample)")
+    _cells_table(result["dropped"], "dropped (sample)")
 
 
 def _cell(value: Any) -> Any:
@@ -716,6 +807,12 @@ def _run_recipe(
         out.print(
             f"  ingest {item['corpus']}: {stats['documents']:,} documents, "
             f"{stats['rejected']:,} rejected ({reasons or 'none'})",
+            highlight=False,
+        )
+    for item in result.get("transform", []):
+        out.print(
+            f"  transform {item['parent']} -> {item['corpus']}: {item['documents']:,} of "
+            f"{item['documents_read']:,} documents kept",
             highlight=False,
         )
     for item in result["select"]:

@@ -74,6 +74,44 @@ class SelectStep(SelectOptions):
         return SelectOptions(**{k: getattr(self, k) for k in SelectOptions.model_fields})
 
 
+class TransformStep(BaseModel):
+    """Rewrite a corpus's text into a derived corpus (after ingest, before the select steps)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str = Field(description="the derived corpus")
+    corpus: str | None = Field(
+        None, description="the corpus to rewrite; default: the previous transform's output, "
+        "else the first ingested corpus",
+    )  # fmt: skip
+    with_: str | list[str | dict[str, Any]] = Field(
+        alias="with", description="transforms in order: names, or {name: {setting: value}}"
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _corpus_name(cls, value: str) -> str:
+        return _checked_name("corpus", value)
+
+    @field_validator("with_")
+    @classmethod
+    def _transforms(cls, value: Any) -> Any:
+        from gristmill.transforms.base import parse_specs
+
+        try:
+            for spec in parse_specs(value):
+                spec.build()
+        except InputError as error:
+            raise ValueError(str(error)) from None
+        return value
+
+    def specs(self) -> list[dict[str, Any]]:
+        """The transforms as plain specs (name and params), as the transform flow takes them."""
+        from gristmill.transforms.base import parse_specs
+
+        return [spec.model_dump() for spec in parse_specs(self.with_)]
+
+
 class ZooStep(ZooConfig):
     """Build a model zoo for `perplexity_correlation` (before the select steps)."""
 
@@ -109,6 +147,7 @@ class Recipe(BaseModel):
     name: str = "recipe"
     workspace: str | None = None
     ingest: list[IngestStep] = Field(default_factory=list)
+    transform: list[TransformStep] = Field(default_factory=list)  # after ingest
     zoo: list[ZooStep] = Field(default_factory=list)  # model zoos, built after ingest
     select: list[SelectStep] = Field(default_factory=list)
     materialize: list[MaterializeStep] = Field(default_factory=list)
@@ -118,10 +157,21 @@ class Recipe(BaseModel):
     def _chain(self) -> Recipe:
         corpora = [step.corpus for step in self.ingest]
         names = set(corpora)
+        for index, rewrite in enumerate(self.transform):
+            if rewrite.corpus is None:
+                rewrite.corpus = corpora[-1] if index else (corpora[0] if corpora else None)
+            if rewrite.corpus is None:
+                raise ValueError(f"transform[{index}].corpus: no corpus given and none ingested")
+            if rewrite.name in names or rewrite.name == rewrite.corpus:
+                raise ValueError(f"transform[{index}].name: {rewrite.name!r} is already used")
+            corpora.append(rewrite.name)
+            names.add(rewrite.name)
+        # A select step without a corpus reads the last transform's output, else the first ingest's.
+        default_corpus = self.transform[-1].name if self.transform else next(iter(corpora), None)
         previous: SelectStep | None = None
         for index, step in enumerate(self.select):
             if step.corpus is None:
-                step.corpus = previous.corpus if previous else (corpora[0] if corpora else None)
+                step.corpus = previous.corpus if previous else default_corpus
             if step.corpus is None:
                 raise ValueError(f"select[{index}].corpus: no corpus given and none ingested")
             if step.input is None and previous is not None and previous.corpus == step.corpus:

@@ -91,6 +91,14 @@ def build_cases(tmp: Path) -> list[tuple[str, list[str], str]]:
          "pass --overwrite to replace it"),
         ("materialize unknown selection", ["materialize", "nope", "--out", str(tmp / "n"), *w],
          "no selection named 'nope'"),
+        ("unknown transform", ["transform", "pool", "--with", "pii,tidy", "--name", "t", *w],
+         "tidy"),
+        ("bad transform setting", ["transform", "pool", "--with", "lines", "--name", "t",
+                                   "--param", "lines.min_wrds=2", *w], "min_wrds"),
+        ("transform onto its parent", ["transform", "pool", "--with", "pii", "--name", "pool",
+                                       *w], "needs a new name"),
+        ("transform of an unknown corpus", ["transform", "nope", "--with", "pii", "--name", "t",
+                                            *w], "no corpus named 'nope'"),
         ("recipe step on an unknown corpus", ["run", str(recipe), *w],
          "select[0].corpus: no corpus named 'nowhere'"),
         ("recipe step with a misspelt selector", ["run", str(misspelt), *w],
@@ -137,7 +145,7 @@ def test_every_bad_input_exits_2_before_prefect_is_imported(tmp_path: Path) -> N
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     results = json.loads(done.stdout)
-    assert len(results) == 22  # every case ran
+    assert len(results) == 26  # every case ran
     for result in results:
         where = f"{result['case']}: {result['stderr']!r}"
         assert result["code"] == 2, where

@@ -15,7 +15,7 @@ from conftest import write_jsonl
 from gristmill import pipeline
 from gristmill.errors import InputError
 from gristmill.pipeline import ThreadMap
-from gristmill.pipeline.transform import (
+from gristmill.pipeline.transformation import (
     CHANGES_COLUMN,
     chunk_key,
     lineage,

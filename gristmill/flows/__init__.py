@@ -23,6 +23,7 @@ _FLOWS = {
     "run_recipe_flow": "run",
     "serve_recipe": "serve",
     "task_runner": "tasks",
+    "transform_flow": "tasks",
     "zoo_build_flow": "zoo",
 }
 __all__ = sorted(_FLOWS)

@@ -9,7 +9,14 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from gristmill.flows.experiment import experiment_flow
-from gristmill.flows.tasks import cluster, curate_flow, ingest_flow, materialize_flow, task_runner
+from gristmill.flows.tasks import (
+    cluster,
+    curate_flow,
+    ingest_flow,
+    materialize_flow,
+    task_runner,
+    transform_flow,
+)
 from gristmill.flows.ui import progress_artifacts, publish_recipe
 from gristmill.flows.zoo import zoo_build_flow
 from gristmill.pipeline.checks import check_recipe
@@ -53,6 +60,20 @@ def run_recipe_flow(
                 step.corpus, f"{added['documents']:,}", f"{added['rejected']:,}",
                 f"{added['records_read']:,}", report["chunks_skipped"], report["chunks"],
                 f"{report['stats']['documents']:,}",
+            )  # fmt: skip
+        rewrite = transform_flow.with_options(
+            task_runner=task_runner(runner, workers, stage_address)
+        )
+        results["transform"] = []
+        for step in recipe.transform:
+            assert step.corpus is not None
+            report = rewrite(str(ws.root), step.corpus, step.specs(), step.name,
+                             recipe=recipe.model_dump(mode="json", by_alias=True))  # fmt: skip
+            results["transform"].append(report)
+            logger.info(
+                "transform %s into %s: %s of %s documents kept (%s shards rewritten, %s reused)",
+                step.corpus, step.name, f"{report['documents']:,}",
+                f"{report['documents_read']:,}", report["shards_done"], report["shards_reused"],
             )  # fmt: skip
         results["zoo"] = []
         for step in recipe.zoo:

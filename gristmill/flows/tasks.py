@@ -34,6 +34,7 @@ from gristmill.errors import InputError
 from gristmill.flows.results import ResultJSONSerializer, UnitResults
 from gristmill.flows.ui import progress_artifacts, publish_selection
 from gristmill.pipeline.map import plan_groups
+from gristmill.pipeline.transformation import TransformUnit, transform_unit
 from gristmill.pipeline.units import ChunkUnit, ShardUnit, ingest_unit, score_unit, unit_arguments
 from gristmill.selectors.scoring import SignalInfo
 from gristmill.selectors.selection import SelectOptions
@@ -164,7 +165,9 @@ def unit_key(fn: Callable[[Any], Any], unit: Any) -> str:
     hash, and `root` the workspace. The scorer itself is left out (its settings are in the
     config hash, and hashing a loaded model would be slow), and so is the shard's number.
     """
-    inputs = {k: v for k, v in unit_arguments(unit).items() if k not in ("scorer", "number")}
+    # The scorer and the transforms are in the config hash; the number only names the shard.
+    unhashed = ("scorer", "transforms", "number")
+    inputs = {k: v for k, v in unit_arguments(unit).items() if k not in unhashed}
     return hash_objects(_source(fn), inputs, raise_on_failure=True)  # type: ignore[return-value]
 
 
@@ -197,9 +200,20 @@ def score_shard_task(units: list[ShardUnit], results_dir: str, title: str) -> li
     return _run_units(score_unit, units, results_dir, score_shard_task.result_serializer)
 
 
+@_worker_task("transform-shard")
+def transform_shard_task(
+    units: list[TransformUnit], results_dir: str, title: str
+) -> list[ChunkResult]:
+    """Rewrite shards into a derived corpus."""
+    return _run_units(transform_unit, units, results_dir, transform_shard_task.result_serializer)
+
+
 def _group_title(fn: Callable[[Any], Any], group: list[Any]) -> str:
     """`score shard 00012 of imdb`, `score shards 00012-00019 of imdb`, `ingest part-003.jsonl`."""
     first, last = group[0], group[-1]
+    if fn is transform_unit:
+        more = f" (+{len(group) - 1} shards)" if len(group) > 1 else ""
+        return first.title() + more
     if fn is score_unit:
         if len(group) == 1:
             return f"score shard {first.number:05d} of {first.corpus}"
@@ -212,6 +226,7 @@ def _group_title(fn: Callable[[Any], Any], group: list[Any]) -> str:
 _UNIT_TASKS: dict[Callable[[Any], Any], Task] = {
     ingest_unit: ingest_chunk_task,
     score_unit: score_shard_task,
+    transform_unit: transform_shard_task,
 }
 
 
@@ -313,3 +328,22 @@ def materialize_flow(
 ) -> dict[str, Any]:
     """Write a selection's documents to a directory."""
     return pipeline.materialize(Workspace(workspace), selection, out, fmt, overwrite)  # type: ignore[arg-type]
+
+
+@flow(
+    name="transform", flow_run_name="transform {corpus} into {name}", task_runner=task_runner(),
+    persist_result=False,
+)  # fmt: skip
+def transform_flow(
+    workspace: str,
+    corpus: str,
+    transforms: list[dict[str, Any]],
+    name: str,
+    recipe: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Rewrite a corpus's text into a derived corpus: a task per group of shards, cached."""
+    ws = Workspace(workspace)
+    with progress_artifacts():
+        report = pipeline.transform(ws, corpus, transforms, name, recipe=recipe,
+                                    work_map=PrefectMap(ws))  # fmt: skip
+    return report.as_dict()

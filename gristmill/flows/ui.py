@@ -324,6 +324,16 @@ def recipe_summary_markdown(name: str, results: dict[str, Any]) -> str:
             for r in results["ingest"]
         ]  # fmt: skip
         parts += ["## Ingest\n", markdown_table(rows)]
+    if results.get("transform"):
+        rows = [
+            {"corpus": t["corpus"], "from": t["parent"],
+             "transforms": ", ".join(x["name"] for x in t["transforms"]),
+             "documents read": t["documents_read"], "kept": t["documents"],
+             "dropped": t["dropped"], "shards rewritten": t["shards_done"],
+             "shards reused": t["shards_reused"]}
+            for t in results["transform"]
+        ]  # fmt: skip
+        parts += ["## Transforms\n", markdown_table(rows)]
     if results.get("zoo"):
         rows = [{"zoo": z["zoo"], "models": len(z.get("models", []))} for z in results["zoo"]]
         parts += ["## Model zoos\n", markdown_table(rows)]

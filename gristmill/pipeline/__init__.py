@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from gristmill.pipeline.ingestion import IngestReport, ingest
     from gristmill.pipeline.inspection import corpus_report, inspect_selection
     from gristmill.pipeline.map import ThreadMap, WorkMap, serial_map
+    from gristmill.pipeline.transformation import TransformReport, transform, transform_examples
     from gristmill.pipeline.units import ChunkUnit, ShardUnit, ingest_unit, score_unit
 
 _MODULE_OF = {
@@ -34,6 +35,9 @@ _MODULE_OF = {
     "materialize": "export",
     "score_unit": "units",
     "serial_map": "map",
+    "TransformReport": "transformation",
+    "transform": "transformation",
+    "transform_examples": "transformation",
 }
 __all__ = [
     "ChunkUnit",
@@ -41,6 +45,7 @@ __all__ = [
     "IngestReport",
     "ShardUnit",
     "ThreadMap",
+    "TransformReport",
     "WorkMap",
     "corpus_report",
     "curate",
@@ -50,6 +55,8 @@ __all__ = [
     "materialize",
     "score_unit",
     "serial_map",
+    "transform",
+    "transform_examples",
 ]
 
 

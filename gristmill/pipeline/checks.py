@@ -175,6 +175,22 @@ def check_materialize(
     check_destination(ws, out, overwrite)
 
 
+def check_transform(
+    workspace: Workspace | str | os.PathLike[str],
+    corpus: str,
+    transforms: str | list[Any],
+    name: str,
+) -> None:
+    """A transform step: its transforms and settings, the parent corpus, the output's name."""
+    from gristmill.pipeline.transformation import build_chain, check_names
+
+    ws = as_workspace(workspace)
+    check_workspace(ws)
+    build_chain(transforms, corpus, name)
+    with ws.catalog(read_only=True) as con:
+        check_names(con, corpus, name)
+
+
 def check_corpus(workspace: Workspace | str | os.PathLike[str], corpus: str) -> None:
     """NotFoundError unless the workspace has the corpus."""
     with as_workspace(workspace).catalog(read_only=True) as con:
@@ -219,6 +235,15 @@ def check_recipe(recipe: Recipe, workspace: Workspace | str | os.PathLike[str]) 
                 f"(corpora: {_listed(corpora)})"
             )
 
+    held = set(corpora) - {step.corpus for step in recipe.ingest}
+    for index, rewrite in enumerate(recipe.transform):
+        need_corpus(f"transform[{index}].corpus", rewrite.corpus)
+        if rewrite.corpus in held:  # its output name can be checked against the workspace now
+            try:
+                check_transform(ws, rewrite.corpus, rewrite.specs(), rewrite.name)
+            except InputError as error:
+                raise InputError(f"transform[{index}]: {error}") from None
+        corpora.add(rewrite.name)
     for index, zoo in enumerate(recipe.zoo):
         need_corpus(f"zoo[{index}].corpus", zoo.corpus)
     made: dict[str, str] = {}

@@ -1,5 +1,6 @@
 """Transforms: pure functions that rewrite a document's text (PII masking, Unicode repair,
-line-level cleaning), registered by name; `gristmill.pipeline.transform` runs them over a corpus."""
+line-level cleaning), registered by name; `gristmill.pipeline.transform` runs them over a
+corpus."""
 
 from gristmill.transforms.base import (
     Rewrite,

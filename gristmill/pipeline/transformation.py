@@ -110,6 +110,16 @@ class TransformUnit:
         paths = [s.path for s in result.shards] + [result.rejects_path] * bool(result.rejects_path)
         return all(Workspace(self.root).absolute(p).exists() for p in paths)
 
+    def size_bytes(self) -> int | None:
+        """The parent shard's text bytes: what the chain reads."""
+        return int(self.shard["text_bytes"])
+
+    def title(self) -> str:
+        """What the unit does, for a person: `transform shard t1a2b of web into web-clean`."""
+        return (
+            f"transform {self.shard['path'].rsplit('/', 1)[-1]} of {self.corpus} into {self.output}"
+        )
+
 
 def transform_unit(unit: TransformUnit) -> ChunkResult:
     """Rewrite one shard (the worker side of a transform)."""
@@ -252,17 +262,11 @@ def transform(
 ) -> TransformReport:
     """Rewrite a corpus's text with a chain of transforms into the derived corpus `name`
     (cached by parent shard and config; resumable)."""
-    specs = parse_transform_specs(transforms)
-    chain = tuple(spec.build() for spec in specs)
-    validate_name("corpus", name)
-    if name == corpus:
-        raise InputError(f"transform: the derived corpus needs a new name, not {corpus!r}")
+    chain = build_chain(transforms, corpus, name)
     ws = as_workspace(workspace)
     with ws.write_lock(f"transform {corpus} into {name}"):
         with ws.catalog() as con:
-            catalog.require_corpus(con, corpus)
-            catalog.check_corpus_name(con, name)
-            _check_output(con, corpus, name)
+            check_names(con, corpus, name)
             shards = catalog.shards(con, corpus)
             parent_version = catalog.corpus_version(con, corpus)
             files = ws.shard_files(con, corpus)
@@ -284,12 +288,13 @@ def transform(
             ws.absolute(path).unlink(missing_ok=True)
         todo = [s for s in shards if chunk_key(s["content_hash"], config_hash) not in done]
         units = [TransformUnit(str(ws.root), corpus, s, name, chain, config_hash) for s in todo]
-        bar = progress.track(f"transform {corpus} into {name}", len(units))
-        for batch in batched_by_time(work_map(transform_unit, units)):
+        documents = sum(int(s["rows"]) for s in todo)
+        bar = progress.track(f"transform {corpus} into {name}", documents, unit="docs")
+        finished = progress.advancing(work_map(transform_unit, units), bar, _documents_read)
+        for batch in batched_by_time(finished):
             with ws.catalog() as con:
                 for result in batch:
                     catalog.record_chunk(con, name, result)
-            bar.advance(len(batch))
         bar.close()
         report = _report(ws, name, corpus, chain, config_hash, fitted, len(todo), len(done & keys))
         report.shards_dropped = len(done - keys)
@@ -303,6 +308,28 @@ def transform(
                 [record["status"], record["summary"], name],
             )
     return report
+
+
+def _documents_read(result: ChunkResult) -> int:
+    """The parent documents one rewritten shard read (kept and emptied alike)."""
+    return sum(shard.rows for shard in result.shards) + result.rejected
+
+
+def build_chain(transforms: str | list[SpecLike], corpus: str, name: str) -> tuple[Transform, ...]:
+    """The transforms of a step, built (InputError for an unknown one or a bad setting), and
+    the derived corpus's name checked as a new name other than its parent's."""
+    chain = tuple(spec.build() for spec in parse_transform_specs(transforms))
+    validate_name("corpus", name)
+    if name == corpus:
+        raise InputError(f"transform: the derived corpus needs a new name, not {corpus!r}")
+    return chain
+
+
+def check_names(con: Any, corpus: str, name: str) -> None:
+    """The parent exists; the output name is free, or the corpus this parent's transform made."""
+    catalog.require_corpus(con, corpus)
+    catalog.check_corpus_name(con, name)
+    _check_output(con, corpus, name)
 
 
 def _check_output(con: Any, corpus: str, name: str) -> None:

@@ -202,6 +202,9 @@ def _read_record(
     mime = mime.strip().lower()
     headers = record.rec_headers
     url = headers.get_header("WARC-Target-URI") or headers.get_header("uri") or ""
+    if mime and mime not in _HTML_TYPES:  # left unread: warcio skips to the next record
+        batch.skipped["not_html"] += 1
+        return
     limit = options.max_doc_bytes
     try:
         body = record.content_stream().read(limit + 1)
@@ -209,7 +212,7 @@ def _read_record(
         detail = f"payload does not decode ({type(error).__name__}: {error})"
         batch.reject(offset, "undecodable", detail, _head(path, offset))
         return
-    if mime not in _HTML_TYPES and (mime or not _looks_like_html(body)):
+    if not mime and not _looks_like_html(body):
         batch.skipped["not_html"] += 1
         return
     if len(body) > limit:

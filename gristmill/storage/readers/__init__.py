@@ -1,11 +1,11 @@
-"""Streaming readers: JSONL, Parquet, CSV/TSV, plain text and Hugging Face datasets.
+"""Streaming readers: JSONL, Parquet, CSV/TSV, plain text, Hugging Face datasets and WARC.
 
 Every reader yields `Parsed` batches of bounded size: a table with the columns
 (line, text, id, domain, meta) and the records it could not use (`Reject`), each with its
 file, line and reason. Nothing is read whole into memory except a single document.
 
-One module per format (jsonl, csv, txt, parquet, hf), each a planner and a reader behind
-`registry.READERS`; `plan_chunks` and `read_chunk` dispatch through it.
+One module per format (jsonl, csv, txt, parquet, hf, warc; html gives pages' text), each a
+planner and a reader behind `registry.READERS`; `plan_chunks` and `read_chunk` dispatch through it.
 """
 
 from gristmill.storage.readers.extract import Extractor

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
@@ -10,7 +11,7 @@ import pyarrow as pa
 import xxhash
 from pydantic import BaseModel, ConfigDict, Field
 
-Format = Literal["jsonl", "parquet", "csv", "tsv", "txt", "hf"]
+Format = Literal["jsonl", "parquet", "csv", "tsv", "txt", "hf", "warc"]
 FORMATS: tuple[str, ...] = get_args(Format)
 _COMPRESSED = (".gz", ".zst", ".zstd", ".bz2", ".xz")
 _EXTENSIONS = {
@@ -24,6 +25,8 @@ _EXTENSIONS = {
     ".txt": "txt",
     ".text": "txt",
     ".md": "txt",
+    ".warc": "warc",
+    ".arc": "warc",  # the legacy Internet Archive format; the WARC reader reads it too
 }
 _READ_SIZE = 1 << 20
 RAW_CAP = 64 << 10  # a reject keeps at most this much of a huge record or an undecodable tail
@@ -58,6 +61,9 @@ class IngestOptions(BaseModel):
         "auto", description="CSV/TSV quoting; auto = minimal for CSV, none for TSV"
     )
     hf_split: str | None = Field(None, description="Hugging Face: only this split")
+    extractor: Literal["trafilatura", "resiliparse"] = Field(
+        "trafilatura", description="WARC: main-text extractor for HTML pages"
+    )
     max_doc_bytes: int = Field(5_000_000, gt=0, description="longer documents are rejected")
     chunk_bytes: int = Field(64 << 20, gt=0, description="split large files into chunks")
     shard_bytes: int = Field(128 << 20, gt=0, description="text bytes per output shard")
@@ -65,6 +71,8 @@ class IngestOptions(BaseModel):
     def options_hash(self) -> str:
         """Hash of the options that decide the documents and the chunks (not shard sizes)."""
         relevant = self.model_dump(exclude={"shard_bytes"})
+        if self.extractor == "trafilatura":  # the default: hashes stay those of before it
+            del relevant["extractor"]
         return xxhash.xxh3_64_hexdigest(json.dumps(relevant, sort_keys=True).encode())
 
 
@@ -85,7 +93,10 @@ class Parsed:
 
     table: pa.Table
     rejects: list[Reject] = field(default_factory=list)
-    records: int = 0  # records read, rejected ones included
+    records: int = 0  # records read, rejected ones included (skipped ones are not)
+    # Records that are not documents by design (a WARC's requests, redirects, images, ...),
+    # by reason: neither documents nor rejects.
+    skipped: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass(frozen=True)

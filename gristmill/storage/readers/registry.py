@@ -14,6 +14,7 @@ from gristmill.storage.readers.jsonl import plan_jsonl, read_jsonl
 from gristmill.storage.readers.options import Chunk, IngestOptions, Parsed
 from gristmill.storage.readers.parquet import plan_parquet, read_parquet
 from gristmill.storage.readers.txt import plan_txt, read_txt
+from gristmill.storage.readers.warc import plan_warc, read_warc
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ READERS: dict[str, Reader] = {
     "tsv": Reader(plan_csv, read_csv),
     "txt": Reader(plan_txt, read_txt),
     "hf": Reader(plan_hf, read_hf),
+    "warc": Reader(plan_warc, read_warc),
 }
 
 

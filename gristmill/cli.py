@@ -296,6 +296,9 @@ def ingest(
     csv_quoting: Annotated[str, typer.Option(help="auto, minimal or none")] = "auto",
     hf_split: Annotated[str | None, typer.Option(help="HF dataset split")] = None,
     max_doc_bytes: Annotated[int, typer.Option(help="reject longer documents")] = 5_000_000,
+    extractor: Annotated[
+        str, typer.Option(help="WARC: main-text extractor, trafilatura or resiliparse (faster)")
+    ] = "trafilatura",
     chunk_mb: Annotated[float, typer.Option(help="split big files into tasks of this size")] = 64,
     shard_mb: Annotated[float, typer.Option(help="text megabytes per output shard")] = 128,
     runner: RunnerOption = "threads",
@@ -313,7 +316,7 @@ def ingest(
             format=format, text_field=text_field, id_field=id_field, domain_field=domain_field,
             url_field=url_field, domain=domain, txt_unit=txt_unit, separator=separator,
             csv_header=csv_header, csv_quoting=csv_quoting, hf_split=hf_split,
-            max_doc_bytes=max_doc_bytes, chunk_bytes=int(chunk_mb * 2**20),
+            max_doc_bytes=max_doc_bytes, extractor=extractor, chunk_bytes=int(chunk_mb * 2**20),
             shard_bytes=int(shard_mb * 2**20),
         )  # fmt: skip
     except ValidationError as error:
@@ -342,6 +345,9 @@ def _print_ingest(corpus: str, result: dict[str, Any]) -> None:
     if stats["rejects_by_reason"]:
         reasons = ", ".join(f"{k} {v:,}" for k, v in stats["rejects_by_reason"].items())
         out.print(f"rejects: {reasons} (see `gristmill sql 'select * from \"{corpus}__rejects\"'`)")
+    if stats.get("skipped_by_reason"):  # records that are no documents by design (WARC requests)
+        reasons = ", ".join(f"{k} {v:,}" for k, v in stats["skipped_by_reason"].items())
+        out.print(f"skipped records (not documents): {reasons}", highlight=False)
     if result["skipped_inputs"]:
         skipped = result["skipped_inputs"]
         named = ", ".join(f"{s['path']} ({s['reason']})" for s in skipped[:10])
@@ -370,9 +376,11 @@ def stats(corpus: str, workspace: WorkspaceOption = None, json_output: JsonOptio
     check = "[green]yes[/]" if result["reconciles"] else "[red]NO[/]"
     out.print(
         f"[bold]{corpus}[/]: {result['records_read']:,} records read = {result['documents']:,} "
-        f"documents + {result['rejected']:,} rejected (reconciles: {check}); "
-        f"{result['text_bytes']:,} text bytes in {result['shards']:,} shards "
-        f"({result['file_bytes']:,} on disk), {result['sources']:,} sources"
+        f"documents + {result['rejected']:,} rejected"
+        + (f" + {result['skipped']:,} skipped" if result.get("skipped") else "")
+        + f" (reconciles: {check}); {result['text_bytes']:,} text bytes in "
+        f"{result['shards']:,} shards ({result['file_bytes']:,} on disk), "
+        f"{result['sources']:,} sources"
     )
     _table(
         result["domains"],
@@ -380,6 +388,9 @@ def stats(corpus: str, workspace: WorkspaceOption = None, json_output: JsonOptio
     )
     rejects = [{"reason": k, "count": v} for k, v in result["rejects_by_reason"].items()]
     _table(rejects, "rejects")
+    if result.get("skipped_by_reason"):
+        skips = [{"reason": k, "count": v} for k, v in result["skipped_by_reason"].items()]
+        _table(skips, "skipped (records that are not documents)")
     identified = result["languages"]
     if identified["languages"]:
         _table(identified["languages"], f"languages ({identified['shards_identified']:,} of "

@@ -84,7 +84,7 @@ def ingest(
     assert docs.schema == DOCUMENT_SCHEMA
     assert rejects.schema == REJECT_SCHEMA
     for result in results:
-        assert result.records_read == result.documents + result.rejected, result
+        assert result.records_read == result.documents + result.rejected + result.skipped, result
         assert sum(s.rows for s in result.shards) == result.documents
         assert sum(result.reject_counts.values()) == result.rejected
     assert docs.num_rows == sum(r.documents for r in results)

@@ -271,3 +271,16 @@ def test_sigkill_mid_warc_then_resume_gives_identical_ids(shared_data: Path, tmp
     assert documents(resumed) == documents(clean)
     assert len(documents(clean)) == 339
     assert not list(shards.glob(".*"))
+
+
+def test_stats_count_skips_by_reason_and_reconcile(shared_data: Path, tmp_path: Path) -> None:
+    from gristmill.storage import queries
+
+    folder = shared_data / "web_warc"
+    ws = ingest_catalogued(tmp_path / "ws", [folder / n for n in WARCS], "web", FAST)
+    stats = queries.corpus_stats(ws, "web")
+    assert stats["reconciles"] and stats["records_read"] == 1038 + 978
+    assert (stats["documents"], stats["rejected"]) == (339 + 324, 1)
+    assert stats["skipped_by_reason"]["warc_request"] == 333 + 326
+    assert stats["skipped_by_reason"]["redirect"] == 1
+    assert stats["skipped"] == sum(stats["skipped_by_reason"].values())

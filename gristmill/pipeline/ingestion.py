@@ -18,7 +18,7 @@ from gristmill.storage.drop import drop_corpus
 from gristmill.storage.readers import Chunk, IngestOptions, Reject, plan_chunks, read_chunk
 from gristmill.storage.workspace import Workspace, validate_name
 
-COUNTS = ("records_read", "documents", "rejected")
+COUNTS = ("records_read", "documents", "rejected", "skipped")
 # Rejects whose record is there but not where the options look: the fields found are named.
 _FIELD_REASONS = ("missing_text", "non_string_text")
 

@@ -33,6 +33,9 @@ create table if not exists shards (
     file_bytes bigint, content_hash varchar, primary key (corpus, path));
 create table if not exists rejects (
     corpus varchar, chunk_key varchar, source varchar, reason varchar, count bigint);
+alter table chunks add column if not exists skipped bigint default 0;
+create table if not exists skips (
+    corpus varchar, chunk_key varchar, source varchar, reason varchar, count bigint);
 create table if not exists signals (
     corpus varchar, signal varchar, config_hash varchar, shard_hash varchar, path varchar,
     rows bigint, config varchar, created_at timestamp default current_timestamp,
@@ -111,7 +114,9 @@ class ChunkResult:
     records_read: int = 0
     documents: int = 0
     rejected: int = 0
+    skipped: int = 0  # records that are not documents by design (a WARC's requests, images...)
     reject_counts: dict[str, int] = field(default_factory=dict)
+    skip_counts: dict[str, int] = field(default_factory=dict)
     shards: list[ShardInfo] = field(default_factory=list)
     rejects_path: str | None = None
 
@@ -180,7 +185,7 @@ def record_chunk(con: duckdb.DuckDBPyConnection, corpus: str, result: ChunkResul
     try:
         con.execute(
             "insert into chunks (corpus, chunk_key, source, records_read, documents, rejected, "
-            "rejects_path) values (?, ?, ?, ?, ?, ?, ?)",
+            "rejects_path, skipped) values (?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 corpus,
                 result.chunk_key,
@@ -189,6 +194,7 @@ def record_chunk(con: duckdb.DuckDBPyConnection, corpus: str, result: ChunkResul
                 result.documents,
                 result.rejected,
                 result.rejects_path,
+                result.skipped,
             ],
         )
         for shard in result.shards:
@@ -207,6 +213,11 @@ def record_chunk(con: duckdb.DuckDBPyConnection, corpus: str, result: ChunkResul
         for reason, count in sorted(result.reject_counts.items()):
             con.execute(
                 "insert into rejects values (?, ?, ?, ?, ?)",
+                [corpus, result.chunk_key, result.source, reason, count],
+            )
+        for reason, count in sorted(result.skip_counts.items()):
+            con.execute(
+                "insert into skips values (?, ?, ?, ?, ?)",
                 [corpus, result.chunk_key, result.source, reason, count],
             )
         con.execute("commit")

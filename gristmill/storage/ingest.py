@@ -243,13 +243,17 @@ def ingest_chunk(
     reject_writer = RejectWriter(rejects_path)
     builder = DocumentBuilder(corpus, chunk.source, options)
     result = ChunkResult(chunk_key=key, source=chunk.source)
+    skipped: Counter[str] = Counter()
     for parsed in read_chunk(chunk, options):
         docs, rejects = builder.build(parsed)
         shards.write(docs)
         reject_writer.write(rejects)
-        result.records_read += parsed.records
+        skipped += parsed.skipped
+        result.records_read += parsed.records + parsed.skipped.total()
         result.documents += docs.num_rows
         result.rejected += len(rejects)
+    result.skipped = skipped.total()
+    result.skip_counts = dict(skipped)
     result.shards = shards.close()
     if reject_writer.close():
         result.rejects_path = workspace.relative(rejects_path)

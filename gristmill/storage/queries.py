@@ -42,14 +42,16 @@ def list_corpora(workspace: Workspace) -> list[dict[str, Any]]:
 
 
 def corpus_stats(workspace: Workspace, corpus: str, top_domains: int = 20) -> dict[str, Any]:
-    """Documents, bytes, domains and rejects of a corpus; read = ingested + rejected."""
+    """Documents, bytes, domains, rejects and skips of a corpus; read = ingested + rejected +
+    skipped."""
     with workspace.catalog(read_only=True) as con:
         catalog.require_corpus(con, corpus)
         totals = catalog.rows(
             con,
             "select coalesce(sum(records_read), 0)::bigint as records_read, "
             "coalesce(sum(documents), 0)::bigint as documents, "
-            "coalesce(sum(rejected), 0)::bigint as rejected, count(*) as chunks, "
+            "coalesce(sum(rejected), 0)::bigint as rejected, "
+            "coalesce(sum(skipped), 0)::bigint as skipped, count(*) as chunks, "
             "count(distinct source) as sources from chunks where corpus = ?",
             [corpus],
         )[0]
@@ -59,12 +61,20 @@ def corpus_stats(workspace: Workspace, corpus: str, top_domains: int = 20) -> di
             "group by reason order by count desc, reason",
             [corpus],
         )
+        skips = catalog.rows(
+            con,
+            "select reason, sum(count)::bigint as count from skips where corpus = ? "
+            "group by reason order by count desc, reason",
+            [corpus],
+        )
         shards = catalog.shards(con, corpus)
     totals["shards"] = len(shards)
     totals["text_bytes"] = sum(s["text_bytes"] for s in shards)
     totals["file_bytes"] = sum(s["file_bytes"] for s in shards)
-    totals["reconciles"] = totals["records_read"] == totals["documents"] + totals["rejected"]
+    kept_or_not = totals["documents"] + totals["rejected"] + totals["skipped"]
+    totals["reconciles"] = totals["records_read"] == kept_or_not
     totals["rejects_by_reason"] = {r["reason"]: r["count"] for r in rejects}
+    totals["skipped_by_reason"] = {r["reason"]: r["count"] for r in skips}
     totals["domains"] = []
     if shards:
         files = [workspace.absolute(s["path"]) for s in shards]

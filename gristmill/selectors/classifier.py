@@ -24,11 +24,12 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import duckdb
 import numpy as np
 import pyarrow as pa
+import scipy.sparse as sp
 import xxhash
 from pydantic import Field, field_validator, model_validator
 
@@ -36,6 +37,7 @@ from gristmill.errors import InputError
 from gristmill.selectors import fasttext_model
 from gristmill.selectors.base import Section, Selector, SelectorConfig, SelectorContext, Table
 from gristmill.selectors.fasttext_model import FastTextSettings
+from gristmill.selectors.featurize import ngram_matrix
 from gristmill.selectors.requirements import CorpusRead, Requirement, Setting
 from gristmill.storage import catalog
 from gristmill.storage.files import file_hash, sql_files, write_json_atomic
@@ -46,7 +48,7 @@ if TYPE_CHECKING:
 POSITIVE = "positive"
 NEGATIVE = "negative"
 TRAINING_FILE = "training.json"
-MODEL_FILE = "model.bin"
+MODEL_FILES = {"fasttext": "model.bin", "linear": "model.npz"}
 # Probabilities are float32 with a floor near 1e-5: clip before the log-odds.
 _EPS = 1e-7
 
@@ -71,6 +73,13 @@ class ClassifierConfig(SelectorConfig):
     heldout_fraction: float = Field(
         0.1, ge=0, lt=1, description="share of each class held out for accuracy and AUROC"
     )
+    backend: Literal["linear", "fasttext"] = Field(
+        "linear",
+        description="linear: logistic regression on tf-idf of hashed unigrams+bigrams (the "
+        "stronger with hundreds of positives); fasttext: a fastText bigram classifier (DCLM's)",
+    )
+    num_buckets: int = Field(1 << 18, ge=1024, description="linear: hash buckets of n-grams")
+    inverse_regularisation: float = Field(10.0, gt=0, description="linear: C of the regression")
     model: str | None = Field(
         None, description="a pre-trained fastText model (local .bin path) instead of training"
     )
@@ -110,11 +119,70 @@ class ClassifierConfig(SelectorConfig):
         )  # fmt: skip
 
 
+class LinearModel:
+    """Logistic regression on sublinear tf-idf of hashed unigrams+bigrams, L2-normalised rows.
+
+    Saved as plain arrays (npz, read without pickle): idf, coefficients and intercept.
+    """
+
+    def __init__(self, idf: np.ndarray, coef: np.ndarray, intercept: float) -> None:
+        self.idf, self.coef, self.intercept = idf, coef, intercept
+
+    @staticmethod
+    def weighted(counts: sp.csr_matrix, idf: np.ndarray) -> sp.csr_matrix:
+        """Rows of (1 + log tf) * idf, L2-normalised."""
+        counts = counts.copy()
+        counts.data = 1.0 + np.log(counts.data)
+        counts = counts @ sp.diags(idf)
+        norms = np.sqrt(np.asarray(counts.multiply(counts).sum(axis=1)).ravel())
+        return sp.csr_matrix(sp.diags(1.0 / np.maximum(norms, 1e-12)) @ counts)
+
+    @classmethod
+    def fit(cls, texts: list[str], positive: np.ndarray, buckets: int, c: float,
+            max_chars: int | None) -> LinearModel:  # fmt: skip
+        """Fit idf on the training texts and the regression, classes weighted equally."""
+        from sklearn.linear_model import LogisticRegression
+
+        if max_chars is not None:
+            texts = [(t or "")[:max_chars] for t in texts]
+        counts = ngram_matrix(texts, buckets)
+        present = np.bincount(counts.indices, minlength=buckets)
+        idf = (np.log((1 + len(texts)) / (1 + present)) + 1.0).astype(np.float32)
+        model = cls(idf, np.zeros(buckets, np.float32), 0.0)
+        regression = LogisticRegression(C=c, class_weight="balanced", max_iter=1000)
+        regression.fit(cls.weighted(counts, idf), positive)
+        model.coef = regression.coef_[0].astype(np.float32)
+        model.intercept = float(regression.intercept_[0])
+        return model
+
+    def log_odds(self, texts: list[str], max_chars: int | None) -> np.ndarray:
+        """The regression's log-odds of the positive class for each text."""
+        if max_chars is not None:
+            texts = [(t or "")[:max_chars] for t in texts]
+        counts = ngram_matrix(texts, len(self.idf))
+        return np.asarray(self.weighted(counts, self.idf) @ self.coef) + self.intercept
+
+    def save(self, path: Path) -> None:
+        """Write the arrays (npz, no pickle)."""
+        with path.open("wb") as handle:
+            np.savez(handle, idf=self.idf, coef=self.coef, intercept=np.float64(self.intercept))
+
+    @classmethod
+    def load(cls, path: str | Path) -> LinearModel:
+        """Read a saved model (arrays only)."""
+        with np.load(path, allow_pickle=False) as arrays:
+            return cls(arrays["idf"], arrays["coef"], float(arrays["intercept"]))
+
+
 @functools.lru_cache(maxsize=2)
 def _loaded(path: str, modified: float) -> Any:
-    """A fastText model, loaded once per process (keyed by its path and modification time)."""
+    """A saved model, loaded once per process (keyed by its path and modification time)."""
     del modified
-    return fasttext_model.load(path)
+    return LinearModel.load(path) if path.endswith(".npz") else fasttext_model.load(path)
+
+
+def _sigmoid(values: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * values))
 
 
 def _text_hashes(texts: list[str]) -> set[int]:
@@ -198,12 +266,13 @@ class ClassifierSelector(Selector):
         # The shard signal's key hashes exactly what training read: the model is keyed by it.
         key = self.signal_key("shard", context.dependencies)
         directory = context.workspace.root / "models" / f"classifier-{key}"
-        if (directory / MODEL_FILE).exists() and (directory / TRAINING_FILE).exists():
+        model_file = directory / MODEL_FILES[cfg.backend]
+        if model_file.exists() and (directory / TRAINING_FILE).exists():
             self.training = json.loads((directory / TRAINING_FILE).read_text(encoding="utf-8"))
-            self.model_path = str(directory / MODEL_FILE)
+            self.model_path = str(model_file)
             return
         self.training = self._train(context, directory)
-        self.model_path = str(directory / MODEL_FILE)
+        self.model_path = str(model_file)
 
     def _use_pretrained(self, context: SelectorContext) -> None:
         model_path = str(Path(self.config.model or "").expanduser().resolve())
@@ -330,34 +399,57 @@ class ClassifierSelector(Selector):
             if 0 < n < len(members):
                 heldout[rng.choice(members, n, replace=False)] = True
         train = np.flatnonzero(~heldout)
-        labels = [POSITIVE if is_positive[i] else NEGATIVE for i in train]
         staging = directory.with_name(directory.name + f".tmp-{os.getpid()}")
         shutil.rmtree(staging, ignore_errors=True)
-        settings = cfg.fasttext()
-        model = fasttext_model.train([texts[i] for i in train], labels, settings,
-                                     context.seed, staging)  # fmt: skip
+        staging.mkdir(parents=True)
+        model_file = MODEL_FILES[cfg.backend]
         report: dict[str, Any] = {
-            "trained": True, "model": context.workspace.relative(directory / MODEL_FILE),
+            "trained": True, "backend": cfg.backend,
+            "model": context.workspace.relative(directory / model_file),
             "positives": positive_report, "negatives": negative_report,
-            "train_documents": len(train), "fasttext": settings.as_dict(),
+            "train_documents": len(train),
         }  # fmt: skip
+        train_texts = [texts[i] for i in train]
+        if cfg.backend == "linear":
+            model: Any = LinearModel.fit(train_texts, is_positive[train], cfg.num_buckets,
+                                         cfg.inverse_regularisation, cfg.max_chars)  # fmt: skip
+            report["linear"] = {"num_buckets": cfg.num_buckets, "features": "tf-idf of hashed "
+                                "unigrams+bigrams", "C": cfg.inverse_regularisation}  # fmt: skip
+        else:
+            settings = cfg.fasttext()
+            labels = [POSITIVE if is_positive[i] else NEGATIVE for i in train]
+            model = fasttext_model.train(train_texts, labels, settings, context.seed, staging)
+            report["fasttext"] = settings.as_dict()
         test = np.flatnonzero(heldout)
+        report["heldout"] = None
         if len(test):
-            p = fasttext_model.probability(model, [texts[i] for i in test], POSITIVE,
-                                           settings.lowercase, settings.max_chars)  # fmt: skip
+            p = self._probability(model, [texts[i] for i in test])
             truth = is_positive[test]
             report["heldout"] = {
                 "documents": len(test), "positives": int(truth.sum()),
                 "accuracy": round(float(((p >= 0.5) == truth).mean()), 4),
                 "auroc": _rounded(fasttext_model.auroc(p, truth)),
             }  # fmt: skip
+        if cfg.backend == "linear":
+            model.save(staging / model_file)
         else:
-            report["heldout"] = None
-        model.save_model(str(staging / MODEL_FILE))
+            model.save_model(str(staging / model_file))
         write_json_atomic(staging / TRAINING_FILE, report)
         shutil.rmtree(directory, ignore_errors=True)
         staging.rename(directory)
         return report
+
+    def _log_odds(self, model: Any, texts: list[str]) -> np.ndarray:
+        """Log-odds of the positive class under a linear or fastText model."""
+        cfg = self.config
+        if isinstance(model, LinearModel):
+            return model.log_odds(texts, cfg.max_chars)
+        p = fasttext_model.probability(model, texts, self.label, cfg.lowercase, cfg.max_chars)
+        clipped = np.clip(p, _EPS, 1 - _EPS)
+        return np.log(clipped) - np.log1p(-clipped)
+
+    def _probability(self, model: Any, texts: list[str]) -> np.ndarray:
+        return _sigmoid(self._log_odds(model, texts))
 
     # --- scoring --------------------------------------------------------------------------
 
@@ -366,14 +458,11 @@ class ClassifierSelector(Selector):
         if self.model_path is None:
             raise RuntimeError("classifier: prepare() must run before scoring")
         model = _loaded(self.model_path, os.path.getmtime(self.model_path))
-        cfg = self.config
-        p = fasttext_model.probability(model, documents["text"].to_pylist(), self.label,
-                                       cfg.lowercase, cfg.max_chars)  # fmt: skip
-        clipped = np.clip(p, _EPS, 1 - _EPS)
+        log_odds = self._log_odds(model, documents["text"].to_pylist())
         columns = {
             "doc_id": documents["doc_id"],
-            "score": pa.array(np.log(clipped) - np.log1p(-clipped), pa.float64()),
-            "probability": pa.array(p, pa.float64()),
+            "score": pa.array(log_odds, pa.float64()),
+            "probability": pa.array(_sigmoid(log_odds), pa.float64()),
         }
         report = {"method": "classifier", "positive_label": self.label, **self.training}
         return pa.table(columns).replace_schema_metadata({"gristmill": json.dumps(report)})

@@ -38,8 +38,15 @@ ARMS: dict[str, tuple[str, dict[str, Any], str | None]] = {
     "dsir topk": ("dsir", {}, "topk"),
     "dsir per-token topk": ("dsir", {"length_norm": "per_token"}, "topk"),
     "dsir gumbel": ("dsir", {}, "gumbel"),
+    # The settings the README suggests for targets of tens of documents.
+    "dsir small-target topk": (
+        "dsir",
+        {"prior": "pool", "smoothing": 0.3, "num_buckets": 50_000, "length_norm": "per_token"},
+        "topk",
+    ),
     "nudge hash": ("nudge", {}, None),
     "classifier": ("classifier", {}, None),
+    "classifier fasttext": ("classifier", {"backend": "fasttext"}, None),
 }
 # Selectors the benchmark builds itself until the registry lists them.
 LOCAL_SELECTORS = {"classifier": "gristmill.selectors.classifier:ClassifierSelector"}

@@ -86,6 +86,16 @@ def test_a_changed_target_trains_a_new_model(tmp_path: Path, backend: str) -> No
     assert after.record["summary"]["scoring"]["positives"]["documents"] == 15
 
 
+def test_pool_copies_of_target_documents_are_never_negatives(tmp_path: Path) -> None:
+    copies = topic_docs("cooking", 20, seed=0)[:10]  # the pool's own first ten cooking docs
+    ws = make_workspace(tmp_path, copies)
+    record = curate(ws, "10docs", "copies", negative_ratio=5).record
+    assert record is not None
+    negatives = record["summary"]["scoring"]["negatives"]
+    # 50 wanted, the whole pool of 60 read: its 10 copies of target texts are left out.
+    assert negatives["excluded_positives"] == 10 and negatives["documents"] == 50
+
+
 def test_positives_from_a_meta_field_or_the_domain(tmp_path: Path) -> None:
     docs = [{**d, "kind": "sport" if d["topic"] == "sports" else "other"}
             for i, t in enumerate(TOPICS) for d in topic_docs(t, 20, seed=i)]  # fmt: skip

@@ -14,6 +14,7 @@ same way with `--pile`.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import random
 import sys
@@ -27,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from target_common import DATA_DIR, ingest, load_domains, write_corpus
 
 from gristmill import pipeline
+from gristmill.selectors import registry
+from gristmill.selectors.base import Selector
 from gristmill.selectors.selection import SelectOptions
 from gristmill.storage.workspace import Workspace
 
@@ -35,8 +38,26 @@ ARMS: dict[str, tuple[str, dict[str, Any], str | None]] = {
     "dsir topk": ("dsir", {}, "topk"),
     "dsir per-token topk": ("dsir", {"length_norm": "per_token"}, "topk"),
     "dsir gumbel": ("dsir", {}, "gumbel"),
+    # The settings the README suggests for targets of tens of documents.
+    "dsir small-target topk": (
+        "dsir",
+        {"prior": "pool", "smoothing": 0.3, "num_buckets": 50_000, "length_norm": "per_token"},
+        "topk",
+    ),
     "nudge hash": ("nudge", {}, None),
+    "classifier": ("classifier", {}, None),
+    "classifier fasttext": ("classifier", {"backend": "fasttext"}, None),
 }
+# Selectors the benchmark builds itself until the registry lists them.
+LOCAL_SELECTORS = {"classifier": "gristmill.selectors.classifier:ClassifierSelector"}
+
+
+def build_selector(name: str, params: dict[str, Any]) -> Selector:
+    """The selector of an arm, by registry name (or from LOCAL_SELECTORS)."""
+    if name in registry.available() or name not in LOCAL_SELECTORS:
+        return registry.get(name).from_params(params)
+    module, _, attribute = LOCAL_SELECTORS[name].partition(":")
+    return getattr(importlib.import_module(module), attribute).from_params(params)
 
 
 def pile_domains() -> dict[str, list[str]]:
@@ -66,7 +87,7 @@ def run_target(
     for arm, (name, params, mode) in arms.items():
         start = time.perf_counter()
         record = pipeline.curate(
-            ws, "pool", name, params=params, budget=f"{in_domain}docs",
+            ws, "pool", build_selector(name, params), budget=f"{in_domain}docs",
             name=arm.replace(" ", "-"), target="target",
             options=SelectOptions(mode=mode, seed=seed),
         ).record  # fmt: skip
@@ -87,7 +108,9 @@ def run_target(
 def main() -> None:
     """Run the benchmark and print a Markdown table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--targets", nargs="+", default=["news", "science", "code", "reviews"])
+    parser.add_argument("--targets", nargs="+", default=["news", "science", "code", "reviews"],
+                        help="target domains, or 'all'")  # fmt: skip
+    parser.add_argument("--arms", nargs="+", help=f"run only these arms (of {', '.join(ARMS)})")
     parser.add_argument("--per-domain", type=int, default=1500)
     parser.add_argument("--target-size", type=int, default=300)
     parser.add_argument("--pile", action="store_true", help="use the 14-domain Pile toy sample")
@@ -97,7 +120,14 @@ def main() -> None:
     arms = dict(ARMS)
     if args.minilm:
         arms["nudge minilm"] = ("nudge", {"embedder": "minilm", "batch_size": 128}, None)
+    if args.arms:
+        unknown = sorted(set(args.arms) - set(arms))
+        if unknown:
+            parser.error(f"unknown arms {unknown}")
+        arms = {a: arms[a] for a in args.arms}
     domains = pile_domains() if args.pile else load_domains(args.per_domain, args.seed)
+    if args.targets == ["all"]:
+        args.targets = list(domains)
     print({d: len(v) for d, v in domains.items()}, flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="gristmill-target-") as scratch:

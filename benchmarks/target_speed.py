@@ -9,7 +9,11 @@ num_proc=1; gristmill runs its library path (prepare, score every shard, select)
 nudge: end to end on `--nudge-pool` candidates and `--nudge-target` target documents with the
 hash embedder, from ingested corpora to a selection (embed both, Sinkhorn, select), on all cores.
 
+classifier: end to end (train on 10,000 target positives + 10,000 pool negatives, score and
+select from 100,000 documents), with dsir on the same corpora beside it, on all cores.
+
     python benchmarks/target_speed.py --dsir-docs 12000 --nudge-pool 100000 --nudge-target 2000
+    python benchmarks/target_speed.py --skip dsir --skip nudge   # the classifier only
 """
 
 from __future__ import annotations
@@ -134,6 +138,47 @@ def bench_nudge(root: Path, n_pool: int, n_target: int) -> dict:
     }  # fmt: skip
 
 
+def bench_classifier(root: Path, n_pool: int, n_positive: int, backend: str) -> dict:
+    """classifier end to end: train on n_positive + as many pool negatives, score n_pool docs.
+
+    The pool and the target are sampled with repeats from the mixture (news is the target);
+    dsir runs on the same corpora for docs/s beside it. Ingest is excluded.
+    """
+    from gristmill import pipeline
+    from gristmill.selectors.classifier import ClassifierSelector
+    from gristmill.selectors.dsir import DsirSelector
+    from gristmill.storage.workspace import Workspace
+
+    domains = load_domains(30_000)
+    rng = random.Random(1)
+    news = domains["news"]
+    target = [("news", news[rng.randrange(len(news))]) for _ in range(n_positive)]
+    everything = [(d, t) for d, docs in domains.items() for t in docs]
+    pool = [everything[rng.randrange(len(everything))] for _ in range(n_pool)]
+    write_corpus(root / "cpool.jsonl", pool)
+    write_corpus(root / "ctarget.jsonl", target)
+    ws = Workspace(root / f"cws-{backend}")
+    ingest(ws, "pool", root / "cpool.jsonl")
+    ingest(ws, "target", root / "ctarget.jsonl")
+    rows = {}
+    for name, selector in (
+        ("classifier", ClassifierSelector(ClassifierSelector.Config(backend=backend))),
+        ("dsir", DsirSelector(DsirSelector.Config())),
+    ):
+        start = time.perf_counter()
+        curation = pipeline.curate(ws, "pool", selector, budget="0.1", name=f"speed-{name}",
+                                   target="target")  # fmt: skip
+        seconds = time.perf_counter() - start
+        assert curation.record is not None
+        rows[name] = {"seconds": round(seconds, 1), "docs_per_s": round(n_pool / seconds)}
+        if name == "classifier":
+            scoring = curation.record["summary"]["scoring"]
+            rows[name]["trained_on"] = scoring["train_documents"]
+            rows[name]["heldout"] = scoring["heldout"]
+    return {"pool": n_pool, "positives": n_positive, "backend": backend,
+            "cores": os.cpu_count(), **rows}  # fmt: skip
+
+
 def main() -> None:
     """Run both benchmarks and print JSON lines."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -141,12 +186,21 @@ def main() -> None:
     parser.add_argument("--dsir-target", type=int, default=500)
     parser.add_argument("--nudge-pool", type=int, default=100_000)
     parser.add_argument("--nudge-target", type=int, default=2_000)
-    parser.add_argument("--skip", choices=["dsir", "nudge"], action="append", default=[])
+    parser.add_argument("--classifier-pool", type=int, default=100_000)
+    parser.add_argument("--classifier-positives", type=int, default=10_000)
+    parser.add_argument("--classifier-backend", choices=["linear", "fasttext"], default="linear")
+    parser.add_argument(
+        "--skip", choices=["dsir", "nudge", "classifier"], action="append", default=[]
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="gristmill-speed-") as scratch:
         if "dsir" not in args.skip:
             for row in bench_dsir(Path(scratch), args.dsir_docs, args.dsir_target):
                 print(json.dumps(row), flush=True)
+        if "classifier" not in args.skip:
+            print(json.dumps(bench_classifier(Path(scratch), args.classifier_pool,
+                                              args.classifier_positives,
+                                              args.classifier_backend)), flush=True)  # fmt: skip
         if "nudge" not in args.skip:
             print(json.dumps(bench_nudge(Path(scratch), args.nudge_pool, args.nudge_target)))
 

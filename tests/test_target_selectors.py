@@ -149,8 +149,8 @@ def test_dsir_selects_the_target_domain_and_states_its_variant(tmp_path: Path) -
     assert record["summary"]["scoring"]["length_norm"] == "per_token"
     assert record["mode"] == "topk"
     # Gumbel-top-k (the default) is fixed by the seed and changes with it. Short chunks keep the
-    # weights large against the unit Gumbel noise.
-    config = DsirSelector.Config(chunk_words=8)
+    # weights large against the unit Gumbel noise, as does Laplace smoothing of this small target.
+    config = DsirSelector.Config(chunk_words=8, prior="uniform")
     first = select_with(ws, DsirSelector(config), "20docs", "g1", seed=1)
     assert first["mode"] == "gumbel" and kept_share(ws, first, "cooking") >= 0.9
     assert first["summary"]["scoring"]["length_norm"] == "chunk (8 words)"
@@ -170,8 +170,10 @@ def test_dsir_weights_agree_with_data_selection(tmp_path: Path) -> None:
     ws = make_workspace(tmp_path)
     texts = [json.loads(line)["text"] for line in (tmp_path / "target.jsonl").open()]
     n_target = int(ngram_matrix(texts, 1000, "sha256").sum())
+    # prior=uniform is the package's rule (Laplace); the default would shape this small target's
+    # pseudo-counts like the pool.
     config = DsirSelector.Config(num_buckets=1000, hashing="sha256", length_norm="none",
-                                 smoothing=1e-8 * n_target)  # fmt: skip
+                                 smoothing=1e-8 * n_target, prior="uniform")  # fmt: skip
     mine = DsirSelector(config)
     context = SelectorContext(ws, "pool", "target")
     resolve(ws, mine, context, mine.requirements(context), "shard")
@@ -194,6 +196,33 @@ def test_dsir_weights_agree_with_data_selection(tmp_path: Path) -> None:
     assert len(theirs) == len(ours) == 60
     assert (np.abs(ours - theirs) <= bound + 1e-9).all()
     assert (np.argsort(-ours, kind="stable")[:20] == np.argsort(-theirs, kind="stable")[:20]).all()
+
+
+def test_dsir_smooths_a_small_target_towards_the_pool(tmp_path: Path) -> None:
+    """prior=auto: pool-shaped pseudo-counts for a target with fewer n-grams than buckets, so
+    every bucket the target never saw gets the same log ratio log(aB / (N + aB))."""
+    ws = make_workspace(tmp_path)  # a 10-document target: ~1,000 n-grams
+    fitted = {}
+    for prior, buckets in (("auto", 4096), ("auto", 100), ("uniform", 4096)):
+        selector = DsirSelector(DsirSelector.Config(num_buckets=buckets, prior=prior))
+        context = SelectorContext(ws, "pool", "target")
+        resolve(ws, selector, context, selector.requirements(context), "shard")
+        selector.prepare(context)
+        fitted[prior, buckets] = selector
+    small = fitted["auto", 4096]
+    assert small.priors == ["pool"] and small.report()["smoothing"].startswith("pool-shaped")
+    assert fitted["auto", 100].priors == ["uniform"]  # ~1,000 n-grams over 100 buckets
+    texts = [json.loads(line)["text"] for line in (tmp_path / "target.jsonl").open()]
+    seen = np.asarray(ngram_matrix(texts, 4096).sum(axis=0)).ravel()
+    n_target = seen.sum()
+    pool_texts = [json.loads(line)["text"] for line in (tmp_path / "pool.jsonl").open()]
+    in_pool = np.asarray(ngram_matrix(pool_texts, 4096).sum(axis=0)).ravel() > 0
+    unseen = (seen == 0) & in_pool
+    assert unseen.sum() > 10
+    expected = np.log(4096 / (n_target + 4096))
+    assert np.allclose(small.log_ratio[0, unseen], expected)
+    # Laplace instead penalises them by how rare they are in the pool: not one constant.
+    assert np.ptp(fitted["uniform", 4096].log_ratio[0, unseen]) > 1
 
 
 def test_dsir_separate_targets_get_their_proportions(tmp_path: Path) -> None:

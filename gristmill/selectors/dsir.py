@@ -1,6 +1,7 @@
 """The `dsir` selector: importance resampling towards a target corpus (Xie et al. 2023).
 
-prepare() fits p_tgt (Laplace-smoothed) and p_raw over hashed unigram+bigram buckets; p_raw sums
+prepare() fits p_tgt (smoothed: Laplace, or towards the pool for a small target) and p_raw
+over hashed unigram+bigram buckets; p_raw sums
 per-shard bucket counts (the `dsir_counts` signal, a requirement scored and cached like any
 signal), so a second target re-reads nothing of the pool. score() is the log importance weight
 sum_b c_b(x) (log p_tgt_b - log p_raw_b), optionally length-normalised. Selection defaults to
@@ -32,7 +33,14 @@ class DsirConfig(SelectorConfig):
     hashing: Hashing = Field(
         "xxh3", description="xxh3 (fast) or sha256 (the data-selection package's exact buckets)"
     )
-    smoothing: float = Field(1.0, gt=0, description="Laplace pseudo-count per target bucket")
+    smoothing: float = Field(1.0, gt=0, description="pseudo-count per target bucket")
+    prior: Literal["auto", "uniform", "pool"] = Field(
+        "auto",
+        description="uniform: Laplace, `smoothing` per bucket (the data-selection package's "
+        "rule); pool: the same pseudo-mass spread in proportion to the pool's distribution, so a "
+        "bucket a small target never saw is weighed like the pool, not penalised; auto: pool "
+        "for a target with fewer n-grams than buckets, else uniform",
+    )
     length_norm: Literal["none", "per_token", "chunk"] = Field(
         "chunk",
         description="none: raw log weight (grows with length); per_token: divided by the "
@@ -87,6 +95,7 @@ class DsirSelector(Selector):
         self.log_ratio: np.ndarray | None = None  # (targets, buckets)
         self.targets: list[str] = []
         self.proportions: np.ndarray = np.ones(1)
+        self.priors: list[str] = []
 
     def requirements(self, context: SelectorContext) -> list[Requirement]:
         """The target's documents and the pool's bucket counts (both key every shard's scores)."""
@@ -127,7 +136,15 @@ class DsirSelector(Selector):
         if raw.sum() == 0:
             raise InputError(f"corpus {context.corpus!r} has no words to select from")
         p_raw = raw / raw.sum()
-        smoothed = target_counts + cfg.smoothing
+        self.priors = [
+            cfg.prior if cfg.prior != "auto" else ("pool" if n < cfg.num_buckets else "uniform")
+            for n in target_counts.sum(axis=1)
+        ]
+        pseudo = {"uniform": np.full(cfg.num_buckets, cfg.smoothing),
+                  "pool": cfg.smoothing * cfg.num_buckets * p_raw}  # fmt: skip
+        smoothed = target_counts + np.stack([pseudo[prior] for prior in self.priors])
+        # A bucket neither the pool nor the target has is never read: keep its log finite.
+        smoothed = np.maximum(smoothed, 1e-300)
         p_tgt = smoothed / smoothed.sum(axis=1, keepdims=True)
         # A bucket no pool document has never enters a pool document's weight.
         self.log_ratio = np.log(p_tgt) - np.log(np.maximum(p_raw, 1e-300))[None, :]
@@ -148,10 +165,14 @@ class DsirSelector(Selector):
     def report(self) -> dict[str, Any]:
         """What variant ran: hashing, normalisation and targets (kept in the signal's metadata)."""
         cfg = self.config
+        smoothing = sorted(
+            {f"{'Laplace' if p == 'uniform' else 'pool-shaped'} pseudo-count {cfg.smoothing} "
+             "per bucket on target counts" for p in self.priors}
+        )  # fmt: skip
         return {
             "method": "dsir",
             "features": f"hashed unigrams+bigrams, {cfg.num_buckets} buckets, {cfg.hashing}",
-            "smoothing": f"Laplace {cfg.smoothing} on target counts",
+            "smoothing": ", ".join(smoothing),
             "length_norm": cfg.length_norm
             + (f" ({cfg.chunk_words} words)" if cfg.length_norm == "chunk" else ""),
             "targets": dict(zip(self.targets, self.proportions.round(6).tolist(), strict=True)),

@@ -34,7 +34,7 @@ from pydantic import Field
 
 from gristmill.devices import Device
 from gristmill.errors import InputError
-from gristmill.selectors import pc_math
+from gristmill.selectors import fasttext_model, pc_math
 from gristmill.selectors.base import (
     PoolFeatures,
     Section,
@@ -43,6 +43,7 @@ from gristmill.selectors.base import (
     SetSelector,
     Table,
 )
+from gristmill.selectors.fasttext_model import FastTextSettings
 from gristmill.selectors.lm_loss import LMLossConfig, LMLossSelector
 from gristmill.selectors.requirements import CorpusRead, Requirement, ScoredCorpus, Setting
 from gristmill.selectors.tokens import budget_requirements
@@ -448,10 +449,6 @@ def _finite(value: float) -> float | None:
     return float(value) if np.isfinite(value) else None
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
 def fasttext_scores(
     texts: list[str],
     include: np.ndarray,
@@ -464,32 +461,16 @@ def fasttext_scores(
     None when the labels have one class only (nothing to learn). Trained on one thread with
     the seed, so the same inputs give the same scores.
     """
-    import fasttext
-
     if include.all() or not include.any():
         return None, {"trained": False, "reason": "every document has the same label"}
     rng = np.random.default_rng(seed)
     train = np.arange(len(texts))
     if len(train) > config.classifier_max_docs:
         train = np.sort(rng.choice(train, config.classifier_max_docs, replace=False))
-    scratch.mkdir(parents=True, exist_ok=True)
-    path = scratch / "fasttext-train.txt"
-    with path.open("w", encoding="utf-8") as handle:
-        for i in rng.permutation(train):  # fastText reads in order: shuffle the labels
-            label = "include" if include[i] else "exclude"
-            handle.write(f"__label__{label} {_one_line(texts[i])}\n")
-    model = fasttext.train_supervised(
-        input=str(path), wordNgrams=2, dim=config.classifier_dim, epoch=config.classifier_epochs,
-        lr=0.1, minCount=1, thread=1, seed=seed, verbose=0,
-    )  # fmt: skip
-    labels, probabilities = model.predict([_one_line(t) for t in texts], k=2)
-    probability = np.array(
-        [
-            dict(zip(names, values, strict=True)).get("__label__include", 0.0)
-            for names, values in zip(labels, probabilities, strict=True)
-        ],
-        np.float64,
-    )
+    settings = FastTextSettings(dim=config.classifier_dim, epochs=config.classifier_epochs)
+    labels = ["include" if include[i] else "exclude" for i in train]
+    model = fasttext_model.train([texts[i] for i in train], labels, settings, seed, scratch)
+    probability = fasttext_model.probability(model, texts, "include")
     agreement = float(((probability >= 0.5) == include).mean())
     return probability, {
         "trained": True, "train_documents": len(train), "include_share": float(include.mean()),

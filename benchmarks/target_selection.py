@@ -14,7 +14,6 @@ same way with `--pile`.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import random
 import sys
@@ -48,16 +47,11 @@ ARMS: dict[str, tuple[str, dict[str, Any], str | None]] = {
     "classifier": ("classifier", {}, None),
     "classifier fasttext": ("classifier", {"backend": "fasttext"}, None),
 }
-# Selectors the benchmark builds itself until the registry lists them.
-LOCAL_SELECTORS = {"classifier": "gristmill.selectors.classifier:ClassifierSelector"}
 
 
 def build_selector(name: str, params: dict[str, Any]) -> Selector:
-    """The selector of an arm, by registry name (or from LOCAL_SELECTORS)."""
-    if name in registry.available() or name not in LOCAL_SELECTORS:
-        return registry.get(name).from_params(params)
-    module, _, attribute = LOCAL_SELECTORS[name].partition(":")
-    return getattr(importlib.import_module(module), attribute).from_params(params)
+    """The selector of an arm, by registry name."""
+    return registry.get(name).from_params(params)
 
 
 def pile_domains() -> dict[str, list[str]]:

@@ -27,6 +27,7 @@ _BUILTINS = {
     "cartography": "gristmill.selectors.cartography:CartographySelector",
     "url_filter": "gristmill.selectors.url_filter:UrlFilterSelector",
     "language": "gristmill.selectors.language:LanguageSelector",
+    "classifier": "gristmill.selectors.classifier:ClassifierSelector",
 }
 
 

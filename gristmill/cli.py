@@ -705,13 +705,17 @@ def _inspect_transform(ws: Workspace, corpus: str, sample: int, seed: int, as_js
 
 
 def _cell(value: Any) -> Any:
-    """A value as one table cell: floats to 4 places, text on one line, lists comma-separated."""
+    """A value as one table cell: floats to 4 places, text on one line, lists comma-separated,
+    mappings as `key value` pairs (`lines (removed_lines 3, repeated 1)`)."""
     if isinstance(value, float):
         return round(value, 4)
     if isinstance(value, str):
         return value.replace("\n", " ")
     if isinstance(value, list | tuple):
         return ", ".join(str(_cell(v)) for v in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k} ({_cell(v)})" if isinstance(v, dict) else f"{k} {_cell(v)}"
+                         for k, v in value.items())  # fmt: skip
     return value
 
 

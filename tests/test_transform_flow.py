@@ -89,3 +89,14 @@ def test_recipe_transform_steps_are_checked_when_loaded(tmp_path: Path) -> None:
         recipe.write_text(f"ingest:\n  - {{corpus: pool, paths: [x.jsonl]}}\n{body}")
         with pytest.raises(InputError, match=message):
             load_recipe(recipe)
+
+
+def test_the_web_example_recipe_checks_against_the_shared_warcs(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    from gristmill.pipeline import checks
+
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "examples" / "web.yaml")
+    assert [step.selector for step in recipe.select] == ["language", "quality", "dedup"]
+    assert recipe.select[0].corpus == "crawl-clean"
+    checks.check_recipe(recipe, tmp_path / "ws")  # inputs exist and read as WARC

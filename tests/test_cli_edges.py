@@ -17,6 +17,7 @@ import typer
 from conftest import good_text, write_jsonl
 from typer.testing import CliRunner
 
+import gristmill
 from gristmill import cli, pipeline, progress
 from gristmill.cli import app
 from gristmill.errors import InputError
@@ -252,6 +253,8 @@ def server(monkeypatch) -> types.SimpleNamespace:
                              "url": state.url and state.url.removesuffix("/api")}  # fmt: skip
     module.ui_url = lambda: state.url and state.url.removesuffix("/api")
     monkeypatch.setitem(sys.modules, "gristmill.server", module)
+    # `import gristmill.server as server` reads the package's attribute once it is imported.
+    monkeypatch.setattr(gristmill, "server", module, raising=False)
     monkeypatch.setattr(cli, "_server_module_present", lambda: True)
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     return state

@@ -17,6 +17,9 @@ the medians over the rounds count. Prints a Markdown table of medians and ratios
 same as JSON.
 
     python benchmarks/cli_latency.py --repeat 5
+
+Run it from the checkout being measured: `python -m` and `python -c` put the working directory
+ahead of PYTHONPATH, so the children import the gristmill found there.
 """
 
 from __future__ import annotations

@@ -88,12 +88,12 @@ def score_shards(
     workspace: Workspace, plan: ScoringPlan, scorer: Scorer, label: str, work_map: WorkMap
 ) -> int:
     """Score the shards a plan lists as missing, recording them in batches; how many were."""
+    if not plan.todo:  # every score stored: no loop to show (in a flow, an API call less)
+        return 0
     bar = progress.track(label, len(plan.todo))
     root = str(workspace.root)
-    number: dict[str, int] = {}  # each shard's place in its corpus, to name its task run
-    if plan.todo:
-        with workspace.catalog(read_only=True) as con:
-            number = {s["path"]: i for i, s in enumerate(catalog.shards(con, plan.corpus))}
+    with workspace.catalog(read_only=True) as con:  # each shard's place, to name its task run
+        number = {s["path"]: i for i, s in enumerate(catalog.shards(con, plan.corpus))}
     units = [
         ShardUnit(root, plan.corpus, s, scorer, plan.config_hash, number.get(s["path"], 0))
         for s in plan.todo

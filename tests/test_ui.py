@@ -92,11 +92,6 @@ def test_a_factory_of_two_arguments_still_works_and_gets_no_unit() -> None:
     assert seen == [("plain", 3)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pipeline/curation.py score_shards advances per recorded batch (every 2 s), "
-    "not per finished shard: the fix (progress.advancing, docs as the unit) is in the report",
-)
 def test_curate_advances_its_bar_once_per_finished_shard_in_documents(tmp_path: Path) -> None:
     ws = _corpus(tmp_path)
     recorder = Recorder()

@@ -33,6 +33,7 @@ from gristmill import pipeline
 from gristmill.errors import InputError
 from gristmill.flows.results import ResultJSONSerializer, UnitResults
 from gristmill.flows.ui import progress_artifacts, publish_selection
+from gristmill.pipeline.checks import check_runner
 from gristmill.pipeline.map import plan_groups
 from gristmill.pipeline.transformation import TransformUnit, transform_unit
 from gristmill.pipeline.units import ChunkUnit, ShardUnit, ingest_unit, score_unit, unit_arguments
@@ -42,7 +43,6 @@ from gristmill.storage.catalog import ChunkResult
 from gristmill.storage.readers import IngestOptions
 from gristmill.storage.workspace import Workspace
 
-RUNNERS = ("threads", "processes", "ray", "dask")
 RESULTS_DIR = "prefect-results"
 
 
@@ -66,8 +66,7 @@ def task_runner(
     memory and no more speed. `address` connects Ray or Dask to an existing cluster.
     """
     workers = workers or os.cpu_count() or 1
-    if address is not None and runner not in ("ray", "dask"):
-        raise InputError(f"--address needs --runner ray or dask, not {runner!r}")
+    check_runner(runner, address)
     if runner == "threads":
         return ThreadPoolTaskRunner(max_workers=workers)
     if runner == "processes":
@@ -85,7 +84,7 @@ def task_runner(
         if address is not None:
             return dask_runner(address=address)
         return dask_runner(cluster_kwargs=_dask_cluster_kwargs(workers))
-    raise InputError(f"unknown runner {runner!r} (use one of {', '.join(RUNNERS)})")
+    raise AssertionError(runner)  # check_runner knows every runner
 
 
 def _import_runner(module: str, name: str, extra: str) -> Any:
@@ -318,7 +317,7 @@ def curate_flow(
             options=options, recipe=recipe, work_map=PrefectMap(ws),
         )  # fmt: skip
     if curation.record is not None:
-        publish_selection(curation.record)
+        publish_selection(curation.record, ws)
     return curation.as_dict()
 
 

@@ -6,7 +6,6 @@ from typing import Any
 
 from prefect import flow
 
-from gristmill.selectors.perplexity_correlation import PerplexityCorrelationSelector
 from gristmill.storage.workspace import Workspace
 from gristmill.training.zoo import ZooConfig, build_zoo, zoo_dir
 
@@ -15,6 +14,9 @@ from gristmill.training.zoo import ZooConfig, build_zoo, zoo_dir
 def zoo_build_flow(workspace: str, corpus: str, name: str, config: ZooConfig) -> dict[str, Any]:
     """Build the zoo `name` from `corpus` into <workspace>/zoos/<name> (finished models kept);
     the result also names the selector that takes the zoo."""
+    # Imported here: the selector pulls in SciPy, which no other stage of a recipe needs.
+    from gristmill.selectors.perplexity_correlation import PerplexityCorrelationSelector
+
     ws = Workspace(workspace)
     out_dir = zoo_dir(ws, name)
     with ws.write_lock(f"zoo build {name} from {corpus}"):

@@ -90,7 +90,8 @@ def score_shards(
     """Score the shards a plan lists as missing, recording them in batches; how many were."""
     if not plan.todo:  # every score stored: no loop to show (in a flow, an API call less)
         return 0
-    bar = progress.track(label, len(plan.todo))
+    documents = {s["content_hash"]: int(s["rows"]) for s in plan.todo}
+    bar = progress.track(label, sum(documents.values()), unit="docs")
     root = str(workspace.root)
     with workspace.catalog(read_only=True) as con:  # each shard's place, to name its task run
         number = {s["path"]: i for i, s in enumerate(catalog.shards(con, plan.corpus))}
@@ -99,11 +100,13 @@ def score_shards(
         for s in plan.todo
     ]
     scored = 0
-    for batch in batched_by_time(work_map(score_unit, units)):
+    # The bar moves as each shard finishes, before the batching that records them.
+    finished = progress.advancing(work_map(score_unit, units), bar,
+                                  lambda info: documents[info.shard_hash])  # fmt: skip
+    for batch in batched_by_time(finished):
         record_scores(workspace, plan, batch, scorer.config_dict())
         plan.stored.update({info.shard_hash: info.path for info in batch})
         scored += len(batch)
-        bar.advance(len(batch))
     bar.close()
     plan.todo = []
     return scored

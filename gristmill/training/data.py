@@ -18,20 +18,11 @@ import torch
 from gristmill.errors import InputError
 from gristmill.storage import catalog
 from gristmill.storage.files import sql_files
+from gristmill.storage.token_shards import heldout_mask
 from gristmill.storage.workspace import Workspace
 
 Split = Literal["train", "heldout", "all"]
-
-
-def heldout_mask(doc_ids: np.ndarray, fraction: float) -> np.ndarray:
-    """True for the documents in the held-out split (splitmix64 of the id, deterministic)."""
-    x = doc_ids.astype(np.uint64, copy=True)
-    with np.errstate(over="ignore"):
-        x += np.uint64(0x9E3779B97F4A7C15)
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        x ^= x >> np.uint64(31)
-    return (x % np.uint64(1_000_000)) < np.uint64(round(fraction * 1_000_000))
+__all__ = ["heldout_mask"]  # defined with the token shards, which split the same way
 
 
 @dataclass(frozen=True)

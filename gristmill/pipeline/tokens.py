@@ -86,17 +86,53 @@ def resolve_tokenizer(workspace: Workspace, name_or_path: str) -> Path:
     return resolved
 
 
-@functools.lru_cache(maxsize=4)
-def _load(tokenizer_dir: str) -> Any:
-    from transformers import AutoTokenizer
+@dataclass(frozen=True)
+class LoadedTokenizer:
+    """A tokenizer directory's fast (Rust) tokenizer and its special tokens."""
 
+    backend: Any  # tokenizers.Tokenizer
+    bos_token_id: int | None
+    eos_token_id: int | None
+    vocab_size: int
+    name: str
+
+
+@functools.lru_cache(maxsize=4)
+def _load(tokenizer_dir: str) -> LoadedTokenizer:
+    """The directory's `tokenizer.json` read by `tokenizers` itself: transformers (and the torch
+    it imports, about 5 s) only for a directory without one, to convert its slow tokenizer."""
+    directory = Path(tokenizer_dir)
+    config: dict[str, Any] = {}
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):  # the config has the say
+        if (directory / name).is_file():
+            config.update(json.loads((directory / name).read_text(encoding="utf-8")))
     try:
-        return AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True, use_fast=True)
-    except (OSError, ValueError) as error:
+        if (directory / "tokenizer.json").is_file():
+            from tokenizers import Tokenizer
+
+            backend = Tokenizer.from_file(str(directory / "tokenizer.json"))
+        else:
+            from transformers import AutoTokenizer
+
+            backend = AutoTokenizer.from_pretrained(
+                tokenizer_dir, local_files_only=True, use_fast=True
+            ).backend_tokenizer
+    except Exception as error:  # tokenizers raises plain Exception for a bad file
         raise InputError(f"tokenizer {tokenizer_dir}: could not be loaded: {error}") from None
 
+    def special(key: str) -> int | None:
+        token = config.get(key)
+        token = token.get("content") if isinstance(token, dict) else token
+        return None if token is None else backend.token_to_id(token)
 
-def _special_ids(tokenizer: Any, options: TokenizeOptions) -> tuple[int | None, int | None]:
+    return LoadedTokenizer(backend, special("bos_token"), special("eos_token"),
+                           backend.get_vocab_size(with_added_tokens=True),
+                           str(config.get("tokenizer_class", "Tokenizer")))  # fmt: skip
+
+
+def _special_ids(
+    tokenizer: LoadedTokenizer, options: TokenizeOptions
+) -> tuple[int | None, int | None]:
     bos = options.bos_id if options.bos_id is not None else tokenizer.bos_token_id
     eos = options.eos_id if options.eos_id is not None else tokenizer.eos_token_id
     if options.bos and bos is None:
@@ -112,7 +148,7 @@ def tokenize_unit(unit: TokenizeUnit) -> ShardSummary:
     done = finished_shard(directory, unit.split, unit.shard)
     if done is not None:
         return done
-    backend = _load(unit.tokenizer_dir).backend_tokenizer
+    backend = _load(unit.tokenizer_dir).backend
     workspace = Workspace(unit.root)
     with workspace.catalog(read_only=True) as con:
         shards = workspace.shard_files(con, unit.corpus)
@@ -180,7 +216,7 @@ def plan_units(
     tokenizer_dir = resolve_tokenizer(workspace, options.tokenizer)
     tokenizer = _load(str(tokenizer_dir))
     bos_id, eos_id = _special_ids(tokenizer, options)
-    dtype = token_dtype(len(tokenizer))
+    dtype = token_dtype(tokenizer.vocab_size)
     held = heldout_mask(doc_ids, options.heldout_fraction)
     units = []
     for split, ids in (("train", doc_ids[~held]), ("heldout", doc_ids[held])):
@@ -191,8 +227,8 @@ def plan_units(
                 str(directory), str(tokenizer_dir), dtype, bos_id, eos_id, options.batch_size,
             ))  # fmt: skip
     described = {"name": options.tokenizer, "path": str(tokenizer_dir),
-                 "hash": tokenizer_hash(tokenizer_dir), "vocab_size": len(tokenizer),
-                 "class": type(tokenizer).__name__}  # fmt: skip
+                 "hash": tokenizer_hash(tokenizer_dir), "vocab_size": tokenizer.vocab_size,
+                 "class": tokenizer.name}  # fmt: skip
     return units, {"tokenizer": described, "dtype": dtype, "bos_id": bos_id, "eos_id": eos_id}
 
 

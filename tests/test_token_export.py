@@ -11,9 +11,9 @@ from conftest import good_text, write_jsonl
 
 from gristmill import pipeline
 from gristmill.errors import InputError
-from gristmill.pipeline import tokens as token_export
 from gristmill.pipeline.tokens import TokenizeOptions, export_tokens
 from gristmill.storage import catalog
+from gristmill.storage import token_shards as shard_format
 from gristmill.storage.token_shards import ShardWriter, TokenShards, heldout_mask, token_dtype
 from gristmill.storage.workspace import Workspace
 from gristmill.training.models import train_tokenizer
@@ -127,7 +127,7 @@ def test_an_interrupted_export_resumes_its_finished_shards(selected, tmp_path, m
     ws, tokenizer_dir, _ = selected
     options = TokenizeOptions(str(tokenizer_dir), docs_per_shard=10)
     calls: list[int] = []
-    real = token_export.tokenize_unit
+    real = shard_format.tokenize_unit
 
     def failing_map(fn, units):
         for unit in units:
@@ -143,7 +143,7 @@ def test_an_interrupted_export_resumes_its_finished_shards(selected, tmp_path, m
         calls.append(unit.shard)
         return real(unit)
 
-    monkeypatch.setattr(token_export, "tokenize_unit", counting)
+    monkeypatch.setattr(shard_format, "tokenize_unit", counting)
     before = sorted(p.name for p in tmp_path.glob(".out.tmp-*/*.json"))
     assert before == ["train-00000.json", "train-00001.json"]
     export_tokens(ws, "sel", tmp_path / "out", options)

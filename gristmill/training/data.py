@@ -7,7 +7,9 @@ documents never reach training, whichever corpus or selection the training data 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import duckdb
@@ -18,7 +20,7 @@ import torch
 from gristmill.errors import InputError
 from gristmill.storage import catalog
 from gristmill.storage.files import sql_files
-from gristmill.storage.token_shards import heldout_mask
+from gristmill.storage.token_shards import TokenShards, heldout_mask
 from gristmill.storage.workspace import Workspace
 
 Split = Literal["train", "heldout", "all"]
@@ -85,7 +87,16 @@ def tokenize(tokenizer: Any, texts: list[str], batch_size: int = 1000) -> list[l
     return ids
 
 
-def pack(token_lists: list[list[int]], seq_len: int, eos_id: int) -> torch.Tensor:
+def shard_documents(directory: Path, split: str = "train") -> list[np.ndarray]:
+    """Each document's token ids from token shards written with EOS and no BOS, EOS dropped
+    (`pack` puts it back): memory-mapped views, so only the packed rows are ever copied."""
+    shards = TokenShards(directory)
+    if shards.manifest["eos_id"] is None or shards.manifest["bos_id"] is not None:
+        raise InputError(f"{directory}: packing needs token shards with EOS and without BOS")
+    return [ids[:-1] for _, ids in shards.documents(split)]
+
+
+def pack(token_lists: Sequence[Sequence[int]], seq_len: int, eos_id: int) -> torch.Tensor:
     """Concatenate documents, each followed by EOS, into rows of `seq_len` tokens (tail dropped)."""
     total = sum(len(t) + 1 for t in token_lists)
     stream = np.empty(total, dtype=np.int64)

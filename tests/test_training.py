@@ -69,6 +69,28 @@ def test_pack_separates_documents_with_eos() -> None:
     assert len(set(seen)) == 3  # one epoch visits every row once
 
 
+def test_rows_packed_from_token_shards_equal_rows_packed_in_memory(tokenizer, tmp_path) -> None:
+    from conftest import write_jsonl
+
+    from gristmill import pipeline
+    from gristmill.storage.token_shards import TokenizeOptions, write_token_shards
+    from gristmill.training.data import shard_documents, tokenize
+
+    write_jsonl(tmp_path / "raw.jsonl", [{"text": t} for t in TEXTS])
+    ws = Workspace(tmp_path / "ws")
+    pipeline.ingest(ws, [str(tmp_path / "raw.jsonl")], "stories")
+    table = read_documents(ws, DataSource(corpus="stories"), columns=("doc_id", "text"))
+    tokenizer.save_pretrained(tmp_path / "tok")
+    options = TokenizeOptions(str(tmp_path / "tok"), docs_per_shard=9)  # several shards
+    ids = table["doc_id"].to_numpy()
+    write_token_shards(ws, "stories", ids, tmp_path / "shards", options)
+    from_shards = shard_documents(tmp_path / "shards")
+    in_memory = tokenize(tokenizer, table["text"].to_pylist())
+    assert [d.tolist() for d in from_shards] == in_memory
+    eos = tokenizer.eos_token_id
+    assert torch.equal(pack(from_shards, 16, eos), pack(in_memory, 16, eos))
+
+
 def test_heldout_split_is_stable_and_disjoint() -> None:
     ids = np.arange(1, 20001, dtype=np.uint64) * np.uint64(0x9E3779B1)
     held = heldout_mask(ids, 0.1)

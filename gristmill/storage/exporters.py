@@ -1,4 +1,8 @@
-"""Exporters: write a selection's documents as Parquet, JSONL or a Hugging Face dataset."""
+"""Exporters: write a selection's documents as Parquet, JSONL or a Hugging Face dataset.
+
+Token shards (pipeline/tokens.py) use the same destination checks and swap: `check_destination`,
+`staging_prefix`, `swap_in`.
+"""
 
 from __future__ import annotations
 
@@ -39,7 +43,7 @@ def materialize(
     if fmt not in EXPORT_FORMATS:
         raise InputError(f"unknown export format {fmt!r} (use one of {', '.join(EXPORT_FORMATS)})")
     out_dir = Path(out).expanduser().resolve()
-    _check_destination(workspace, out_dir, overwrite)
+    check_destination(workspace, out_dir, overwrite)
     with workspace.catalog(read_only=True) as con:
         record = catalog.get_selection(con, selection)
         shards = workspace.shard_files(con, record["corpus"])
@@ -47,7 +51,7 @@ def materialize(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     # Build next to the destination, then swap it in, so a failed export leaves nothing half-done.
     _remove_stale_staging(out_dir)
-    prefix = f"{_staging_prefix(out_dir)}{os.getpid()}-"
+    prefix = f"{staging_prefix(out_dir)}{os.getpid()}-"
     staging = Path(tempfile.mkdtemp(prefix=prefix, dir=out_dir.parent))
     try:
         query = (
@@ -70,10 +74,7 @@ def materialize(
             rows = con.sql(f"select count(*) from read_parquet({sql_files([members])})").fetchall()
         if fmt == "hf":
             _parquet_to_hf(target, staging)
-        (staging / MARKER).write_text(f"gristmill export of selection {selection}\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
+        swap_in(staging, out_dir, selection)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -82,10 +83,18 @@ def materialize(
             "files": files}  # fmt: skip
 
 
-def _staging_prefix(out_dir: Path) -> str:
+def staging_prefix(out_dir: Path) -> str:
     """`.<name>.tmp-<host>-`; a staging directory adds `<pid>-<random>`, so that one left by a
     killed export can be told from one in use."""
     return f".{out_dir.name}.tmp-{socket.gethostname()}-"
+
+
+def swap_in(staging: Path, out_dir: Path, selection: str) -> None:
+    """Mark a finished staging directory as an export and put it in place of `out_dir`."""
+    (staging / MARKER).write_text(f"gristmill export of selection {selection}\n")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(staging, out_dir)
 
 
 def _remove_stale_staging(out_dir: Path) -> None:
@@ -94,7 +103,7 @@ def _remove_stale_staging(out_dir: Path) -> None:
     A staging directory is stale when the process named in it is gone; one of another host, of
     another destination or of a running export is left alone.
     """
-    prefix = _staging_prefix(out_dir)
+    prefix = staging_prefix(out_dir)
     named = re.compile(re.escape(prefix) + r"(\d+)-[^-]+")
     for path in out_dir.parent.glob(glob.escape(prefix) + "*"):
         match = named.fullmatch(path.name)
@@ -112,7 +121,7 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def _check_destination(workspace: Workspace, out_dir: Path, overwrite: bool) -> None:
+def check_destination(workspace: Workspace, out_dir: Path, overwrite: bool) -> None:
     """Refuse destinations whose replacement could destroy anything but an earlier export."""
     root = workspace.root
     if out_dir == root or root.is_relative_to(out_dir) or out_dir.is_relative_to(root / "corpora"):

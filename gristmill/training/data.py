@@ -7,7 +7,9 @@ documents never reach training, whichever corpus or selection the training data 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import duckdb
@@ -18,20 +20,11 @@ import torch
 from gristmill.errors import InputError
 from gristmill.storage import catalog
 from gristmill.storage.files import sql_files
+from gristmill.storage.token_shards import TokenShards, heldout_mask
 from gristmill.storage.workspace import Workspace
 
 Split = Literal["train", "heldout", "all"]
-
-
-def heldout_mask(doc_ids: np.ndarray, fraction: float) -> np.ndarray:
-    """True for the documents in the held-out split (splitmix64 of the id, deterministic)."""
-    x = doc_ids.astype(np.uint64, copy=True)
-    with np.errstate(over="ignore"):
-        x += np.uint64(0x9E3779B97F4A7C15)
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        x ^= x >> np.uint64(31)
-    return (x % np.uint64(1_000_000)) < np.uint64(round(fraction * 1_000_000))
+__all__ = ["heldout_mask"]  # defined with the token shards, which split the same way
 
 
 @dataclass(frozen=True)
@@ -94,7 +87,16 @@ def tokenize(tokenizer: Any, texts: list[str], batch_size: int = 1000) -> list[l
     return ids
 
 
-def pack(token_lists: list[list[int]], seq_len: int, eos_id: int) -> torch.Tensor:
+def shard_documents(directory: Path, split: str = "train") -> list[np.ndarray]:
+    """Each document's token ids from token shards written with EOS and no BOS, EOS dropped
+    (`pack` puts it back): memory-mapped views, so only the packed rows are ever copied."""
+    shards = TokenShards(directory)
+    if shards.manifest["eos_id"] is None or shards.manifest["bos_id"] is not None:
+        raise InputError(f"{directory}: packing needs token shards with EOS and without BOS")
+    return [ids[:-1] for _, ids in shards.documents(split)]
+
+
+def pack(token_lists: Sequence[Sequence[int]], seq_len: int, eos_id: int) -> torch.Tensor:
     """Concatenate documents, each followed by EOS, into rows of `seq_len` tokens (tail dropped)."""
     total = sum(len(t) + 1 for t in token_lists)
     stream = np.empty(total, dtype=np.int64)

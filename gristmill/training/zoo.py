@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from gristmill.devices import Device, resolve_device
 from gristmill.errors import InputError
 from gristmill.storage import catalog
 from gristmill.storage.files import write_json_atomic, write_text_atomic
+from gristmill.storage.token_shards import TokenizeOptions, write_token_shards
 from gristmill.storage.workspace import Workspace, validate_name
 from gristmill.training.config import Preset, TrainConfig
 
@@ -32,6 +34,7 @@ ZOO_METADATA = "zoo.json"
 ZOOS_DIR = "zoos"
 SETTINGS_FILE = "settings.json"
 TOKENIZER_DIR = "tokenizer"
+TOKENS_DIR = "tokens"  # the training split's token shards (storage/token_shards.py)
 
 
 def zoo_dir(workspace: Workspace, name: str) -> Path:
@@ -114,14 +117,14 @@ def benchmark_error(bits_per_byte: float) -> float:
 
 
 def _mixture_stream(
-    token_lists: list[list[int]],
+    token_lists: Sequence[Sequence[int]],
     by_domain: list[np.ndarray],
     mixture: np.ndarray,
     tokens: int,
     rng: np.random.Generator,
-) -> list[list[int]]:
+) -> list[Sequence[int]]:
     """Documents drawn per domain in a random order (repeating if short) up to each share."""
-    chosen: list[list[int]] = []
+    chosen: list[Sequence[int]] = []
     for members, share in zip(by_domain, mixture, strict=True):
         quota = share * tokens
         if quota < 1 or len(members) == 0:
@@ -149,7 +152,7 @@ def build_zoo(
         heldout_mask,
         pack,
         read_documents,
-        tokenize,
+        shard_documents,
     )
     from gristmill.training.lm_scoring import score_documents
     from gristmill.training.models import (
@@ -188,7 +191,14 @@ def build_zoo(
     else:
         tokenizer = train_tokenizer(train_texts, config.vocab_size)
         tokenizer.save_pretrained(tokenizer_dir)
-    token_lists = tokenize(tokenizer, train_texts)
+    # The pool's training split as token shards (resumable), read back memory-mapped: the
+    # same ids, in the same order, as tokenizing the texts here would give.
+    shards_dir = out_dir / TOKENS_DIR
+    train_ids = pool["doc_id"].to_numpy()[train_index]
+    write_token_shards(
+        workspace, corpus, train_ids, shards_dir, TokenizeOptions(str(tokenizer_dir))
+    )
+    token_lists = shard_documents(shards_dir)
     train_domains = domains[train_index]
     by_domain = [np.flatnonzero(train_domains == d) for d in names]
     device = resolve_device(config.device)

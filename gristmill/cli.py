@@ -729,25 +729,52 @@ def _cells_table(rows: list[dict[str, Any]], title: str) -> None:
 def materialize(
     selection: str,
     out_dir: Annotated[Path, typer.Option("--out", help="output directory")],
-    format: Annotated[str, typer.Option(help="parquet, jsonl or hf")] = "parquet",
+    format: Annotated[str, typer.Option(help="parquet, jsonl, hf or tokens")] = "parquet",
     overwrite: Annotated[
         bool,
         typer.Option(help="replace an earlier gristmill export there (never any other directory)"),
     ] = False,
+    tokenizer: Annotated[
+        str | None, typer.Option(help="tokens: a local tokenizer directory or workspace model")
+    ] = None,
+    bos: Annotated[bool, typer.Option(help="tokens: BOS before each document")] = False,
+    eos: Annotated[bool, typer.Option(help="tokens: EOS after each document")] = True,
+    shuffle_seed: Annotated[
+        int | None,
+        typer.Option(help="tokens: shuffle documents with this seed [default: rank order]"),
+    ] = None,
+    heldout_fraction: Annotated[
+        float, typer.Option(help="tokens: share of documents (by doc_id hash) in a held-out split")
+    ] = 0.0,
+    docs_per_shard: Annotated[int, typer.Option(help="tokens: documents per shard")] = 50_000,
     workspace: WorkspaceOption = None,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
-    """Write a selection's documents (in rank order) as Parquet, JSONL or a HF dataset."""
+    """Write a selection's documents (in rank order) as Parquet, JSONL, a HF dataset, or token
+    shards a trainer reads directly (nanoGPT memmap, Megatron .bin/.idx)."""
     ws = _ws(workspace)
-    _checks().check_materialize(ws, selection, out_dir, format, overwrite)
+    _checks().check_materialize(ws, selection, out_dir, format, overwrite, tokenizer)
+    tokens = None
+    if format == "tokens":
+        tokens = {
+            "tokenizer": tokenizer, "bos": bos, "eos": eos, "shuffle_seed": shuffle_seed,
+            "heldout_fraction": heldout_fraction, "docs_per_shard": docs_per_shard,
+        }  # fmt: skip
     flows = _flows(quiet)
-    result = flows.materialize_flow(str(ws.root), selection, str(out_dir), format, overwrite)
+    result = _with_progress(
+        lambda: flows.materialize_flow(str(ws.root), selection, str(out_dir), format, overwrite,
+                                       tokens),
+        quiet,
+    )  # fmt: skip
     if json_output:
         _print_json(result)
         return
+    what = f"{result['documents']:,} documents"
+    if "tokens" in result:
+        what += f" ({result['tokens']:,} tokens)"
     out.print(
-        f"wrote {result['documents']:,} documents of [bold]{selection}[/] to {result['out']} "
+        f"wrote {what} of [bold]{selection}[/] to {result['out']} "
         f"({result['format']}: {', '.join(result['files'][:5])})",
         highlight=False,
     )

@@ -9,12 +9,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gristmill.errors import InputError
+from gristmill.pipeline.export import MaterializeFormat
 from gristmill.selectors import registry
 from gristmill.selectors.base import describe_validation_error
 from gristmill.selectors.budget import Budget
 from gristmill.selectors.selection import SelectOptions
-from gristmill.storage.exporters import ExportFormat
 from gristmill.storage.readers import IngestOptions, is_url
+from gristmill.storage.token_shards import TokenizeOptions
 from gristmill.storage.workspace import validate_name
 from gristmill.training.config import ExperimentSpec
 from gristmill.training.zoo import ZooConfig
@@ -135,8 +136,30 @@ class MaterializeStep(BaseModel):
 
     selection: str
     out: str
-    format: ExportFormat = "parquet"
+    format: MaterializeFormat = "parquet"
     overwrite: bool = True
+    # format tokens: how documents become token ids (see storage/token_shards.py)
+    tokenizer: str | None = Field(None, description="a local tokenizer directory or model")
+    bos: bool = False
+    eos: bool = True
+    shuffle_seed: int | None = Field(None, description="None: rank order")
+    heldout_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    docs_per_shard: int = Field(50_000, ge=1)
+
+    @model_validator(mode="after")
+    def _tokenizer(self) -> MaterializeStep:
+        if (self.format == "tokens") != (self.tokenizer is not None):
+            raise ValueError("tokenizer: format tokens needs one, and only it takes one")
+        return self
+
+    def tokenize_options(self) -> TokenizeOptions | None:
+        """The token settings of a `tokens` output (None for the text formats)."""
+        if self.format != "tokens" or self.tokenizer is None:
+            return None
+        return TokenizeOptions(
+            tokenizer=self.tokenizer, bos=self.bos, eos=self.eos, shuffle_seed=self.shuffle_seed,
+            heldout_fraction=self.heldout_fraction, docs_per_shard=self.docs_per_shard,
+        )  # fmt: skip
 
 
 class Recipe(BaseModel):
@@ -191,6 +214,8 @@ class Recipe(BaseModel):
             step.paths = [_resolved(p, base) for p in step.paths]
         for out in self.materialize:
             out.out = _resolved(out.out, base)
+            if out.tokenizer is not None and ("/" in out.tokenizer or out.tokenizer[0] in ".~"):
+                out.tokenizer = _resolved(out.tokenizer, base)  # a path, not a model's name
         if self.workspace is not None:
             self.workspace = _resolved(self.workspace, base)
         return self

@@ -158,7 +158,7 @@ def test_destination_rules_are_those_of_the_text_formats(selected, tmp_path) -> 
     ws, tokenizer_dir, _ = selected
     options = TokenizeOptions(str(tokenizer_dir))
     export_tokens(ws, "sel", tmp_path / "out", options)
-    with pytest.raises(InputError, match="not empty"):
+    with pytest.raises(InputError, match="earlier gristmill export; pass --overwrite"):
         export_tokens(ws, "sel", tmp_path / "out", options)
     export_tokens(ws, "sel", tmp_path / "out", options, overwrite=True)
     other = tmp_path / "mine"
@@ -173,3 +173,32 @@ def test_a_tokenizer_that_is_not_local_is_an_input_error(selected, tmp_path) -> 
     ws, _, _ = selected
     with pytest.raises(InputError, match="nothing is downloaded"):
         export_tokens(ws, "sel", tmp_path / "out", TokenizeOptions("gpt2-not-here"))
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_materialize_format_tokens_from_the_cli_and_a_recipe(selected, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from gristmill.cli import app
+    from gristmill.recipe import load_recipe
+
+    ws, tokenizer_dir, _ = selected
+    runner = CliRunner()
+    missing = runner.invoke(app, ["materialize", "sel", "--out", str(tmp_path / "a"),
+                                  "--format", "tokens", "-w", str(ws.root)])  # fmt: skip
+    assert missing.exit_code == 2 and "needs --tokenizer" in missing.output
+    done = runner.invoke(app, ["materialize", "sel", "--out", str(tmp_path / "a"), "--format",
+                               "tokens", "--tokenizer", str(tokenizer_dir), "--shuffle-seed", "3",
+                               "-w", str(ws.root), "-q"])  # fmt: skip
+    assert done.exit_code == 0, done.output
+    assert "30 documents" in done.stdout and "tokens" in done.stdout
+    assert TokenShards(tmp_path / "a").manifest["documents"] == 30
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "materialize:\n  - {selection: sel, out: out, format: tokens,\n"
+        f"     tokenizer: {tokenizer_dir}}}\n"
+    )
+    assert load_recipe(recipe).materialize[0].tokenize_options().tokenizer == str(tokenizer_dir)
+    recipe.write_text("materialize:\n  - {selection: sel, out: out, format: tokens}\n")
+    with pytest.raises(InputError, match="tokenizer"):
+        load_recipe(recipe)

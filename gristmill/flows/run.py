@@ -3,6 +3,7 @@ experiment, each stage a sub-flow."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -104,9 +105,11 @@ def run_recipe_flow(
                 curation["shards_scored"], curation["shards_reused"],
             )  # fmt: skip
         for out in recipe.materialize:
+            tokens = out.tokenize_options()
             written = materialize_flow(
-                str(ws.root), out.selection, out.out, out.format, out.overwrite
-            )
+                str(ws.root), out.selection, out.out, out.format, out.overwrite,
+                asdict(tokens) if tokens else None,
+            )  # fmt: skip
             results["out"].append(written)
             logger.info(
                 "materialize %s: %s documents -> %s",

@@ -41,6 +41,7 @@ from gristmill.selectors.scoring import SignalInfo
 from gristmill.selectors.selection import SelectOptions
 from gristmill.storage.catalog import ChunkResult
 from gristmill.storage.readers import IngestOptions
+from gristmill.storage.token_shards import TokenizeOptions
 from gristmill.storage.workspace import Workspace
 
 RESULTS_DIR = "prefect-results"
@@ -323,10 +324,19 @@ def curate_flow(
 
 @flow(name="materialize", flow_run_name="materialize {selection} -> {out}", persist_result=False)
 def materialize_flow(
-    workspace: str, selection: str, out: str, fmt: str = "parquet", overwrite: bool = False
+    workspace: str,
+    selection: str,
+    out: str,
+    fmt: str = "parquet",
+    overwrite: bool = False,
+    tokens: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write a selection's documents to a directory."""
-    return pipeline.materialize(Workspace(workspace), selection, out, fmt, overwrite)  # type: ignore[arg-type]
+    """Write a selection's documents to a directory (`tokens`: the token settings of the
+    tokens format, as plain data)."""
+    options = TokenizeOptions(**tokens) if tokens else None
+    # Tokenization runs in the flow process, shard by shard (resumable, bounded memory); the
+    # tokenizer is multi-threaded itself.
+    return pipeline.materialize(Workspace(workspace), selection, out, fmt, overwrite, options)  # type: ignore[arg-type]
 
 
 @flow(

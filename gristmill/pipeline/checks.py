@@ -146,14 +146,7 @@ def check_destination(workspace: Workspace, out: str | os.PathLike[str], overwri
     """The output directory may receive an export: new, empty, or an earlier gristmill export
     that `overwrite` allows replacing (the only kind --overwrite ever replaces); writable."""
     out_dir = Path(out).expanduser().resolve()
-    # As with --overwrite: refuses the workspace's own directories, a file, and a non-empty
-    # directory that is not an earlier export (which --overwrite would not replace either).
-    exporters._check_destination(workspace, out_dir, overwrite=True)
-    if not overwrite and out_dir.is_dir() and any(out_dir.iterdir()):
-        raise InputError(
-            f"{out_dir}: output directory holds an earlier gristmill export; pass --overwrite "
-            "to replace it"
-        )
+    exporters.check_destination(workspace, out_dir, overwrite)
     check_can_write(out_dir)
 
 
@@ -163,13 +156,24 @@ def check_materialize(
     out: str | os.PathLike[str],
     fmt: str = "parquet",
     overwrite: bool = False,
+    tokenizer: str | None = None,
 ) -> None:
-    """The format, the selection and the output directory of a materialisation."""
-    if fmt not in exporters.EXPORT_FORMATS:
-        raise InputError(
-            f"unknown export format {fmt!r} (use one of {', '.join(exporters.EXPORT_FORMATS)})"
-        )
+    """The format (and for tokens its local tokenizer), the selection and the output directory
+    of a materialisation."""
+    from gristmill.pipeline.export import FORMATS
+
+    if fmt not in FORMATS:
+        raise InputError(f"unknown export format {fmt!r} (use one of {', '.join(FORMATS)})")
     ws = as_workspace(workspace)
+    if fmt == "tokens":
+        from gristmill.storage.token_shards import resolve_tokenizer
+
+        if tokenizer is None:
+            raise InputError("format tokens needs --tokenizer (a local tokenizer directory or "
+                             "a workspace model)")  # fmt: skip
+        resolve_tokenizer(ws, tokenizer)
+    elif tokenizer is not None:
+        raise InputError(f"--tokenizer is for format tokens, not {fmt!r}")
     with ws.catalog(read_only=True) as con:
         catalog.get_selection(con, selection)
     check_destination(ws, out, overwrite)
@@ -279,6 +283,10 @@ def check_recipe(recipe: Recipe, workspace: Workspace | str | os.PathLike[str]) 
     for index, out in enumerate(recipe.materialize):
         need_selection(f"materialize[{index}].selection", out.selection)
         try:
+            if out.format == "tokens":
+                from gristmill.storage.token_shards import resolve_tokenizer
+
+                resolve_tokenizer(ws, out.tokenizer or "")
             check_destination(ws, out.out, out.overwrite)
         except InputError as error:
             raise InputError(f"materialize[{index}].out: {error}") from None

@@ -129,11 +129,16 @@ def check_destination(workspace: Workspace, out_dir: Path, overwrite: bool) -> N
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{out_dir}: exists and is not a directory")
     if out_dir.exists() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise InputError(f"{out_dir}: output directory is not empty (--overwrite replaces it)")
+        # --overwrite only ever replaces an earlier gristmill export: say which case this is.
         if not (out_dir / MARKER).exists():
             raise InputError(
-                f"{out_dir}: not empty and not an earlier gristmill export; refusing to replace it"
+                f"{out_dir}: not empty and not an earlier gristmill export; refusing to replace "
+                "it (--overwrite replaces only an earlier export): choose an empty directory"
+            )
+        if not overwrite:
+            raise InputError(
+                f"{out_dir}: output directory holds an earlier gristmill export; pass "
+                "--overwrite to replace it"
             )
 
 

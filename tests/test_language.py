@@ -166,6 +166,11 @@ def test_inspect_shows_counts_per_language(workspace: Workspace) -> None:
     assert all(0.5 < rows[lang]["mean_score"] <= 1 for lang in TEXTS)
     dropped = [r for r in result["dropped"] if r["reasons"]]
     assert dropped and all(r["reasons"][0].startswith("lang=") for r in dropped)
+    # The selection's artifact in the UI carries the same per-language table.
+    from gristmill.flows.ui import selection_markdown
+
+    markdown = selection_markdown(workspace, "s")
+    assert "## Per language" in markdown and "| fr | 3 | 0 | 3 |" in markdown
 
 
 @pytest.mark.parametrize(

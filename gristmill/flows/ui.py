@@ -277,15 +277,20 @@ def examples_markdown(sample: dict[str, Any], max_chars: int = EXAMPLE_CHARS) ->
 def selection_markdown(workspace: Workspace, name: str) -> str:
     """The selection artifact's markdown: the score distribution of kept and dropped
     candidates, then a few example documents of each with their reasons."""
+    from gristmill.pipeline.inspection import selector_sections
+
     with queries.selection_view(workspace, name, EXAMPLES, 0, EXAMPLE_CHARS) as view:
         histogram = score_histogram(view)
         sample = queries.sample_selection(view)
         record = view.record
+        # What the selector explains (per-language counts, a classifier's held-out metrics...).
+        tables = [table for section in selector_sections(view) for table in section.tables]
+    explained = "".join(f"## {t.title.capitalize()}\n\n{markdown_table(t.rows)}\n" for t in tables)
     return (  # no title: the artifact's page shows its key and description above it
         f"{record['n_selected']:,} of {record['n_candidates']:,} documents of "
         f"`{record['corpus']}` kept by `{record['selector']}`.\n\n"
         f"## Score distribution (`{record['signal']}`)\n\n{histogram_markdown(histogram)}\n"
-        f"## Examples\n\n{examples_markdown(sample)}"
+        f"{explained}## Examples\n\n{examples_markdown(sample)}"
     )
 
 

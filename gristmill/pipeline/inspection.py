@@ -26,7 +26,7 @@ def inspect_selection(
     with queries.selection_view(workspace, name, sample, seed, max_chars) as view:
         result = queries.sample_selection(view, ranked)
         result["sections"] = []
-        for section in _explain(view):
+        for section in selector_sections(view):
             if section.key in result:
                 raise RuntimeError(
                     f"selector {view.record['selector']}: explain section {section.key!r} "
@@ -37,7 +37,7 @@ def inspect_selection(
     return result
 
 
-def _explain(view: SelectionView) -> list[Section]:
+def selector_sections(view: SelectionView) -> list[Section]:
     """The selection's selector's sections; none when the selector is no longer installed, or
     the record's config no longer builds it (an older record)."""
     try:

@@ -14,25 +14,21 @@ tokenizers library uses every core), tokens per CPU second (= tokens/s per core)
 process's peak RSS. The full size and half of it are measured, so a peak that grows with the
 selection shows.
 
-    .venv/bin/python benchmarks/tokenize.py [--docs 100000] [--vocab 8192] [--data DIR]
+    .venv/bin/python benchmarks/token_export.py [--docs 100000] [--vocab 8192] [--data DIR]
+
+(Not named tokenize.py: in benchmarks/ that name would hide the standard library's `tokenize`
+from every other script there.)
 """
 
-# ruff: noqa: E402 (sys.path is fixed before the other imports)
 from __future__ import annotations
-
-import os
-import sys
-
-# Run as a script, this file's folder leads sys.path, and its name would hide the standard
-# library's `tokenize` (which linecache, and so every traceback, imports).
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path

@@ -30,14 +30,12 @@ import json
 import os
 import platform
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from orchestration import DEFAULT_INPUT, ENV, start_server, timed_command
+from orchestration import DEFAULT_INPUT, ENV, start_server, stop_server, timed_command
 
 CLI = [sys.executable, "-m", "gristmill.cli"]
 GOALS = {"select": 3.0, "materialize": 5.0}  # seconds, on the 2-core machine
@@ -134,12 +132,7 @@ def main() -> None:
                                          if k.startswith(command)}}  # fmt: skip
         print("\n" + json.dumps({"documents": documents, "repeat": args.repeat, **summary}))
     finally:
-        if server is not None and server.poll() is None:
-            server.send_signal(signal.SIGINT)
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                server.kill()
+        stop_server(server)
         shutil.rmtree(scratch, ignore_errors=True)
 
 

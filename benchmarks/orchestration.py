@@ -156,6 +156,17 @@ def timed_command(command: list[str], env: dict[str, str]) -> tuple[float, dict[
     return wall, {**parsed, "child_cpu": usage.ru_utime + usage.ru_stime}
 
 
+def stop_server(server: subprocess.Popen | None) -> None:
+    """Stop a server `start_server` started (SIGINT, then SIGKILL after 20 s)."""
+    if server is None or server.poll() is not None:
+        return
+    server.send_signal(signal.SIGINT)
+    try:
+        server.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.kill()
+
+
 def start_server(home: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
     import httpx
 
@@ -271,12 +282,7 @@ def main() -> None:
             "child's (imports included)"
         )
     finally:
-        if server is not None and server.poll() is None:
-            server.send_signal(signal.SIGINT)
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                server.kill()
+        stop_server(server)
         shutil.rmtree(scratch, ignore_errors=True)
 
 

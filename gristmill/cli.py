@@ -222,27 +222,19 @@ def _use_local_server() -> str | None:
     API URL the flows will use (None: Prefect's temporary API, which keeps no runs)."""
     if os.environ.get("PREFECT_API_URL"):
         return os.environ["PREFECT_API_URL"]
-    try:
-        from gristmill.server import running_api_url
-    except ImportError:  # a gristmill without the server module
-        return None
+    from gristmill.server import running_api_url
+
     url = running_api_url()
     if url:
         os.environ["PREFECT_API_URL"] = url
     return url
 
 
-def _server_module_present() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("gristmill.server") is not None
-
-
 def _connect(quiet: bool = False) -> str | None:
     """Use the local server when one runs (its API URL); otherwise say, in one line on stderr,
     that runs are not kept and how to keep them (not with `quiet`)."""
     url = _use_local_server()
-    if url is None and not quiet and _server_module_present():
+    if url is None and not quiet:
         err.print(f"note: no gristmill server running: runs are not kept ({SERVER_HINT})",
                   highlight=False)  # fmt: skip
     return url
@@ -1179,11 +1171,9 @@ app.add_typer(server_app, name="server")
 
 
 def _server() -> Any:
-    """gristmill.server, or a clear error for a gristmill without it."""
-    try:
-        import gristmill.server as server
-    except ImportError:
-        raise GristmillError("this gristmill has no local server (gristmill.server)") from None
+    """gristmill.server, imported by the commands that use it."""
+    import gristmill.server as server
+
     return server
 
 

@@ -13,19 +13,12 @@ from test_target_selectors import DOMAIN_OPTIONS, TOPICS, kept_share, make_works
 
 from gristmill import pipeline
 from gristmill.errors import InputError
-from gristmill.selectors import fasttext_model, registry
+from gristmill.selectors import fasttext_model
 from gristmill.selectors.classifier import ClassifierSelector
 from gristmill.selectors.fasttext_model import FastTextSettings
 from gristmill.selectors.selection import SelectOptions
 from gristmill.storage.queries import selection_view
 from gristmill.storage.workspace import Workspace
-
-
-@pytest.fixture(autouse=True)
-def registered(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The selector registered by name (a no-op once the registry's built-ins list it)."""
-    entry = "gristmill.selectors.classifier:ClassifierSelector"
-    monkeypatch.setitem(registry._BUILTINS, "classifier", entry)
 
 
 def curate(ws: Workspace, budget: str, name: str, target: str | None = "target", **params):

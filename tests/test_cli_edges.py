@@ -255,7 +255,6 @@ def server(monkeypatch) -> types.SimpleNamespace:
     monkeypatch.setitem(sys.modules, "gristmill.server", module)
     # `import gristmill.server as server` reads the package's attribute once it is imported.
     monkeypatch.setattr(gristmill, "server", module, raising=False)
-    monkeypatch.setattr(cli, "_server_module_present", lambda: True)
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     return state
 

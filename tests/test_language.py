@@ -17,7 +17,7 @@ from ingest_helpers import ingest_catalogued
 
 from gristmill import pipeline
 from gristmill.errors import InputError
-from gristmill.selectors import language, registry
+from gristmill.selectors import language
 from gristmill.selectors.language import LanguageSelector, drop_reasons, identifier, normalize_code
 from gristmill.selectors.selection import SelectOptions
 from gristmill.storage.workspace import Workspace
@@ -43,14 +43,7 @@ TEXTS = {
 
 
 @pytest.fixture
-def registered(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The selector registered by name (a no-op once the registry's built-ins list it)."""
-    entry = "gristmill.selectors.language:LanguageSelector"
-    monkeypatch.setitem(registry._BUILTINS, "language", entry)
-
-
-@pytest.fixture
-def workspace(tmp_path: Path, registered: None) -> Workspace:
+def workspace(tmp_path: Path) -> Workspace:
     """A corpus of English, German and French sentences and one without words, in two shards."""
     english = [{"text": t, "meta": {"lang": "en"}} for t in TEXTS["en"]]
     others = [{"text": t, "meta": {"lang": lang}} for lang in ("de", "fr") for t in TEXTS[lang]]

@@ -36,7 +36,7 @@ from gristmill.errors import InputError
 from gristmill.pipeline.curation import score_shards
 from gristmill.pipeline.ingestion import as_workspace
 from gristmill.pipeline.map import WorkMap, batched_by_time, serial_map
-from gristmill.pipeline.units import unit_arguments
+from gristmill.pipeline.units import chunk_outputs_exist, unit_arguments
 from gristmill.selectors.base import Scorer
 from gristmill.selectors.scoring import _code_version, plan_scoring, signal_files
 from gristmill.storage import catalog
@@ -107,8 +107,7 @@ class TransformUnit:
 
     def outputs_exist(self, result: ChunkResult) -> bool:
         """True while every file the result names is still there."""
-        paths = [s.path for s in result.shards] + [result.rejects_path] * bool(result.rejects_path)
-        return all(Workspace(self.root).absolute(p).exists() for p in paths)
+        return chunk_outputs_exist(self.root, result)
 
     def size_bytes(self) -> int | None:
         """The parent shard's text bytes: what the chain reads."""

@@ -20,6 +20,12 @@ def unit_arguments(unit: Any) -> dict[str, Any]:
     return {f.name: getattr(unit, f.name) for f in fields(unit)}
 
 
+def chunk_outputs_exist(root: str, result: ChunkResult) -> bool:
+    """True while every file a chunk result names (its shards and rejects) is still there."""
+    paths = [s.path for s in result.shards] + [result.rejects_path] * bool(result.rejects_path)
+    return all(Workspace(root).absolute(p).exists() for p in paths)
+
+
 def _lines(first: int) -> str:
     return f"from line {first:,}"
 
@@ -35,8 +41,7 @@ class ChunkUnit:
 
     def outputs_exist(self, result: ChunkResult) -> bool:
         """True while every file the result names is still there."""
-        paths = [s.path for s in result.shards] + [result.rejects_path] * bool(result.rejects_path)
-        return all(Workspace(self.root).absolute(p).exists() for p in paths)
+        return chunk_outputs_exist(self.root, result)
 
     def size_bytes(self) -> int | None:
         """About how many input bytes the chunk reads (None: unknown, as for a hub dataset)."""

@@ -90,7 +90,13 @@ def test_nothing_else_is_persisted_and_only_result_records_are_written() -> None
              experiment.experiment_flow, zoo_build_flow]  # fmt: skip
     assert [f.name for f in flows if f.persist_result is not False] == []
     assert experiment.base_model_task.persist_result is experiment.arm_task.persist_result is False
-    for worker in (tasks.ingest_chunk_task, tasks.score_shard_task):
+    import gristmill.pipeline.transformation  # noqa: F401  (registers its unit kind)
+    from gristmill.pipeline.units import UNIT_KINDS
+
+    assert len(UNIT_KINDS) >= 3  # ingest, score, transform at least
+    for fn in UNIT_KINDS:
+        worker = tasks.unit_task(fn)
+        assert worker.persist_result is False
         assert isinstance(worker.result_serializer, ResultJSONSerializer)
     with pytest.raises(TypeError, match="not a gristmill task result"):
         ResultJSONSerializer().dumps({"any": "dict"})

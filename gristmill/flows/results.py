@@ -1,10 +1,10 @@
 """Task results in the workspace as JSON, read back only if they are gristmill's own records.
 
 Prefect pickles task results by default, so a crafted file under `prefect-results/` could run
-code when a flow resumes. gristmill's worker tasks cache each unit's plain record
-(`ChunkResult`, `SignalInfo`) themselves, as JSON written with `ResultJSONSerializer`; a file
-that does not decode to one of those types reads as absent: the unit runs again and
-overwrites it.
+code when a flow resumes. gristmill's worker tasks cache each unit's plain record (the
+`result_type` its unit function was registered with: `ChunkResult`, `SignalInfo`, ...)
+themselves, as JSON written with `ResultJSONSerializer`; a file that does not decode to one of
+those types reads as absent: the unit runs again and overwrites it.
 """
 
 from __future__ import annotations
@@ -18,14 +18,11 @@ from typing import Any, Literal
 from prefect.serializers import Serializer
 from pydantic import TypeAdapter
 
-from gristmill.selectors.scoring import SignalInfo
-from gristmill.storage.catalog import ChunkResult
+from gristmill.pipeline.units import result_types
 from gristmill.storage.files import write_text_atomic
 
 logger = logging.getLogger(__name__)
 SERIALIZER_TYPE = "gristmill-json"
-# The only things a worker task may return and a resumed flow may read back.
-RESULT_TYPES: dict[str, type] = {cls.__name__: cls for cls in (ChunkResult, SignalInfo)}
 
 
 class ResultJSONSerializer(Serializer):
@@ -36,7 +33,7 @@ class ResultJSONSerializer(Serializer):
     def dumps(self, obj: Any) -> bytes:
         """`{"type": <record type>, "value": <its fields>}` as UTF-8 JSON."""
         name = type(obj).__name__
-        if RESULT_TYPES.get(name) is not type(obj):
+        if result_types().get(name) is not type(obj):
             raise TypeError(f"not a gristmill task result: {type(obj).__qualname__}")
         return json.dumps({"type": name, "value": dataclasses.asdict(obj)}).encode()
 
@@ -44,7 +41,7 @@ class ResultJSONSerializer(Serializer):
         """The record `dumps` wrote; ValueError for anything else."""
         try:
             data = json.loads(blob)
-            record_type = RESULT_TYPES[data["type"]]
+            record_type = result_types()[data["type"]]
             return TypeAdapter(record_type).validate_python(data["value"])
         except (ValueError, KeyError, TypeError) as error:  # pydantic's errors are ValueErrors
             reason = str(error).splitlines()[0]

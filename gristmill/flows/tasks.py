@@ -35,11 +35,8 @@ from gristmill.flows.results import ResultJSONSerializer, UnitResults
 from gristmill.flows.ui import progress_artifacts, publish_selection
 from gristmill.pipeline.checks import check_runner
 from gristmill.pipeline.map import plan_groups
-from gristmill.pipeline.transformation import TransformUnit, transform_unit
-from gristmill.pipeline.units import ChunkUnit, ShardUnit, ingest_unit, score_unit, unit_arguments
-from gristmill.selectors.scoring import SignalInfo
+from gristmill.pipeline.units import UNIT_KINDS, unit_arguments
 from gristmill.selectors.selection import SelectOptions
-from gristmill.storage.catalog import ChunkResult
 from gristmill.storage.readers import IngestOptions
 from gristmill.storage.token_shards import TokenizeOptions
 from gristmill.storage.workspace import Workspace
@@ -149,7 +146,7 @@ def _worker_task(name: str) -> Any:
         retry_condition_fn=_retry_on_io,
         cache_policy=NO_CACHE,
         persist_result=False,
-        result_serializer=ResultJSONSerializer(),  # what `_run_units` caches each unit with
+        result_serializer=ResultJSONSerializer(),  # the only result type, were one persisted
     )
 
 
@@ -188,46 +185,32 @@ def _run_units(
     return results
 
 
-@_worker_task("ingest-chunk")
-def ingest_chunk_task(units: list[ChunkUnit], results_dir: str, title: str) -> list[ChunkResult]:
-    """Read chunks into shards and rejects."""
-    return _run_units(ingest_unit, units, results_dir, ingest_chunk_task.result_serializer)
+def _unit_group_task(fn: Callable[[Any], Any]) -> Task:
+    """The task that runs a group of `fn`'s units, named after its kind (`score-shard`).
+
+    Built once per kind from the kind's registration (`pipeline.units.work_unit`); its function
+    is named `<kind>_task` so that its task key says what it runs (`score_shard_task-...`).
+    """
+    kind = UNIT_KINDS[fn]
+
+    def run_group(units: list[Any], results_dir: str, title: str) -> list[Any]:
+        return _run_units(fn, units, results_dir, ResultJSONSerializer())
+
+    run_group.__name__ = run_group.__qualname__ = kind.task_name.replace("-", "_") + "_task"
+    run_group.__doc__ = f"Run a group of {fn.__name__} units, each cached on its own."
+    return _worker_task(kind.task_name)(run_group)
 
 
-@_worker_task("score-shard")
-def score_shard_task(units: list[ShardUnit], results_dir: str, title: str) -> list[SignalInfo]:
-    """Score shards into the signal store."""
-    return _run_units(score_unit, units, results_dir, score_shard_task.result_serializer)
+_UNIT_TASKS: dict[Callable[[Any], Any], Task] = {}
 
 
-@_worker_task("transform-shard")
-def transform_shard_task(
-    units: list[TransformUnit], results_dir: str, title: str
-) -> list[ChunkResult]:
-    """Rewrite shards into a derived corpus."""
-    return _run_units(transform_unit, units, results_dir, transform_shard_task.result_serializer)
-
-
-def _group_title(fn: Callable[[Any], Any], group: list[Any]) -> str:
-    """`score shard 00012 of imdb`, `score shards 00012-00019 of imdb`, `ingest part-003.jsonl`."""
-    first, last = group[0], group[-1]
-    if fn is transform_unit:
-        more = f" (+{len(group) - 1} shards)" if len(group) > 1 else ""
-        return first.title() + more
-    if fn is score_unit:
-        if len(group) == 1:
-            return f"score shard {first.number:05d} of {first.corpus}"
-        return f"score shards {first.number:05d}-{last.number:05d} of {first.corpus}"
-    if len(group) == 1:
-        return f"ingest {first.title()}"
-    return f"ingest {first.title()} .. {last.title()} ({len(group)} chunks)"
-
-
-_UNIT_TASKS: dict[Callable[[Any], Any], Task] = {
-    ingest_unit: ingest_chunk_task,
-    score_unit: score_shard_task,
-    transform_unit: transform_shard_task,
-}
+def unit_task(fn: Callable[[Any], Any]) -> Task:
+    """The Prefect task for a registered unit function (made on first use)."""
+    if fn not in _UNIT_TASKS:
+        if fn not in UNIT_KINDS:
+            raise TypeError(f"no Prefect task runs {fn.__qualname__} units (not a work_unit)")
+        _UNIT_TASKS[fn] = _unit_group_task(fn)
+    return _UNIT_TASKS[fn]
 
 
 def _workers() -> int:
@@ -253,16 +236,14 @@ class PrefectMap:
 
     def __call__(self, fn: Callable[[Any], Any], units: Sequence[Any]) -> Iterator[Any]:
         """Submit `fn`'s task once per group of units and yield the units' results."""
-        worker = _UNIT_TASKS.get(fn)
-        if worker is None:
-            raise TypeError(f"no Prefect task runs {fn.__qualname__} units")
+        worker = unit_task(fn)
         workers = self.workers or _workers()
         groups = plan_groups([unit.size_bytes() for unit in units], workers)
         results_dir = str(result_storage(self.ws) / "units")
         futures = []
         for indexes in groups:
             group = [units[i] for i in indexes]
-            title = _group_title(fn, group)
+            title = UNIT_KINDS[fn].group_title(group)
             futures.append(worker.submit(units=group, results_dir=results_dir, title=title))
         for future in as_completed(futures):
             yield from future.result()

@@ -36,7 +36,7 @@ from gristmill.errors import InputError
 from gristmill.pipeline.curation import score_shards
 from gristmill.pipeline.ingestion import as_workspace
 from gristmill.pipeline.map import WorkMap, batched_by_time, serial_map
-from gristmill.pipeline.units import chunk_outputs_exist, unit_arguments
+from gristmill.pipeline.units import chunk_outputs_exist, unit_arguments, work_unit
 from gristmill.selectors.base import Scorer
 from gristmill.selectors.scoring import _code_version, plan_scoring, signal_files
 from gristmill.storage import catalog
@@ -120,6 +120,13 @@ class TransformUnit:
         )
 
 
+def _transform_title(group: list[TransformUnit]) -> str:
+    """`transform t1a2b.parquet of web into web-clean (+3 shards)`."""
+    more = f" (+{len(group) - 1} shards)" if len(group) > 1 else ""
+    return group[0].title() + more
+
+
+@work_unit("transform-shard", ChunkResult, _transform_title)
 def transform_unit(unit: TransformUnit) -> ChunkResult:
     """Rewrite one shard (the worker side of a transform)."""
     return transform_shard(**unit_arguments(unit))

@@ -130,7 +130,7 @@ def _score_requirement(
     if not own:
         inner = SelectorContext(
             workspace, corpus, seed=context.seed, budget=context.budget,
-            tokenizer=context.tokenizer,
+            tokenizer=context.tokenizer, work_map=work_map,
         )  # fmt: skip
     try:
         if not own:
@@ -232,7 +232,7 @@ def curate(
         elif selector.requires_target:
             raise InputError(f"selector {label!r} needs a target corpus (--target)")
         context = SelectorContext(
-            ws, corpus, target, options.seed, parsed_budget, options.tokenizer
+            ws, corpus, target, options.seed, parsed_budget, options.tokenizer, work_map=work_map
         )
         # Shard-stage requirements key the per-shard signal: resolved before prepare reads them.
         requirements = selector.requirements(context)

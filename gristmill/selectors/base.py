@@ -15,6 +15,7 @@ import xxhash
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from gristmill.errors import InputError
+from gristmill.pipeline.map import WorkMap, serial_map
 from gristmill.selectors.budget import Budget
 from gristmill.selectors.requirements import Dependencies, Inputs, Requirement, Stage
 from gristmill.selectors.selection import Mode, SelectOptions, select
@@ -66,6 +67,8 @@ class SelectorContext:
     # Filled by the pipeline from the selector's requirements (never by the selector).
     inputs: Inputs = field(default_factory=Inputs)
     dependencies: Dependencies = field(default_factory=Dependencies)
+    # The step's work map (threads, Prefect tasks on Ray/Dask): how set selectors run their units.
+    work_map: WorkMap = serial_map
 
 
 @dataclass

@@ -16,6 +16,7 @@ from gristmill.pipeline.units import ChunkUnit, ingest_unit
 from gristmill.storage import catalog, queries
 from gristmill.storage.drop import drop_corpus
 from gristmill.storage.readers import Chunk, IngestOptions, Reject, plan_chunks, read_chunk
+from gristmill.storage.readers.stream import line_end_after
 from gristmill.storage.workspace import Workspace, validate_name
 
 COUNTS = ("records_read", "documents", "rejected", "skipped")
@@ -115,13 +116,26 @@ def _fields(rejects: list[Reject], limit: int = 100) -> list[str]:
     return list(found)
 
 
+_FIRST_RECORDS_BYTES = 1 << 20  # enough records to judge; a reader's first block is 16 MiB
+
+
+def _first_mebibyte(chunk: Chunk) -> Chunk:
+    """The chunk cut after the first line past its first MiB (line formats, uncompressed)."""
+    if chunk.format not in ("jsonl", "csv", "txt"):
+        return chunk
+    end = line_end_after(chunk.path, chunk.start + _FIRST_RECORDS_BYTES)
+    if end is None or (chunk.end is not None and end >= chunk.end):
+        return chunk
+    return dataclasses.replace(chunk, end=end)
+
+
 def check_first_records(chunk: Chunk, options: IngestOptions) -> None:
     """InputError when every record of the chunk's first batch is rejected for one reason:
     options that do not fit the input (a wrong text field, a wrong format) would reject them
     all. A missing text field is named with the fields the records have."""
     if chunk.format == "warc":  # no field options to get wrong; a batch is 256 pages to extract
         return
-    batches = read_chunk(chunk, options)
+    batches = read_chunk(_first_mebibyte(chunk), options)
     try:
         first = next((p for p in batches if p.records), None)
     finally:

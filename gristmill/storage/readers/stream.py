@@ -117,6 +117,21 @@ def _stream_end(
         state.tail = ("truncated", detail, head)
 
 
+def line_end_after(path: str, offset: int) -> int | None:
+    """The byte just past the first newline at or after `offset` in an uncompressed file;
+    None for a compressed file or when the file ends first (no shorter range to read)."""
+    if Path(path).suffix.lower() in _COMPRESSED:
+        return None
+    with open_input(path) as handle:
+        handle.seek(offset)
+        while piece := handle.read(1 << 16):
+            cut = piece.find(b"\n")
+            if cut >= 0:
+                return offset + cut + 1
+            offset += len(piece)
+    return None
+
+
 def raw_chunks(
     path: str, start: int = 0, end: int | None = None
 ) -> tuple[Iterator[bytes], StreamState]:

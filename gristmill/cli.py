@@ -240,10 +240,28 @@ def _connect(quiet: bool = False) -> str | None:
     return url
 
 
+# The command line of this process when it came through main() (not CliRunner): the command
+# the warm runner may take over.
+_entry_argv: list[str] | None = None
+
+
+def _hand_over_to_runner() -> None:
+    """Run the whole command on the server's warm runner when one serves this process (it
+    has Prefect and the flows imported) and exit with its code; else return and run it here."""
+    if _entry_argv is None:
+        return
+    from gristmill.warm import hand_over
+
+    code = hand_over(_entry_argv)
+    if code is not None:
+        raise typer.Exit(code)
+
+
 def _flows(quiet: bool = False) -> Any:
     """The flows package, imported only once every check has passed (Prefect starts up here),
-    connected to the local server when one runs."""
+    connected to the local server when one runs; or the command run on the warm runner."""
     _connect(quiet)
+    _hand_over_to_runner()
     import gristmill.flows
 
     return gristmill.flows
@@ -965,6 +983,8 @@ def quickstart(
     from gristmill.recipe import load_recipe
     from gristmill.sample import build_sample
 
+    global _entry_argv
+    _entry_argv = None  # here, not on the runner: its child would build the sample again
     ws = _ws(workspace)
     with ws.write_lock("quickstart"):
         pass  # a workspace from now on, so its sample data may go inside it
@@ -1198,8 +1218,24 @@ def _print_state(state: dict[str, Any], json_output: bool, action: str) -> None:
     out.print(line, highlight=False)
     if action != "stop":
         out.print(f"database: {state['database']}\nlog: {state['log']}", highlight=False)
+    if action != "stop" and "runner" in state:
+        out.print(f"runner: {_runner_line(state['runner'])}", highlight=False)
     if action == "status" and not state.get("running"):
         out.print("`gristmill server start` starts it", highlight=False)
+
+
+def _runner_line(runner: dict[str, Any]) -> str:
+    """What the warm runner does for commands, in a few words."""
+    lines = {
+        "ready": f"ready (pid {runner.get('pid')}): flow commands run in it, with Prefect "
+        "already imported (GRISTMILL_WARM=0 turns it off)",
+        "stale": f"stale (pid {runner.get('pid')}): gristmill changed since it started; "
+        "`gristmill server start` restarts it",
+        "starting": f"starting (pid {runner.get('pid')})",
+        "absent": f"not running: commands run in their own process (log: {runner.get('log')})",
+        "off": "off (GRISTMILL_WARM=0): commands run in their own process",
+    }
+    return lines[runner["state"]]
 
 
 @server_app.command("start")
@@ -1246,6 +1282,8 @@ def ui(
 
 def main() -> None:
     """Console-script entry point."""
+    global _entry_argv
+    _entry_argv = list(sys.argv)
     app()
 
 

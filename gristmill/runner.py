@@ -51,6 +51,12 @@ PRELOADED = (
     "gristmill.console_progress", "prefect.flow_engine", "prefect.task_engine",
     "prefect.artifacts", "prefect.logging.handlers", "prefect.events.worker",
     "prefect.client.orchestration", "prefect.results", "prefect.task_runners",
+    "prefect.utilities.visualization", "fastapi.encoders", "pandas", "pyarrow.pandas_compat",
+    "gristmill.pipeline.curation", "gristmill.pipeline.inspection", "gristmill.pipeline.export",
+    # The selectors that import in a few milliseconds once the above are in (not those that
+    # bring PyTorch or the dedup stack: seconds and hundreds of MB, for commands of minutes).
+    *(f"gristmill.selectors.{name}" for name in ("quality", "decontaminate", "dsir", "language",
+      "url_filter", "cartography", "learnability", "lm_loss", "classifier")),
 )  # fmt: skip
 
 
@@ -74,6 +80,8 @@ class Client:
     pid: int | None = None
     kill_at: float | None = None
     buffer: bytes = field(default=b"")
+    command: str = ""
+    began: float = 0.0
 
 
 def native_threads() -> int | None:
@@ -108,6 +116,11 @@ def receive_request(conn: socket.socket) -> Request:
         for fd in fds:
             os.close(fd)
         raise
+
+
+def _log(line: str) -> None:
+    """One line of the runner's log (its stdout: runner.log in the server directory)."""
+    print(f"{datetime.now(UTC):%Y-%m-%d %H:%M:%S} {line}", flush=True)
 
 
 def _send(conn: socket.socket, message: dict[str, Any]) -> None:
@@ -282,11 +295,12 @@ class Runner:
             try:
                 request = receive_request(conn)
             except (OSError, ValueError, TypeError, ConnectionError) as error:
-                print(f"{datetime.now(UTC):%H:%M:%S} bad request: {error}", flush=True)
+                _log(f"bad request: {error}")
                 conn.close()
                 return
             refusal = self.fork_refusal()
             if refusal is not None:
+                _log(f"not forking ({refusal}): the client runs the command itself")
                 _send(conn, {"local": refusal})
                 for fd in request.fds:
                     os.close(fd)
@@ -301,6 +315,8 @@ class Runner:
         for fd in request.fds:
             os.close(fd)
         client.pid = pid
+        client.command = " ".join(["gristmill", *request.argv[1:]])
+        client.began = time.monotonic()
         client.conn.setblocking(False)
         self.clients[client.conn.fileno()] = client
         self.selector.register(client.conn, selectors.EVENT_READ, "client")
@@ -360,9 +376,12 @@ class Runner:
             if client is None:
                 continue
             if os.WIFSIGNALED(status):
-                _send(client.conn, {"signal": os.WTERMSIG(status)})
+                outcome = {"signal": os.WTERMSIG(status)}
             else:
-                _send(client.conn, {"exit": os.waitstatus_to_exitcode(status)})
+                outcome = {"exit": os.waitstatus_to_exitcode(status)}
+            _send(client.conn, outcome)
+            _log(f"pid {pid} {client.command!r}: {outcome} after "
+                 f"{time.monotonic() - client.began:.2f} s")  # fmt: skip
             self._close(client)
 
     def _close(self, client: Client) -> None:
@@ -405,8 +424,7 @@ def main() -> None:
     preload()
     path = socket_path()
     runner = Runner(path, run_cli_command)
-    print(f"{datetime.now(UTC):%H:%M:%S} imported in {time.monotonic() - began:.2f} s; "
-          f"serving {path} (pid {os.getpid()})", flush=True)  # fmt: skip
+    _log(f"imported in {time.monotonic() - began:.2f} s; serving {path} (pid {os.getpid()})")
     try:
         runner.serve(on_ready=lambda: write_state(path))
     finally:

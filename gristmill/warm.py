@@ -38,9 +38,54 @@ from typing import Any
 from gristmill.server import server_dir
 
 WARM_VARIABLE = "GRISTMILL_WARM"
+# Commands that always run in their own process: the server's (`stop` ends the runner), serve
+# (long-lived, with its own signal handling), quickstart (the newcomer's first command, offline;
+# it writes sample data before its flow) and ui (it may open a browser).
+LOCAL_COMMANDS = frozenset({"server", "serve", "quickstart", "ui"})
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 LENGTH = struct.Struct(">I")
 PACKAGE = Path(__file__).resolve().parent
+
+
+def main() -> None:
+    """The gristmill command, entered here before the CLI's imports (typer, rich, DuckDB,
+    PyArrow: about a CPU-second): run on the warm runner when one serves this process and
+    exit with its code; otherwise (or for LOCAL_COMMANDS and bare options) run the CLI."""
+    argv = list(sys.argv)
+    offered = len(argv) > 1 and argv[1] not in LOCAL_COMMANDS and not argv[1].startswith("-")
+    if offered and warm_enabled():
+        prefect_defaults()
+        use_local_server()
+        code = hand_over(argv)
+        if code is not None:
+            sys.exit(code)
+    from gristmill import cli
+
+    cli.main(hand_over=not offered)
+
+
+def prefect_defaults() -> None:
+    """Prefect settings of every gristmill command, set before Prefect is imported (unless
+    the environment sets them): its console quiet (runs still log to its API and UI), no
+    telemetry waiting on a network that may not be there, and a temporary API given 90 s to
+    start (20 s by default: too soon on a busy small machine)."""
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+
+
+def use_local_server() -> str | None:
+    """Point Prefect at the running local gristmill server unless PREFECT_API_URL is set; the
+    API URL the flows will use (None: Prefect's temporary API, which keeps no runs)."""
+    if os.environ.get("PREFECT_API_URL"):
+        return os.environ["PREFECT_API_URL"]
+    from gristmill.server import running_api_url
+
+    url = running_api_url()
+    if url:
+        os.environ["PREFECT_API_URL"] = url
+    return url
 
 
 def warm_enabled() -> bool:

@@ -161,6 +161,26 @@ def test_a_flow_against_the_server_starts_no_temporary_api(
     assert [r["state_type"] for r in runs] == ["COMPLETED"]
 
 
+def test_a_flow_command_runs_on_the_servers_warm_runner(
+    running: dict[str, Any], tmp_path: Path
+) -> None:
+    import stat
+
+    runner = server.status()["runner"]
+    assert runner["state"] == "ready" and runner["pid"] == running["runner"]["pid"]
+    assert stat.S_IMODE(Path(runner["socket"]).stat().st_mode) == 0o600
+    source = tmp_path / "docs.jsonl"
+    source.write_text("".join(json.dumps({"text": f"document number {i}"}) + "\n"
+                              for i in range(3)))  # fmt: skip
+    command = [sys.executable, "-m", "gristmill.cli", "ingest", str(source), "--corpus", "c",
+               "-w", str(tmp_path / "ws"), "--json"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["added"]["documents"] == 3  # the child's stdout, ours
+    log = (Path(server.server_dir()) / "runner.log").read_text()
+    assert "'gristmill ingest" in log and "{'exit': 0}" in log
+
+
 @pytest.mark.slow
 def test_serve_against_the_gristmill_server(running: dict[str, Any], tmp_path: Path) -> None:
     from test_orchestration import serve_logs_runs_and_pauses_on_sigterm
@@ -178,6 +198,10 @@ def test_stop_ends_the_server_and_removes_its_state(running: dict[str, Any]) -> 
         psutil.Process(running["pid"]).status() == psutil.STATUS_ZOMBIE
     )
     assert not (files / "state.json").exists() and not (files / "server.pid").exists()
+    assert not psutil.pid_exists(running["runner"]["pid"]) or (
+        psutil.Process(running["runner"]["pid"]).status() == psutil.STATUS_ZOMBIE
+    )
+    assert not (files / "runner.sock").exists() and not (files / "runner.json").exists()
     assert server.running_api_url() is None and server.status()["running"] is False
     assert (files / "prefect.db").exists()  # the history stays for the next start
 

@@ -199,8 +199,8 @@ def runner_status(pid: int | None) -> dict[str, Any]:
     ready = warm.read_state()
     if ready is None or ready["pid"] != pid:
         return {"state": "starting", "pid": pid}
-    # Not the PREFECT_* settings: those of `server status` are not a flow command's.
-    same = {k: v for k, v in warm.identity().items() if k != "prefect_env"}
+    # Not the variables read at import: those of `server status` are not a flow command's.
+    same = {k: v for k, v in warm.identity().items() if k != "import_env"}
     fresh = same.items() <= ready["identity"].items() and ready["code_mtime"] == warm.code_mtime()
     return {"state": "ready" if fresh else "stale", "pid": pid, "socket": ready["socket"],
             "started_at": ready.get("started_at")}  # fmt: skip

@@ -2,20 +2,24 @@
 
 `gristmill server start` launches, beside the Prefect server, a *runner* (`gristmill.runner`)
 that has imported Prefect, the flows, DuckDB, PyArrow and NumPy once, and forks a child per
-command. A command that passed its fail-fast checks sends its argv, cwd, umask and environment,
-with its stdin, stdout and stderr as file descriptors, over the runner's Unix socket
-(`runner.sock` in the server directory, owner-only); the child runs the command as the CLI would
-(the terminal is the client's, so progress bars and colours are the same); its exit status comes
-back and the client exits with it. Ctrl-C, SIGTERM and SIGHUP in the client are forwarded to the
-child's process group; a client that dies makes the runner stop its child.
+command. `main` is the gristmill command's light entry: before the CLI's own imports (about a
+CPU-second on a small machine) it sends the command's argv, cwd, umask and environment, with its
+stdin, stdout and stderr as file descriptors, over the runner's Unix socket (`runner.sock` in
+the server directory, owner-only). The child runs the command exactly as the CLI would, checks
+included (a bad input is refused there as fast: nothing it needs is imported on demand); the
+terminal is the client's, so progress bars and colours are the same. Its exit status comes back
+and the client exits with it. Ctrl-C, SIGTERM and SIGHUP in the client are forwarded to the
+child's process group; a client that dies makes the runner stop its child. Entered through
+`gristmill.cli.main` instead (an older console script), a flow command offers itself once its
+checks have passed (`cli._flows`).
 
 The command runs here instead, with nothing said, whenever the runner is absent or refuses (it
 forks only while it has no thread of its own), was started from another Python, environment or
-copy of gristmill, or under other PREFECT_* settings (Prefect reads them once, at import); and,
-with one line on stderr, when gristmill's code changed since the runner started. GRISTMILL_WARM=0
-turns the runner off (for `server start` as well).
+copy of gristmill, or under other PREFECT_* settings or thread counts (read once, at import);
+and, with one line on stderr, when gristmill's code changed since the runner started.
+GRISTMILL_WARM=0 turns the runner off (for `server start` as well).
 
-Standard library only: this runs before Prefect is imported, in every command that starts a flow.
+Standard library only: this runs before anything heavy is imported, in every command.
 
 Wire format: one message of a 4-byte big-endian length with the three descriptors attached,
 then that many bytes of request JSON; after that, JSON lines both ways: the runner sends
@@ -108,15 +112,23 @@ def code_mtime() -> float:
     return max(path.stat().st_mtime for path in PACKAGE.rglob("*.py"))
 
 
+# Variables read once, when a library the runner has imported loads: Prefect's settings, and
+# the thread counts OpenBLAS (NumPy) fixes at start-up.
+IMPORT_TIME_PREFIXES = ("PREFECT_",)
+IMPORT_TIME_VARIABLES = frozenset({"OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"})
+
+
 def identity() -> dict[str, Any]:
     """What a runner must share with this process to run its commands: the interpreter, its
-    environment (sys.prefix), the gristmill package's directory and the PREFECT_* settings."""
+    environment (sys.prefix), the gristmill package's directory and the variables read at
+    import (PREFECT_* settings, thread counts)."""
     return {
         "python": sys.executable,
         "prefix": sys.prefix,
         "package": str(PACKAGE),
-        "prefect_env": {k: v for k, v in os.environ.items() if k.startswith("PREFECT_")},
-    }
+        "import_env": {k: v for k, v in os.environ.items()
+                       if k.startswith(IMPORT_TIME_PREFIXES) or k in IMPORT_TIME_VARIABLES},
+    }  # fmt: skip
 
 
 def read_state() -> dict[str, Any] | None:

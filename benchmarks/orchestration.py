@@ -224,7 +224,9 @@ def main() -> None:
         server_pid, runner_pid = state["pid"], state["runner"].get("pid")
         local_env = {**served, "GRISTMILL_WARM": "0"}
         me = [sys.executable, __file__, "--workers", str(args.workers), "--child"]
-        gristmill = [str(Path(sys.executable).parent / "gristmill"), "run", str(recipe),
+        # `python -m gristmill`: the light entry, which the console script is once it points
+        # at gristmill.warm:main (pyproject.toml).
+        gristmill = [sys.executable, "-m", "gristmill", "run", str(recipe),
                      "--workers", str(args.workers), "-w"]  # fmt: skip
         best: dict[str, float] = {}
         cpu: dict[str, str] = {}  # CPU seconds of the fastest round: the child's own, the server's

@@ -257,7 +257,7 @@ def _flows(quiet: bool = False) -> Any:
 def _on_runner(flows: Any, flow: Any, runner: str, workers: int | None) -> Any:
     """The flow on the named task runner; itself for the default one (threads, one worker per
     CPU), which it has already: a copy would redo its parameter schema (0.1-0.2 CPU-s)."""
-    if runner == "threads" and workers is None:
+    if runner == "threads" and (workers or os.cpu_count()) == os.cpu_count():
         return flow
     return flow.with_options(task_runner=flows.task_runner(runner, workers))
 

@@ -3,6 +3,7 @@ experiment, each stage a sub-flow."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,7 @@ def run_recipe_flow(
         # (not the default, threads on every CPU, the flows' own: a copy redoes its parameter
         # schema, 0.1-0.2 CPU-s per flow).
         def staged(stage: Any) -> Any:
-            if runner == "threads" and workers is None and stage_address is None:
+            if runner == "threads" and (workers or os.cpu_count()) == os.cpu_count():
                 return stage
             return stage.with_options(task_runner=task_runner(runner, workers, stage_address))
 

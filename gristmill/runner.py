@@ -166,10 +166,10 @@ def finish_child(code: int) -> None:
     handlers, flush the streams; then leave without unwinding into the runner's loop."""
     import atexit
 
-    for thread in threading.enumerate():
-        if thread is not threading.current_thread() and not thread.daemon:
-            thread.join()
     try:
+        # What the interpreter does at exit, in its order: the threading module's exit hooks
+        # (thread pools wind down), the wait for non-daemon threads, then the atexit handlers.
+        threading._shutdown()  # type: ignore[attr-defined]
         atexit._run_exitfuncs()
     finally:
         for stream in (sys.stdout, sys.stderr):
@@ -197,7 +197,7 @@ def run_cli_command(request: Request) -> int:
 
     cli = importlib.reload(gristmill.cli)
     try:
-        # The program name shows only in usage errors, which the client found before sending.
+        # Usage lines name the program `gristmill`, as the console script's do.
         cli.app(args=request.argv[1:], prog_name="gristmill")
     except SystemExit as error:
         return exit_code(error)

@@ -225,34 +225,44 @@ def run_on_runner(path: Path, argv: list[str]) -> int | None:
         fds, opened = _descriptors()
         for stream in (sys.stdout, sys.stderr):
             stream.flush()  # what this process printed comes before what the child prints
+        caught: list[int] = []
+
+        def forward(signum: int, frame: Any) -> None:
+            # Sent before the fork, a signal waits in the socket until the child exists.
+            caught.append(signum)
+            with contextlib.suppress(OSError):
+                _send_line(conn, {"signal": signum})
+
+        previous = {signum: signal.signal(signum, forward) for signum in FORWARDED_SIGNALS}
+        final = None
         try:
-            socket.send_fds(conn, [LENGTH.pack(len(payload))], fds)
-            conn.sendall(payload)
-        except OSError:
-            return None
+            try:
+                socket.send_fds(conn, [LENGTH.pack(len(payload))], fds)
+                conn.sendall(payload)
+                messages = _lines(conn)
+                first = next(messages, None)
+            except OSError:
+                first = None
+            finally:
+                for fd in opened:
+                    os.close(fd)
+            if first is not None and "started" in first:
+                with contextlib.suppress(OSError):  # the runner died: said below
+                    final = next(messages, None)
         finally:
-            for fd in opened:
-                os.close(fd)
-        messages = _lines(conn)
-        first = next(messages, None)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
         if first is None or "started" not in first:
-            return None  # {"local": reason}: the runner cannot fork now
-        return _wait(conn, messages)
+            # {"local": reason}: the runner cannot fork now; this process runs the command,
+            # and what the user sent meanwhile reaches it.
+            for signum in caught:
+                os.kill(os.getpid(), signum)
+            return None
+        return _exit_code(final)
 
 
-def _wait(conn: socket.socket, messages: Any) -> int:
-    """Forward signals to the child until its exit status arrives; the code to exit with."""
-
-    def forward(signum: int, frame: Any) -> None:
-        with contextlib.suppress(OSError):
-            _send_line(conn, {"signal": signum})
-
-    previous = {signum: signal.signal(signum, forward) for signum in FORWARDED_SIGNALS}
-    try:
-        final = next(messages, None)
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+def _exit_code(final: dict[str, Any] | None) -> int:
+    """The code to exit with for the child's last message (its exit code or its signal)."""
     if final is None:
         sys.stderr.write("error: the gristmill runner stopped before the command finished\n")
         return 1

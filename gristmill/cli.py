@@ -895,7 +895,8 @@ def _recipe_result(
     flows = _flows(quiet)
     root = str(ws.root)
     return _with_progress(
-        lambda: flows.run_recipe_flow(loaded, root, runner, workers, address), quiet
+        lambda: flows.run_recipe_flow(loaded, root, runner, workers, address, checked=True),
+        quiet,
     )
 
 

@@ -34,12 +34,15 @@ def run_recipe_flow(
     runner: str = "threads",
     workers: int | None = None,
     address: str | None = None,
+    checked: bool = False,
 ) -> dict[str, Any]:
-    """Run a recipe, or a recipe file read when the run starts (as a scheduled run does)."""
+    """Run a recipe, or a recipe file read when the run starts (as a scheduled run does);
+    `checked`: the caller (the CLI) has just checked the recipe against this workspace."""
     if not isinstance(recipe, Recipe):
-        recipe = load_recipe(Path(recipe))
+        recipe, checked = load_recipe(Path(recipe)), False
     ws = Workspace(workspace or recipe.workspace)
-    check_recipe(recipe, ws)  # a served run reads its recipe now: checked before any step
+    if not checked:  # a served run reads its recipe now: checked before any step
+        check_recipe(recipe, ws)
     logger = get_run_logger()
     results: dict[str, Any] = {"workspace": str(ws.root), "ingest": [], "select": [], "out": []}
     # The lock first: a second run of the recipe must not start a cluster it cannot use.

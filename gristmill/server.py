@@ -23,6 +23,13 @@ API answers.
 The server's settings come from here alone: the PREFECT_* variables of the shell that starts it
 are dropped, so a profile or a PREFECT_API_URL meant for clients cannot redirect its database or
 its UI.
+
+Beside it, `start` launches the warm runner (`gristmill.runner`, unless GRISTMILL_WARM=0): one
+process with Prefect and the flows imported, which runs the commands `gristmill.warm` hands it,
+one forked child each. It keeps the starting shell's environment (PREFECT_* included: those are
+the clients' settings) with the server's API; its pid is in `state.json`, its socket, state and
+log are `runner.sock`, `runner.json` and `runner.log` here. `stop` ends it first; `start` on a
+running server replaces a runner that is gone or older than gristmill's code.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ import os
 import selectors
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
@@ -116,6 +117,16 @@ def receive_request(conn: socket.socket) -> Request:
         for fd in fds:
             os.close(fd)
         raise
+
+
+def _same_user(conn: socket.socket) -> bool:
+    """True when the peer runs as this process's user (Linux SO_PEERCRED; elsewhere the
+    socket's owner-only mode is the check)."""
+    if not hasattr(socket, "SO_PEERCRED"):
+        return True
+    credentials = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _, uid, _ = struct.unpack("3i", credentials)
+    return uid == os.getuid()
 
 
 def _log(line: str) -> None:
@@ -291,6 +302,9 @@ class Runner:
     def _accept(self) -> None:
         with contextlib.suppress(BlockingIOError):
             conn, _ = self.listener.accept()
+            if not _same_user(conn):  # the socket is 0600; this holds even if it were not
+                conn.close()
+                return
             conn.settimeout(REQUEST_TIMEOUT_S)
             try:
                 request = receive_request(conn)

@@ -162,13 +162,20 @@ def test_a_flow_against_the_server_starts_no_temporary_api(
 
 
 def test_a_flow_command_runs_on_the_servers_warm_runner(
-    running: dict[str, Any], tmp_path: Path
+    running: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import stat
+
+    from gristmill import warm
 
     runner = server.status()["runner"]
     assert runner["state"] == "ready" and runner["pid"] == running["runner"]["pid"]
     assert stat.S_IMODE(Path(runner["socket"]).stat().st_mode) == 0o600
+    with monkeypatch.context() as changed:
+        changed.setattr(warm, "code_mtime", lambda: 0.0)  # gristmill's code changed since
+        assert server.status()["runner"]["state"] == "stale"
+        changed.setenv("GRISTMILL_WARM", "0")
+        assert server.status()["runner"] == {"state": "off"}
     source = tmp_path / "docs.jsonl"
     source.write_text("".join(json.dumps({"text": f"document number {i}"}) + "\n"
                               for i in range(3)))  # fmt: skip

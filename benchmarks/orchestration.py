@@ -4,9 +4,10 @@ Splits `--copies` copies of a JSONL input (the IMDB test set from shared/data by
 copies: 2.8 MB per shard) into 100 files, so the recipe has 100 ingest chunks and 100 shards
 to score, and a recipe that ingests them and
 selects half with the `quality` selector. Then, one after another and each in its own child
-process, against one Prefect server this script starts on 127.0.0.1 (as README recommends for
-real use; a command without PREFECT_API_URL would also start Prefect's temporary API, which
-is a fixed few seconds per command and is reported separately):
+process, against one `gristmill server` this script starts (the Prefect server on 127.0.0.1
+and the warm runner that runs `gristmill` commands with Prefect already imported, as README
+recommends for real use; a command without a server would also start Prefect's temporary API,
+which is a fixed few seconds per command and is reported separately):
 
 * library: `pipeline.ingest` and `pipeline.curate` with a `ThreadMap` of `--workers` threads
   (the same steps the flows run, no Prefect; the catalog written in ~2 s batches);
@@ -14,10 +15,12 @@ is a fixed few seconds per command and is reported separately):
 * gristmill run: the command itself, timed from outside (imports and start-up included);
 * the library child again on its workspace, and gristmill run again on its own: everything
   is cached, so these are the fixed costs;
+* gristmill run again with GRISTMILL_WARM=0: the same without the server's warm runner;
 * gristmill run without a server (Prefect's temporary API): the start-up cost on its own.
 
 The library and flow figures are seconds inside the child around the calls; the `gristmill run`
-figures are the child's wall time, and the library child's wall time is shown beside them.
+figures are the child's wall time, and the library child's wall time is shown beside them;
+their CPU includes that of the runner's child that ran the command.
 Beside the library and flow figures are the CPU seconds (user + system) the child used during
 the calls and those the Prefect server's process tree used meanwhile: on a small machine the
 server's work for each task run competes with the workers for the same cores.
@@ -35,8 +38,6 @@ import os
 import platform
 import resource
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -134,10 +135,23 @@ def prepare(source: Path, scratch: Path, files: int, copies: int = 1) -> Path:
     return recipe
 
 
-def timed_command(command: list[str], env: dict[str, str]) -> tuple[float, dict[str, Any]]:
+def runner_children_cpu(pid: int | None) -> float:
+    """CPU seconds (user + system) of the children the warm runner `pid` has reaped: each
+    command it ran (Linux /proc; 0 without a runner)."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")  # cutime, cstime
+
+
+def timed_command(
+    command: list[str], env: dict[str, str], runner_pid: int | None = None
+) -> tuple[float, dict[str, Any]]:
     """The command's wall seconds and its last stdout line as JSON, with "child_cpu": the
-    CPU seconds (user + system) of the whole child process, imports included."""
+    CPU seconds (user + system) of the whole child process, imports included, and of the
+    warm runner's child that ran the command for it, if any."""
     start = time.perf_counter()
+    runner_before = runner_children_cpu(runner_pid)
     with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
         child = subprocess.Popen(command, env=env, stdout=stdout, stderr=stderr)
         _, status, usage = os.wait4(child.pid, 0)
@@ -153,42 +167,34 @@ def timed_command(command: list[str], env: dict[str, str]) -> tuple[float, dict[
     except json.JSONDecodeError:
         parsed = {}
     parsed = parsed if isinstance(parsed, dict) else {}
-    return wall, {**parsed, "child_cpu": usage.ru_utime + usage.ru_stime}
+    # The runner reaps its child before it answers the client: its CPU is counted by now.
+    warm = runner_children_cpu(runner_pid) - runner_before
+    return wall, {**parsed, "child_cpu": usage.ru_utime + usage.ru_stime + warm, "warm_cpu": warm}
 
 
-def stop_server(server: subprocess.Popen | None) -> None:
-    """Stop a server `start_server` started (SIGINT, then SIGKILL after 20 s)."""
-    if server is None or server.poll() is not None:
-        return
-    server.send_signal(signal.SIGINT)
-    try:
-        server.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        server.kill()
+GRISTMILL = [sys.executable, "-m", "gristmill.cli"]
 
 
-def start_server(home: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
-    import httpx
+def start_server(home: Path, env: dict[str, str]) -> tuple[dict[str, str], dict[str, Any]]:
+    """`gristmill server start` (the Prefect server on 127.0.0.1 and the warm runner) in
+    GRISTMILL_HOME=home: the environment of commands that use it, and its state."""
+    served = {**env, "GRISTMILL_HOME": str(home)}
+    started = subprocess.run([*GRISTMILL, "server", "start", "--json"], env=served,
+                             capture_output=True, text=True, timeout=300)  # fmt: skip
+    if started.returncode != 0:
+        raise SystemExit(f"gristmill server start failed:\n{started.stderr[-3000:]}")
+    state = json.loads(started.stdout)
+    if state.get("runner", {}).get("state") not in ("ready", "off"):
+        raise SystemExit(f"the warm runner is not ready: {state.get('runner')}")
+    # The API as the CLI would find it, for the flow children that call flows directly.
+    return {**served, "PREFECT_API_URL": state["api_url"]}, state
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    prefect = Path(sys.executable).parent / "prefect"
-    server = subprocess.Popen(
-        [str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env={**env, "PREFECT_HOME": str(home)},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    api = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{api}/health", timeout=2).status_code == 200:
-                return server, api
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    server.kill()
-    raise SystemExit("prefect server did not start")
+
+def stop_server(served: dict[str, str] | None) -> None:
+    """`gristmill server stop` for a server `start_server` started."""
+    if served is not None:
+        subprocess.run([*GRISTMILL, "server", "stop"], env=served, capture_output=True,
+                       timeout=120)  # fmt: skip
 
 
 def main() -> None:
@@ -208,16 +214,19 @@ def main() -> None:
     if not args.input.exists():
         raise SystemExit(f"input not found: {args.input}")
     scratch = Path(tempfile.mkdtemp(prefix="gristmill-orch-"))
-    server = None
+    served = None
     try:
         recipe = prepare(args.input, scratch, args.files, args.copies)
         env = {**os.environ, **ENV, "PREFECT_HOME": str(scratch / "prefect-home"),
                "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "CRITICAL",
                "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}  # fmt: skip
-        server, api = start_server(scratch / "server-home", env)
-        served = {**env, "PREFECT_API_URL": api}
+        served, state = start_server(scratch / "server-home", env)
+        server_pid, runner_pid = state["pid"], state["runner"].get("pid")
+        local_env = {**served, "GRISTMILL_WARM": "0"}
         me = [sys.executable, __file__, "--workers", str(args.workers), "--child"]
-        gristmill = [str(Path(sys.executable).parent / "gristmill"), "run", str(recipe),
+        # `python -m gristmill`: the light entry, which the console script is once it points
+        # at gristmill.warm:main (pyproject.toml).
+        gristmill = [sys.executable, "-m", "gristmill", "run", str(recipe),
                      "--workers", str(args.workers), "-w"]  # fmt: skip
         best: dict[str, float] = {}
         cpu: dict[str, str] = {}  # CPU seconds of the fastest round: the child's own, the server's
@@ -232,9 +241,9 @@ def main() -> None:
             print(f"round {round_}: {name} {seconds:.1f} s{shown}", flush=True)
 
         def timed(command: list[str]) -> tuple[float, dict[str, Any], float]:
-            before = _tree_cpu_seconds(server.pid)
-            wall, parsed = timed_command(command, served)
-            return wall, parsed, _tree_cpu_seconds(server.pid) - before
+            before = _tree_cpu_seconds(server_pid)
+            wall, parsed = timed_command(command, served, runner_pid)
+            return wall, parsed, _tree_cpu_seconds(server_pid) - before
 
         for round_ in range(args.repeat):
             ws = scratch / f"round-{round_}"
@@ -250,9 +259,19 @@ def main() -> None:
             keep("library again", relib_wall, relib["child_cpu"], relib_server)
             rerun_wall, rerun, rerun_server = timed([*gristmill, str(ws / "run")])
             keep("rerun", rerun_wall, rerun["child_cpu"], rerun_server)
+            # The same without the warm runner: the command imports Prefect itself (before).
+            before = _tree_cpu_seconds(server_pid)
+            local_wall, local = timed_command([*gristmill, str(ws / "run")], local_env)
+            keep(
+                "rerun local",
+                local_wall,
+                local["child_cpu"],
+                _tree_cpu_seconds(server_pid) - before,
+            )
         ephemeral_wall = None
         if not args.skip_temporary_api:
-            ephemeral_wall, _ = timed_command([*gristmill, str(scratch / "ws-ephemeral")], env)
+            alone = {**env, "GRISTMILL_HOME": str(scratch / "no-server")}
+            ephemeral_wall, _ = timed_command([*gristmill, str(scratch / "ws-ephemeral")], alone)
             print(f"gristmill run, temporary API: {ephemeral_wall:.1f} s wall", flush=True)
         lib_s, lib_wall, flow_s = best["library"], best["library wall"], best["flow"]
         run_wall, rerun_wall, relib_wall = best["run"], best["rerun"], best["library again"]
@@ -263,7 +282,9 @@ def main() -> None:
             ("`gristmill run`, wall", "run", run_wall / lib_wall),
             ("library child again (all cached), wall", "library again", None),
             ("`gristmill run` again (all cached), wall", "rerun", rerun_wall / relib_wall),
-        ]
+            ("the same, GRISTMILL_WARM=0 (no warm runner), wall", "rerun local",
+             best["rerun local"] / relib_wall),
+        ]  # fmt: skip
         print(f"\n{args.files} files ({args.copies} copies of {args.input.name}), "
               f"{args.workers} workers, "
               f"fastest of {args.repeat} rounds, "
@@ -282,7 +303,7 @@ def main() -> None:
             "child's (imports included)"
         )
     finally:
-        stop_server(server)
+        stop_server(served)
         shutil.rmtree(scratch, ignore_errors=True)
 
 

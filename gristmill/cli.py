@@ -5,6 +5,11 @@ Exit codes: 0 success, 2 bad usage or bad input, 1 any other failure.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # `python -m gristmill.cli`: the light entry, before the imports below
+    from gristmill.warm import main as _light_main
+
+    _light_main()  # runs the command (on the warm runner, or via gristmill.cli) and exits
+
 import functools
 import json
 import os
@@ -14,14 +19,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-# Before Prefect is imported: keep its console quiet (runs still log to its API and UI) and
-# never let telemetry wait on a network that may not be there.
-os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("DO_NOT_TRACK", "1")
-# Prefect's temporary API gives up after 20 s by default, too soon on a busy small machine.
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
-
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -29,6 +26,9 @@ from rich.table import Table
 from gristmill.errors import GristmillError, InputError
 from gristmill.storage import Workspace, queries
 from gristmill.storage.readers import FORMATS, IngestOptions
+from gristmill.warm import prefect_defaults, use_local_server
+
+prefect_defaults()  # before Prefect is imported (only the flows import it, later)
 
 # -h as well as --help, on every command and sub-command (sub-apps inherit it and say it too).
 HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
@@ -217,36 +217,49 @@ def _checks() -> Any:
 SERVER_HINT = "gristmill server start keeps history and gives a UI"
 
 
-def _use_local_server() -> str | None:
-    """Point Prefect at the running local gristmill server unless PREFECT_API_URL is set; the
-    API URL the flows will use (None: Prefect's temporary API, which keeps no runs)."""
-    if os.environ.get("PREFECT_API_URL"):
-        return os.environ["PREFECT_API_URL"]
-    from gristmill.server import running_api_url
-
-    url = running_api_url()
-    if url:
-        os.environ["PREFECT_API_URL"] = url
-    return url
-
-
 def _connect(quiet: bool = False) -> str | None:
     """Use the local server when one runs (its API URL); otherwise say, in one line on stderr,
     that runs are not kept and how to keep them (not with `quiet`)."""
-    url = _use_local_server()
+    url = use_local_server()
     if url is None and not quiet:
         err.print(f"note: no gristmill server running: runs are not kept ({SERVER_HINT})",
                   highlight=False)  # fmt: skip
     return url
 
 
+# The command line of this process when it came through main() (not CliRunner): the command
+# the warm runner may take over.
+_entry_argv: list[str] | None = None
+
+
+def _hand_over_to_runner() -> None:
+    """Run the whole command on the server's warm runner when one serves this process (it
+    has Prefect and the flows imported) and exit with its code; else return and run it here."""
+    if _entry_argv is None:
+        return
+    from gristmill.warm import hand_over
+
+    code = hand_over(_entry_argv)
+    if code is not None:
+        raise typer.Exit(code)
+
+
 def _flows(quiet: bool = False) -> Any:
     """The flows package, imported only once every check has passed (Prefect starts up here),
-    connected to the local server when one runs."""
+    connected to the local server when one runs; or the command run on the warm runner."""
     _connect(quiet)
+    _hand_over_to_runner()
     import gristmill.flows
 
     return gristmill.flows
+
+
+def _on_runner(flows: Any, flow: Any, runner: str, workers: int | None) -> Any:
+    """The flow on the named task runner; itself for the default one (threads, one worker per
+    CPU), which it has already: a copy would redo its parameter schema (0.1-0.2 CPU-s)."""
+    if runner == "threads" and (workers or os.cpu_count()) == os.cpu_count():
+        return flow
+    return flow.with_options(task_runner=flows.task_runner(runner, workers))
 
 
 def _recipe_workspace(loaded: Any, workspace: Path | None) -> Workspace:
@@ -317,7 +330,7 @@ def ingest(
     _checks().check_runner(runner)
     _checks().check_ingest(ws, paths, corpus, options)
     flows = _flows(quiet)
-    flow = flows.ingest_flow.with_options(task_runner=flows.task_runner(runner, workers))
+    flow = _on_runner(flows, flows.ingest_flow, runner, workers)
     result = _with_progress(lambda: flow(str(ws.root), paths, corpus, options), quiet)
     if json_output:
         _print_json(result)
@@ -433,7 +446,7 @@ def score(
     _checks().check_runner(runner)
     _checks().check_curate(ws, corpus, selector, params=params, target=target)
     flows = _flows(quiet)
-    flow = flows.curate_flow.with_options(task_runner=flows.task_runner(runner, workers))
+    flow = _on_runner(flows, flows.curate_flow, runner, workers)
     result = _with_progress(
         lambda: flow(str(ws.root), corpus, selector, params=params, target=target,
                      score_only=True),
@@ -488,7 +501,7 @@ def select(
         input_selection=input, options=options, replace=replace,
     )  # fmt: skip
     flows = _flows(quiet)
-    flow = flows.curate_flow.with_options(task_runner=flows.task_runner(runner, workers))
+    flow = _on_runner(flows, flows.curate_flow, runner, workers)
     result = _with_progress(
         lambda: flow(str(ws.root), corpus, selector, params=params, budget=budget, name=name,
                      target=target, input_selection=input, options=options),
@@ -543,7 +556,7 @@ def transform(
     _checks().check_runner(runner)
     _checks().check_transform(ws, corpus, specs, name)
     flows = _flows(quiet)
-    flow = flows.transform_flow.with_options(task_runner=flows.task_runner(runner, workers))
+    flow = _on_runner(flows, flows.transform_flow, runner, workers)
     chain = [spec.model_dump() for spec in specs]
     result = _with_progress(lambda: flow(str(ws.root), corpus, chain, name), quiet)
     if json_output:
@@ -882,7 +895,8 @@ def _recipe_result(
     flows = _flows(quiet)
     root = str(ws.root)
     return _with_progress(
-        lambda: flows.run_recipe_flow(loaded, root, runner, workers, address), quiet
+        lambda: flows.run_recipe_flow(loaded, root, runner, workers, address, checked=True),
+        quiet,
     )
 
 
@@ -937,7 +951,7 @@ def serve(
     _checks().check_recipe(loaded, ws)
     root = str(ws.root)
     deployment = name or loaded.name
-    _use_local_server()  # serve itself starts the local server when none runs
+    use_local_server()  # serve itself starts the local server when none runs
     from gristmill.flows.serve import check_schedule, serve_recipe
 
     check_schedule(cron, interval)
@@ -965,6 +979,8 @@ def quickstart(
     from gristmill.recipe import load_recipe
     from gristmill.sample import build_sample
 
+    global _entry_argv
+    _entry_argv = None  # here, not on the runner: its child would build the sample again
     ws = _ws(workspace)
     with ws.write_lock("quickstart"):
         pass  # a workspace from now on, so its sample data may go inside it
@@ -1198,8 +1214,24 @@ def _print_state(state: dict[str, Any], json_output: bool, action: str) -> None:
     out.print(line, highlight=False)
     if action != "stop":
         out.print(f"database: {state['database']}\nlog: {state['log']}", highlight=False)
+    if action != "stop" and "runner" in state:
+        out.print(f"runner: {_runner_line(state['runner'])}", highlight=False)
     if action == "status" and not state.get("running"):
         out.print("`gristmill server start` starts it", highlight=False)
+
+
+def _runner_line(runner: dict[str, Any]) -> str:
+    """What the warm runner does for commands, in a few words."""
+    lines = {
+        "ready": f"ready (pid {runner.get('pid')}): flow commands run in it, with Prefect "
+        "already imported (GRISTMILL_WARM=0 turns it off)",
+        "stale": f"stale (pid {runner.get('pid')}): gristmill changed since it started; "
+        "`gristmill server start` restarts it",
+        "starting": f"starting (pid {runner.get('pid')})",
+        "absent": f"not running: commands run in their own process (log: {runner.get('log')})",
+        "off": "off (GRISTMILL_WARM=0): commands run in their own process",
+    }
+    return lines[runner["state"]]
 
 
 @server_app.command("start")
@@ -1244,10 +1276,9 @@ def ui(
         webbrowser.open(url)
 
 
-def main() -> None:
-    """Console-script entry point."""
+def main(hand_over: bool = True) -> None:
+    """Console-script entry point (`hand_over`: a flow command may go to the warm runner once
+    its checks pass; `gristmill.warm.main` offered it before importing this module)."""
+    global _entry_argv
+    _entry_argv = list(sys.argv) if hand_over else None
     app()
-
-
-if __name__ == "__main__":
-    main()

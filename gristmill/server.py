@@ -23,6 +23,13 @@ API answers.
 The server's settings come from here alone: the PREFECT_* variables of the shell that starts it
 are dropped, so a profile or a PREFECT_API_URL meant for clients cannot redirect its database or
 its UI.
+
+Beside it, `start` launches the warm runner (`gristmill.runner`, unless GRISTMILL_WARM=0): one
+process with Prefect and the flows imported, which runs the commands `gristmill.warm` hands it,
+one forked child each. It keeps the starting shell's environment (PREFECT_* included: those are
+the clients' settings) with the server's API; its pid is in `state.json`, its socket, state and
+log are `runner.sock`, `runner.json` and `runner.log` here. `stop` ends it first; `start` on a
+running server replaces a runner that is gone or older than gristmill's code.
 """
 
 from __future__ import annotations
@@ -61,6 +68,7 @@ def _files() -> dict[str, Path]:
         "database": root / "prefect.db",
         "prefect_home": root / "prefect-home",
         "start_lock": root / "start.lock",
+        "runner_log": root / "runner.log",
     }
 
 
@@ -174,7 +182,35 @@ def status() -> dict[str, Any]:
         return {**report, "starting": True, "pid": pid}
     # uvicorn listens once the app has started (database migrated): listening is answering.
     listening = _port_open(int(state["port"]))
-    return {**report, **state, "running": listening, "starting": not listening}
+    return {**report, **state, "running": listening, "starting": not listening,
+            "runner": runner_status(state.get("runner_pid"))}  # fmt: skip
+
+
+def _is_our_runner(pid: int | None) -> bool:
+    """True when `pid` is alive and (where /proc tells) runs `gristmill.runner`."""
+    if pid is None or not _alive(pid):
+        return False
+    args = _cmdline(pid)
+    return args is None or args[1:3] == ["-m", "gristmill.runner"]
+
+
+def runner_status(pid: int | None) -> dict[str, Any]:
+    """The warm runner's state: off (GRISTMILL_WARM=0), absent, starting, ready or stale (the
+    code or this Python differ from its own: commands run in their own process)."""
+    from gristmill import warm
+
+    if not warm.warm_enabled():
+        return {"state": "off"}
+    if not _is_our_runner(pid):
+        return {"state": "absent", "log": str(_files()["runner_log"])}
+    ready = warm.read_state()
+    if ready is None or ready["pid"] != pid:
+        return {"state": "starting", "pid": pid}
+    # Not the variables read at import: those of `server status` are not a flow command's.
+    same = {k: v for k, v in warm.identity().items() if k != "import_env"}
+    fresh = same.items() <= ready["identity"].items() and ready["code_mtime"] == warm.code_mtime()
+    return {"state": "ready" if fresh else "stale", "pid": pid, "socket": ready["socket"],
+            "started_at": ready.get("started_at")}  # fmt: skip
 
 
 def _db_holders(database: Path, ignore: set[int]) -> list[int]:
@@ -285,6 +321,9 @@ def start(port: int | None = None, wait_s: float = 90) -> dict[str, Any]:
                     f"a gristmill server is already running on port {current['port']} "
                     f"(pid {current['pid']}); `gristmill server stop` first to move it to {port}"
                 )
+            if current["runner"]["state"] in ("absent", "stale"):
+                _restart_runner(current)
+                current = status()
             return {**current, "already_running": True}
         if current.get("pid") is not None:
             raise GristmillError(
@@ -324,6 +363,7 @@ def _launch(port: int, wait_s: float) -> dict[str, Any]:
     _children[process.pid] = process
     write_text_atomic(files["pid"], f"{process.pid}\n")
     api_url = f"http://{HOST}:{port}/api"
+    runner_pid = _launch_runner(api_url)  # imports while the server starts: both at once
     state = {
         "pid": process.pid,
         "port": port,
@@ -332,16 +372,71 @@ def _launch(port: int, wait_s: float) -> dict[str, Any]:
         "database": str(files["database"]),
         "log": str(files["log"]),
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "runner_pid": runner_pid,
     }
     # Written before the API answers: a server whose start was cut short is still found.
     write_json_atomic(files["state"], state)
     try:
         _wait_healthy(process.pid, api_url, wait_s, files["log"])
+        _wait_runner(runner_pid, wait_s)
     except BaseException:  # it died, it did not answer in time, or Ctrl-C: no half-started server
+        _stop_runner(runner_pid)
         _terminate(process.pid, timeout_s=10)
         _clean_stale(process.pid)
         raise
     return {**status(), "already_running": False, "startup_s": round(time.monotonic() - began, 2)}
+
+
+def _launch_runner(api_url: str) -> int | None:
+    """Start the warm runner (`gristmill.runner`) for commands that use this server; its pid
+    (None with GRISTMILL_WARM=0). It runs this Python and this copy of gristmill, with the
+    PREFECT_* settings of this process and the server's API (unless PREFECT_API_URL says
+    another), which is what the commands it serves have."""
+    from gristmill import warm
+
+    if not warm.warm_enabled():
+        return None
+    package_root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PREFECT_API_URL": os.environ.get("PREFECT_API_URL") or api_url,
+           "PYTHONPATH": os.pathsep.join(filter(None, [package_root,
+                                                       os.environ.get("PYTHONPATH")]))}  # fmt: skip
+    with open(_files()["runner_log"], "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gristmill.runner"], env=env, cwd=server_dir(),
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    _children[process.pid] = process
+    return process.pid
+
+
+def _wait_runner(pid: int | None, wait_s: float) -> None:
+    """Wait until the runner serves (its state file names it); a runner that dies or is slow
+    costs only its speed-up: commands then run in their own process."""
+    from gristmill import warm
+
+    deadline = time.monotonic() + wait_s
+    while pid is not None and _is_our_runner(pid) and time.monotonic() < deadline:
+        ready = warm.read_state()
+        if ready is not None and ready["pid"] == pid:
+            return
+        time.sleep(0.1)
+
+
+def _stop_runner(pid: int | None) -> None:
+    if _is_our_runner(pid):
+        _terminate(pid, timeout_s=15)  # type: ignore[arg-type]
+
+
+def _restart_runner(current: dict[str, Any]) -> None:
+    """Replace an absent or stale runner of the running server (gristmill's code changed)."""
+    from gristmill.storage.files import write_json_atomic
+
+    _stop_runner(current.get("runner_pid"))
+    runner_pid = _launch_runner(current["api_url"])
+    state = _read_state() or {}
+    write_json_atomic(_files()["state"], {**state, "runner_pid": runner_pid})
+    _wait_runner(runner_pid, 90)
 
 
 def _terminate(pid: int, timeout_s: float) -> bool:
@@ -370,6 +465,7 @@ def stop(timeout_s: float = 30) -> dict[str, Any]:
     if current.get("pid") is None:
         return {**current, "stopped": False}
     began = time.monotonic()
+    _stop_runner(current.get("runner_pid"))
     forced = _terminate(current["pid"], timeout_s)
     _clean_stale(current["pid"])
     return {

@@ -161,6 +161,39 @@ def test_a_flow_against_the_server_starts_no_temporary_api(
     assert [r["state_type"] for r in runs] == ["COMPLETED"]
 
 
+def test_a_flow_command_runs_on_the_servers_warm_runner(
+    running: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import stat
+
+    from gristmill import warm
+
+    runner = server.status()["runner"]
+    assert runner["state"] == "ready" and runner["pid"] == running["runner"]["pid"]
+    assert stat.S_IMODE(Path(runner["socket"]).stat().st_mode) == 0o600
+    with monkeypatch.context() as changed:
+        changed.setattr(warm, "code_mtime", lambda: 0.0)  # gristmill's code changed since
+        assert server.status()["runner"]["state"] == "stale"
+        changed.setenv("GRISTMILL_WARM", "0")
+        assert server.status()["runner"] == {"state": "off"}
+    source = tmp_path / "docs.jsonl"
+    source.write_text("".join(json.dumps({"text": f"document number {i}"}) + "\n"
+                              for i in range(3)))  # fmt: skip
+    command = [sys.executable, "-m", "gristmill.cli", "ingest", str(source), "--corpus", "c",
+               "-w", str(tmp_path / "ws"), "--json"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["added"]["documents"] == 3  # the child's stdout, ours
+    # Entered as an installed `gristmill.cli:main` script is: handed over after the checks.
+    script = "import sys; from gristmill.cli import main; sys.argv[0] = 'gristmill'; main()"
+    again = subprocess.run([sys.executable, "-c", script, *command[3:]], capture_output=True,
+                           text=True, timeout=120)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["chunks_skipped"] == 1  # the same input, already in
+    log = (Path(server.server_dir()) / "runner.log").read_text()
+    assert log.count("'gristmill ingest") == 2 and log.count("{'exit': 0}") == 2
+
+
 @pytest.mark.slow
 def test_serve_against_the_gristmill_server(running: dict[str, Any], tmp_path: Path) -> None:
     from test_orchestration import serve_logs_runs_and_pauses_on_sigterm
@@ -178,6 +211,10 @@ def test_stop_ends_the_server_and_removes_its_state(running: dict[str, Any]) -> 
         psutil.Process(running["pid"]).status() == psutil.STATUS_ZOMBIE
     )
     assert not (files / "state.json").exists() and not (files / "server.pid").exists()
+    assert not psutil.pid_exists(running["runner"]["pid"]) or (
+        psutil.Process(running["runner"]["pid"]).status() == psutil.STATUS_ZOMBIE
+    )
+    assert not (files / "runner.sock").exists() and not (files / "runner.json").exists()
     assert server.running_api_url() is None and server.status()["running"] is False
     assert (files / "prefect.db").exists()  # the history stays for the next start
 

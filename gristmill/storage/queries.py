@@ -182,27 +182,45 @@ def selection_view(
         )  # fmt: skip
 
 
+def _documents(
+    view: SelectionView, where: str, order: str, params: list[Any], limit: int
+) -> list[dict[str, Any]]:
+    """The first `limit` candidates by `order` among those `where` holds for, with domain,
+    text (cut at max_chars), score and reasons. Their doc_ids are picked first, from the id
+    and score columns alone; only those few documents' texts are then read."""
+    picked = view.rows(
+        f"select d.doc_id from {view.candidates} join {view.signal} using (doc_id) "
+        f"where {where} {order} limit ?",
+        [*params, limit],
+    )
+    if not picked:
+        return []
+    ids = [row["doc_id"] for row in picked]
+    reasons = "s.reasons" if "reasons" in view.columns else "null"
+    found = view.rows(
+        f"select d.doc_id, d.domain, left(d.text, ?) as text, s.score, {reasons} as reasons "
+        f"from {view.candidates} join {view.signal} using (doc_id) "
+        f"where d.doc_id in ({', '.join('?' * len(ids))})",
+        [view.max_chars, *ids],
+    )
+    by_id = {row["doc_id"]: row for row in found}
+    return [by_id[doc_id] for doc_id in ids]
+
+
 def sample_selection(view: SelectionView, ranked: int = 0) -> dict[str, Any]:
     """The selection's record, random kept and dropped documents, and the `ranked` highest and
     lowest scored candidates, each with its score and reasons."""
-    reasons = "s.reasons" if "reasons" in view.columns else "null"
-    base = (
-        f"select d.doc_id, d.domain, left(d.text, ?) as text, s.score, {reasons} as reasons "
-        f"from {view.candidates} join {view.signal} using (doc_id) "
-    )
-    order = "order by hash(d.doc_id, ?) limit ?"
-    params = [view.max_chars, view.seed, view.sample]
+    order = "order by hash(d.doc_id, ?)"
     result = {
         "selection": view.record,
-        "kept": view.rows(f"{base} where {view.kept} {order}", params),
-        "dropped": view.rows(f"{base} where not {view.kept} {order}", params),
+        "kept": _documents(view, view.kept, order, [view.seed], view.sample),
+        "dropped": _documents(view, f"not {view.kept}", order, [view.seed], view.sample),
     }
     if ranked > 0:
-        scored = f"{base} where s.score is not null and not isnan(s.score)"
+        scored = "s.score is not null and not isnan(s.score)"
         for key, direction in (("highest", "desc"), ("lowest", "asc")):
-            result[key] = view.rows(
-                f"{scored} order by s.score {direction}, d.doc_id limit ?",
-                [view.max_chars, ranked],
+            result[key] = _documents(
+                view, scored, f"order by s.score {direction}, d.doc_id", [], ranked
             )
     return result
 

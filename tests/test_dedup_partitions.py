@@ -34,7 +34,7 @@ def _texts(rng: np.random.Generator, families: int, per_family: int) -> list[str
             for i in rng.choice(len(words), int(rate * len(words)), replace=False):
                 words[i] = f"w{rng.integers(1_000_000)}"
             texts.append(" ".join(words))
-    return texts + ["", "...", "Hi.", "hi"]  # empties and exact short copies
+    return [*texts, "", "...", "Hi.", "hi"]  # empties and exact short copies
 
 
 def _features(tmp: Path, name: str, texts: list[str], first_id: int, config, shards: int):
@@ -96,7 +96,8 @@ def _reference(sources: list[list[Path]], config) -> dict[int, int | None]:
 
 def test_same_clusters_on_1_4_and_16_partitions(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
-    config = DedupSelector.from_params({"threshold": 0.6, "num_perm": 128, "shingle_size": 2}).config
+    params = {"threshold": 0.6, "num_perm": 128, "shingle_size": 2}
+    config = DedupSelector.from_params(params).config
     older = _features(tmp_path, "older", _texts(rng, 4, 3), 10_000, config, 1)
     pool = _features(tmp_path, "pool", _texts(rng, 12, 6), 0, config, 2)
     sources = [("older", older, None), ("pool", pool, None)]
@@ -112,8 +113,8 @@ def test_same_clusters_on_1_4_and_16_partitions(tmp_path: Path) -> None:
                     _recorded.append(result)
                 yield result
 
-        params = config.model_copy(update={"partitions": partitions})
-        table = cluster_pool(sources, params, tmp_path / f"s{partitions}", recording_map)  # type: ignore[arg-type]
+        split = config.model_copy(update={"partitions": partitions})
+        table = cluster_pool(sources, split, tmp_path / f"s{partitions}", recording_map)  # type: ignore[arg-type]
         results.append(table.to_pylist())
         assert len(recorded) == partitions  # every partition has buckets at this size
         # verification rejects some candidate links, and every partition writes its own file

@@ -255,7 +255,8 @@ def _copy_atomic(con: duckdb.DuckDBPyConnection, query: str, path: Path) -> None
 def _register_files(con: duckdb.DuckDBPyConnection, files: list[str]) -> None:
     """Table feature_files: each feature file's name as read_parquet reports it, and number."""
     con.execute("create table feature_files (filename varchar, file integer)")
-    con.executemany("insert into feature_files values (?, ?)", [[f, i] for i, f in enumerate(files)])
+    numbered = [[name, number] for number, name in enumerate(files)]
+    con.executemany("insert into feature_files values (?, ?)", numbered)
 
 
 def _features_sql(sources: list[tuple[str, list[Path], Path | None]], columns: str) -> str:
@@ -387,14 +388,15 @@ def _near_edge_files(
         for partition, path in zip(cut.partitions, cut.paths, strict=True):
             by_partition.setdefault(partition, []).append(path)
     edge_dir = scratch / "edges" / f"of{partitions}"
-    units = [
-        EdgeUnit(
-            partition, partitions, tuple(paths), tuple(files), str(nodes / "*" / "*.parquet"),
-            str(edge_dir / f"p{partition:04d}.parquet"), config.threshold, config.num_perm,
-            config.verify, config.memory_limit, str(scratch / "duckdb"),
+    every_node = str(nodes / "*" / "*.parquet")
+    units = []
+    for partition, paths in sorted(by_partition.items()):
+        out = str(edge_dir / f"p{partition:04d}.parquet")
+        units.append(
+            EdgeUnit(partition, partitions, tuple(paths), tuple(files), every_node, out,
+                     config.threshold, config.num_perm, config.verify, config.memory_limit,
+                     str(scratch / "duckdb"))
         )  # fmt: skip
-        for partition, paths in sorted(by_partition.items())
-    ]
     results = sorted(work_map(edge_unit, units), key=lambda result: result.partition)
     return [Path(result.path) for result in results]
 

@@ -95,8 +95,12 @@ def synthesise(out: Path, n: int, seed: int = 0) -> list[Path]:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process in MB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident memory of this process in MB (VmHWM: getrusage's ru_maxrss survives exec,
+    so a child would report its parent's peak when that was higher)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux
 
 
 def cpu_seconds() -> float:

@@ -392,10 +392,10 @@ def _near_edge_files(
     units = []
     for partition, paths in sorted(by_partition.items()):
         out = str(edge_dir / f"p{partition:04d}.parquet")
+        spill = str(scratch / f"duckdb-p{partition:04d}")  # DuckDB instances share no spill dir
         units.append(
             EdgeUnit(partition, partitions, tuple(paths), tuple(files), every_node, out,
-                     config.threshold, config.num_perm, config.verify, config.memory_limit,
-                     str(scratch / "duckdb"))
+                     config.threshold, config.num_perm, config.verify, config.memory_limit, spill)
         )  # fmt: skip
     results = sorted(work_map(edge_unit, units), key=lambda result: result.partition)
     return [Path(result.path) for result in results]

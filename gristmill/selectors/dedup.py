@@ -113,9 +113,7 @@ def banding(config: DedupConfig) -> tuple[int, int]:
     if config.bands is not None and config.rows is not None:
         return config.bands, config.rows
     if config.verify:
-        from datasketch.lsh import _optimal_param
-
-        return tuple(_optimal_param(config.threshold, config.num_perm, 0.1, 0.9))  # type: ignore[return-value]
+        return minhash.weighted_bands(config.threshold, config.num_perm, 0.1, 0.9)
     return minhash.optimal_bands(config.threshold, config.num_perm)
 
 

@@ -259,6 +259,7 @@ def run_baseline(files: list[Path], n: int, num_perm: int) -> dict:
         "seconds": time.perf_counter() - start,
         "removed": removed,
         "peak_rss_mb": peak_rss_mb(),
+        "cpu_seconds": cpu_seconds(),
     }
 
 

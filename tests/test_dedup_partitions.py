@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import PROSE
 
+from gristmill.errors import InputError
 from gristmill.pipeline.map import ThreadMap, serial_map
 from gristmill.selectors.dedup import (
     DedupSelector,
@@ -133,7 +134,7 @@ def test_partitions_setting_and_default(tmp_path: Path) -> None:
     assert default_partitions(1000, bands) == 1
     assert default_partitions(10_000_000, bands) == 5
     assert default_partitions(10**12, bands) == 4096
-    with pytest.raises(Exception, match="partitions"):
+    with pytest.raises(InputError, match="partitions"):
         DedupSelector.from_params({"partitions": 0})
     # the setting changes no result, so it keys nothing
     plain, split = DedupSelector.from_params({}), DedupSelector.from_params({"partitions": 8})

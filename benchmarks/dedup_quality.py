@@ -92,6 +92,7 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=0.8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-perm", type=int, default=None, help="default: the selector's")
+    parser.add_argument("--partitions", type=int, default=16, help="0: skip the partitioned run")
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
     base = originals(args.originals, args.seed)
@@ -126,6 +127,9 @@ def main() -> None:
     if args.num_perm:
         common["num_perm"] = args.num_perm
     configs = [("gristmill", common), ("gristmill_no_verify", {**common, "verify": False})]
+    if args.partitions:  # the staged clustering must not change a single cluster
+        configs.append(("gristmill_partitioned", {**common, "partitions": args.partitions}))
+    clusterings = {}
     for name, params in configs:
         selector = DedupSelector.from_params(params)
         with tempfile.TemporaryDirectory() as tmp:
@@ -136,6 +140,7 @@ def main() -> None:
             seconds = time.perf_counter() - began
         ids, clusters = result["doc_id"].to_pylist(), result["cluster"].to_pylist()
         cluster = dict(zip(ids, clusters, strict=True))
+        clusterings[name] = cluster
 
         def found(a: int, b: int, cluster: dict = cluster) -> bool:
             ca, cb = cluster[a + 1], cluster[b + 1]
@@ -168,6 +173,9 @@ def main() -> None:
             "random_pairs_found": sum(found(*p) for p in random_pairs),
             "curve": curve,
         }
+    if "gristmill_partitioned" in clusterings:
+        same = clusterings["gristmill_partitioned"] == clusterings["gristmill"]
+        report["gristmill_partitioned"]["same_clusters_as_default"] = same
     print(json.dumps(report, indent=2))
 
 

@@ -3,7 +3,10 @@
 Ray turns a node address of 127.0.0.1 into the host's network address, and binds its GCS,
 raylet, workers, agents and metrics exporters to it or to every interface, unless it believes
 it runs where clusters are unsupported (macOS, Windows). Starting Ray with that belief is the
-only way to keep a local instance on loopback; clusters given by `--address` are left as they are.
+only way to keep a local instance on loopback. A cluster given by `--address` is joined as it is,
+except that a driver joining one at a loopback address (a head started here with
+`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 ray start --head --node-ip-address 127.0.0.1`) holds the
+same belief, so that it looks for the cluster's raylet on loopback and not on the host's address.
 """
 
 from __future__ import annotations
@@ -44,6 +47,19 @@ def start_local_ray(**init_kwargs: Any) -> None:
         )
 
 
+def is_loopback_address(address: str | None) -> bool:
+    """True for a cluster address (`host:port`, `ray://host:port`) on this machine's loopback."""
+    if not address or address == "auto":
+        return False
+    host = address.removeprefix("ray://").rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name
+        return False
+
+
 class LocalRayTaskRunner(RayTaskRunner):
     """prefect-ray's task runner, but a Ray instance it starts itself listens on loopback only."""
 
@@ -51,7 +67,11 @@ class LocalRayTaskRunner(RayTaskRunner):
         self._started_ray = self.address is None and not ray.is_initialized()
         if self._started_ray:
             start_local_ray(**self.init_kwargs)
-        super().__enter__()  # finds Ray running, so it neither starts nor stops it
+        joining = (
+            _single_machine() if is_loopback_address(self.address) else contextlib.nullcontext()
+        )
+        with joining:
+            super().__enter__()  # connects to the address, or finds Ray running and keeps it
         return self
 
     def __exit__(self, *exc_info: Any) -> None:

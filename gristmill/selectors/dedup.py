@@ -1,4 +1,4 @@
-"""The `dedup` selector: exact and MinHash near-duplicates, clustered out of core in DuckDB.
+"""The `dedup` selector: exact and MinHash near-duplicates, clustered in stages out of core.
 
 Per shard (`score`, cached by shard content): doc_id, what the keep policy orders by, the
 normalised-content xxh3 hash and, in near mode, the MinHash band hashes and signature. These
@@ -9,14 +9,20 @@ Over the pool (`score_set`): documents are numbered by the keep policy (older `a
 corpora first, then the policy, then source order, then doc_id), so the smallest number in a
 cluster is its representative. Edges join every document to the smallest member of each
 bucket it falls in (same content hash, or same band hash): O(k) per bucket, never O(k^2).
-Near edges are optionally verified by the signatures' estimated Jaccard. Connected components
-come from min-label propagation with pointer jumping, as DuckDB tables, so memory stays
-bounded by DuckDB's memory_limit (spilling to the scratch directory).
+Near edges come in stages, each a work unit (a task on the flow's runner): every feature
+file's band rows are cut into band-hash partitions (a bucket lies in one partition), then each
+partition's bucket-minimum edges are found and verified by the signatures' estimated Jaccard
+and written as an edge file. Only the edge files meet in the connected components, found by
+min-label propagation with pointer jumping over DuckDB tables, so memory stays bounded by
+DuckDB's memory_limit (spilling to the scratch directory) in the flow process and in each task.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -28,6 +34,8 @@ import xxhash
 from pydantic import Field, computed_field, model_validator
 
 from gristmill.errors import InputError
+from gristmill.pipeline.map import WorkMap, serial_map
+from gristmill.pipeline.units import work_unit
 from gristmill.selectors import minhash
 from gristmill.selectors.base import (
     PoolFeatures,
@@ -38,19 +46,22 @@ from gristmill.selectors.base import (
 )
 from gristmill.selectors.explain import cluster_tables, example_clusters
 from gristmill.selectors.requirements import Requirement, ScoredCorpus
-from gristmill.storage.files import sql_files
+from gristmill.storage.files import sql_files, write_parquet_atomic
 
 if TYPE_CHECKING:
     from gristmill.storage.queries import SelectionView
 
 KeepPolicy = Literal["first", "longest", "priority"]
+# Band rows per partition by default: a partition's buckets group in well under 1 GB.
+BAND_ROWS_PER_PARTITION = 50_000_000
+MAX_PARTITIONS = 4096
 
 
 class DedupConfig(SelectorConfig):
     """Settings of the dedup selector (the keep policy and clustering never re-hash shards)."""
 
     set_fields = frozenset({"threshold", "bands", "rows", "keep", "against"})
-    unkeyed_fields = frozenset({"memory_limit"})
+    unkeyed_fields = frozenset({"memory_limit", "partitions"})
 
     mode: Literal["near", "exact"] = Field("near", description="MinHash near-dups or exact hash")
     threshold: float = Field(0.8, gt=0, lt=1, description="near: Jaccard similarity threshold")
@@ -68,6 +79,10 @@ class DedupConfig(SelectorConfig):
         default_factory=list, description="earlier corpora whose documents win over this one's"
     )
     memory_limit: str = Field("2GB", description="DuckDB memory limit while clustering")
+    partitions: int | None = Field(
+        None, ge=1, le=MAX_PARTITIONS,
+        description="near: band-hash partitions, a task each (default: from the pool size)",
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _consistent(self) -> DedupConfig:
@@ -98,9 +113,7 @@ def banding(config: DedupConfig) -> tuple[int, int]:
     if config.bands is not None and config.rows is not None:
         return config.bands, config.rows
     if config.verify:
-        from datasketch.lsh import _optimal_param
-
-        return tuple(_optimal_param(config.threshold, config.num_perm, 0.1, 0.9))  # type: ignore[return-value]
+        return minhash.weighted_bands(config.threshold, config.num_perm, 0.1, 0.9)
     return minhash.optimal_bands(config.threshold, config.num_perm)
 
 
@@ -175,7 +188,7 @@ class DedupSelector(SetSelector):
         for other in config.against:
             sources.append((other, context.inputs.signal(f"against:{other}").files, None))
         sources.append((context.corpus, pool.files, pool.members))
-        return cluster_pool(sources, config, pool.scratch)
+        return cluster_pool(sources, config, pool.scratch, context.work_map)
 
     def explain(self, view: SelectionView) -> list[Section]:
         """A few random duplicate clusters: every member (at most 20), the kept one first."""
@@ -205,12 +218,54 @@ def _order(config: DedupConfig) -> str:
     return f"corpus_rank, {policy}source, source_line, doc_id"
 
 
+def default_partitions(documents: int, bands: int) -> int:
+    """Band-hash partitions for a pool: about BAND_ROWS_PER_PARTITION band rows in each."""
+    return max(1, min(MAX_PARTITIONS, -(-documents * bands // BAND_ROWS_PER_PARTITION)))
+
+
+def _partition_of(band_hashes: np.ndarray, partitions: int) -> np.ndarray:
+    """The partition of each band hash: its hash range (the top 32 bits, cut into equal parts)."""
+    return ((band_hashes >> np.uint64(32)) * np.uint64(partitions)) >> np.uint64(32)
+
+
+def _connect(memory_limit: str, temp_directory: Path) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection that spills to `temp_directory` beyond `memory_limit`."""
+    try:
+        return duckdb.connect(
+            config={
+                "memory_limit": memory_limit,
+                "temp_directory": str(temp_directory),
+                "preserve_insertion_order": False,
+            }
+        )
+    except duckdb.Error as error:  # a bad setting, such as memory_limit=lots
+        raise InputError(f"dedup memory_limit {memory_limit!r}: {error}") from None
+
+
+def _copy_atomic(con: duckdb.DuckDBPyConnection, query: str, path: Path) -> None:
+    """Write a query's rows to a Parquet file under a temporary name, then rename it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    con.execute(f"copy ({query}) to ? (format parquet)", [str(staging)])
+    os.replace(staging, path)
+
+
+def _register_files(con: duckdb.DuckDBPyConnection, files: list[str]) -> None:
+    """Table feature_files: each feature file's name as read_parquet reports it, and number."""
+    con.execute("create table feature_files (filename varchar, file integer)")
+    numbered = [[name, number] for number, name in enumerate(files)]
+    con.executemany("insert into feature_files values (?, ?)", numbered)
+
+
 def _features_sql(sources: list[tuple[str, list[Path], Path | None]], columns: str) -> str:
     parts = []
     for rank, (_, files, members) in enumerate(sources):
         if not files:
             continue
-        part = f"select {rank} as corpus_rank, {columns} from read_parquet({sql_files(files)}) f"
+        part = (
+            f"select {rank} as corpus_rank, filename, {columns} "
+            f"from read_parquet({sql_files(files)}, filename=true) f"
+        )
         if members is not None:
             part += f" semi join read_parquet({sql_files([members])}) m on m.doc_id = f.doc_id"
         parts.append(part)
@@ -218,11 +273,15 @@ def _features_sql(sources: list[tuple[str, list[Path], Path | None]], columns: s
 
 
 def cluster_pool(
-    sources: list[tuple[str, list[Path], Path | None]], config: DedupConfig, scratch: Path
+    sources: list[tuple[str, list[Path], Path | None]],
+    config: DedupConfig,
+    scratch: Path,
+    work_map: WorkMap = serial_map,
 ) -> pa.Table:
     """Cluster every source's features; scores for the last source (the pool), earlier ones win.
 
-    `sources` are (corpus, feature files, members file or None), oldest first.
+    `sources` are (corpus, feature files, members file or None), oldest first. Near edges come
+    from band-hash partitions run through `work_map`; only their edge files meet here.
     """
     scratch.mkdir(parents=True, exist_ok=True)
     pool_rank = len(sources) - 1
@@ -238,33 +297,31 @@ def cluster_pool(
     )
     if not sources[-1][1]:
         return empty
-    near = config.mode == "near"
+    con = _connect(config.memory_limit, scratch / "duckdb")
     try:
-        con = duckdb.connect(
-            config={
-                "memory_limit": config.memory_limit,
-                "temp_directory": str(scratch / "duckdb"),
-                "preserve_insertion_order": False,
-            }
-        )
-    except duckdb.Error as error:  # a bad setting, such as memory_limit=lots
-        raise InputError(f"dedup memory_limit {config.memory_limit!r}: {error}") from None
-    try:
+        files = [str(f) for _, paths, _ in sources for f in paths]
+        _register_files(con, files)
         priority = "priority" if config.keep == "priority" else "null::double as priority"
         columns = f"doc_id, source, source_line, n_bytes, content_hash, {priority}"
         con.execute(
             f"create table docs as select (row_number() over (order by {_order(config)}) - 1)"
-            f"::bigint as node, corpus_rank, doc_id, content_hash "
-            f"from ({_features_sql(sources, columns)})"
+            f"::bigint as node, corpus_rank, file, doc_id, content_hash "
+            f"from ({_features_sql(sources, columns)}) join feature_files using (filename)"
         )
         # Exact duplicates: an edge from each member to the smallest node of its content hash.
-        con.execute(
-            "create table edges as select node, root from ("
-            "select node, min(node) over (partition by content_hash) as root from docs"
-            ") where node <> root"
+        edge_files = [scratch / "edges" / "exact.parquet"]
+        _copy_atomic(
+            con,
+            "select node, root from (select node, min(node) over (partition by content_hash) "
+            "as root from docs) where node <> root",
+            edge_files[0],
         )
-        if near:
-            _near_edges(con, sources, config)
+        if config.mode == "near":
+            edge_files += _near_edge_files(con, files, config, scratch, work_map)
+        con.execute(
+            "create table edges as select node, root from read_parquet(?)",
+            [[str(p) for p in edge_files]],
+        )
         labels = _components(con)
         corpora = [name for name, _, _ in sources]
         con.execute("create table corpus_names (corpus_rank integer, corpus varchar)")
@@ -297,40 +354,200 @@ def cluster_pool(
     return table.cast(empty.schema)
 
 
-def _near_edges(
+def _near_edge_files(
     con: duckdb.DuckDBPyConnection,
-    sources: list[tuple[str, list[Path], Path | None]],
+    files: list[str],
     config: DedupConfig,
-) -> None:
-    """Add band-bucket edges (each member to its bucket's smallest node), verified if asked."""
+    scratch: Path,
+    work_map: WorkMap,
+) -> list[Path]:
+    """Band-bucket edge files, one per partition: cut bands per file, then edges per partition.
+
+    Both steps are work units, so a flow runs them as tasks on its runner; the node numbers
+    they need are written here, one file per feature file (`nodes/file=<n>/`).
+    """
+    bands, _ = banding(config)
+    row = con.execute("select count(*) from docs").fetchone()
+    partitions = config.partitions or default_partitions(row[0] if row else 0, bands)
+    nodes = scratch / "nodes"
     con.execute(
-        f"create table band_rows as select d.node, unnest(f.bands) as band_hash, "
-        f"unnest(range(len(f.bands)))::smallint as band "
-        f"from ({_features_sql(sources, 'doc_id, bands')}) f "
-        f"join docs d on d.corpus_rank = f.corpus_rank and d.doc_id = f.doc_id"
+        "copy (select file, doc_id, node from docs) to ? "
+        "(format parquet, partition_by (file), overwrite)",
+        [str(nodes)],
     )
-    con.execute(
-        "create table near_edges as select distinct b.node, r.root from band_rows b join ("
-        "select band, band_hash, min(node) as root from band_rows group by band, band_hash "
-        "having count(*) > 1) r using (band, band_hash) where b.node <> r.root"
-    )
-    con.execute("drop table band_rows")
-    if config.verify:
-        _verify(con, sources, config)
-    con.execute("insert into edges select node, root from near_edges")
+    band_dir = scratch / "bands" / f"of{partitions}"
+    cuts = [
+        BandUnit(features, str(nodes / f"file={n}" / "*.parquet"), str(band_dir), partitions, n)
+        for n, features in enumerate(files)
+        if (nodes / f"file={n}").is_dir()  # absent: none of the file's documents is a member
+    ]
+    by_partition: dict[int, list[str]] = {}
+    for cut in sorted(work_map(band_unit, cuts), key=lambda result: result.number):
+        for partition, path in zip(cut.partitions, cut.paths, strict=True):
+            by_partition.setdefault(partition, []).append(path)
+    edge_dir = scratch / "edges" / f"of{partitions}"
+    every_node = str(nodes / "*" / "*.parquet")
+    units = []
+    for partition, paths in sorted(by_partition.items()):
+        out = str(edge_dir / f"p{partition:04d}.parquet")
+        spill = str(scratch / f"duckdb-p{partition:04d}")  # DuckDB instances share no spill dir
+        units.append(
+            EdgeUnit(partition, partitions, tuple(paths), tuple(files), every_node, out,
+                     config.threshold, config.num_perm, config.verify, config.memory_limit, spill)
+        )  # fmt: skip
+    results = sorted(work_map(edge_unit, units), key=lambda result: result.partition)
+    return [Path(result.path) for result in results]
 
 
-def _verify(
-    con: duckdb.DuckDBPyConnection,
-    sources: list[tuple[str, list[Path], Path | None]],
-    config: DedupConfig,
-) -> None:
+@dataclass
+class BandFiles:
+    """One feature file's band rows (node, band, band_hash): a file per partition they fall in."""
+
+    number: int
+    partitions: list[int]
+    paths: list[str]
+    rows: int
+
+
+@dataclass(frozen=True)
+class BandUnit:
+    """Cut one feature file's band hashes into the partitions' band files."""
+
+    features: str
+    nodes: str  # the file's documents' node numbers (doc_id, node): a glob
+    out_dir: str
+    partitions: int
+    number: int  # the feature file's number: names its band files
+
+    def outputs_exist(self, result: BandFiles) -> bool:
+        """True while every band file the result names is still there."""
+        return all(Path(path).exists() for path in result.paths)
+
+    def size_bytes(self) -> int | None:
+        """The feature file's bytes: what the unit reads."""
+        return Path(self.features).stat().st_size
+
+
+def _span(numbers: list[int], width: int) -> str:
+    """`00003` or `00003-00009`."""
+    first, last = f"{numbers[0]:0{width}d}", f"{numbers[-1]:0{width}d}"
+    return first if len(numbers) == 1 else f"{first}-{last}"
+
+
+def _bands_title(group: list[BandUnit]) -> str:
+    """`cut bands of feature file 00003`, `cut bands of feature files 00000-00007`."""
+    plural = "s" if len(group) > 1 else ""
+    return f"cut bands of feature file{plural} {_span([u.number for u in group], 5)}"
+
+
+@work_unit("dedup-bands", BandFiles, _bands_title)
+def band_unit(unit: BandUnit) -> BandFiles:
+    """Read a feature file's bands with its node numbers; write each partition's rows."""
+    with duckdb.connect() as con:
+        rows = con.sql(
+            "select n.node, b.band, b.band_hash from (select doc_id, unnest(bands) as band_hash, "
+            "unnest(range(len(bands)))::smallint as band from read_parquet(?)) b "
+            "join read_parquet(?) n using (doc_id)",
+            params=[unit.features, unit.nodes],
+        ).to_arrow_table()
+    part = _partition_of(rows["band_hash"].to_numpy(), unit.partitions)
+    order = np.argsort(part, kind="stable")
+    counts = np.bincount(part[order].astype(np.int64), minlength=unit.partitions)
+    ordered = rows.take(pa.array(order))
+    partitions, paths = [], []
+    start = 0
+    for partition, count in enumerate(counts.tolist()):
+        if count:
+            path = Path(unit.out_dir) / f"p{partition:04d}" / f"f{unit.number:05d}.parquet"
+            write_parquet_atomic(ordered.slice(start, count), path)
+            partitions.append(partition)
+            paths.append(str(path))
+        start += count
+    return BandFiles(unit.number, partitions, paths, rows.num_rows)
+
+
+@dataclass
+class EdgeFile:
+    """One partition's near edges (node, root): candidates found and those kept as edges."""
+
+    partition: int
+    path: str
+    candidates: int
+    edges: int
+
+
+@dataclass(frozen=True)
+class EdgeUnit:
+    """Link every document of a partition's buckets to the bucket's smallest node; verify."""
+
+    partition: int
+    partitions: int
+    bands: tuple[str, ...]  # the partition's band files
+    features: tuple[str, ...]  # every feature file, by number (signatures, to verify)
+    nodes: str  # every file's node numbers (file, doc_id, node): a glob
+    out: str
+    threshold: float
+    num_perm: int
+    verify: bool
+    memory_limit: str
+    temp_directory: str
+
+    def outputs_exist(self, result: EdgeFile) -> bool:
+        """True while the edge file is still there."""
+        return Path(result.path).exists()
+
+    def size_bytes(self) -> int | None:
+        """The partition's band file bytes: what the unit groups."""
+        return sum(Path(path).stat().st_size for path in self.bands)
+
+
+def _edges_title(group: list[EdgeUnit]) -> str:
+    """`dedup edges of partition 3 of 16`, `dedup edges of partitions 0-7 of 16`."""
+    plural = "s" if len(group) > 1 else ""
+    numbers = _span([u.partition for u in group], 1)
+    return f"dedup edges of partition{plural} {numbers} of {group[0].partitions}"
+
+
+@work_unit("dedup-edges", EdgeFile, _edges_title)
+def edge_unit(unit: EdgeUnit) -> EdgeFile:
+    """A partition's bucket-minimum edges, verified by signature when asked, as a file."""
+    con = _connect(unit.memory_limit, Path(unit.temp_directory))
+    try:
+        con.execute("create table band_rows as select * from read_parquet(?)", [list(unit.bands)])
+        con.execute(
+            "create table near_edges as select distinct b.node, r.root from band_rows b join ("
+            "select band, band_hash, min(node) as root from band_rows group by band, band_hash "
+            "having count(*) > 1) r using (band, band_hash) where b.node <> r.root"
+        )
+        con.execute("drop table band_rows")
+        candidates = _count(con, "near_edges")
+        if unit.verify:
+            _verify(con, unit)
+        edges = _count(con, "near_edges")
+        _copy_atomic(con, "select node, root from near_edges", Path(unit.out))
+    finally:
+        con.close()
+    return EdgeFile(unit.partition, unit.out, candidates, edges)
+
+
+def _count(con: duckdb.DuckDBPyConnection, table: str) -> int:
+    row = con.execute(f"select count(*) from {table}").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _verify(con: duckdb.DuckDBPyConnection, unit: EdgeUnit) -> None:
     """Drop near edges whose signatures agree on fewer than threshold x num_perm positions."""
+    _register_files(con, list(unit.features))
     con.execute(
-        f"create table signatures as select d.node, f.signature "
-        f"from ({_features_sql(sources, 'doc_id, signature')}) f "
-        f"join docs d on d.corpus_rank = f.corpus_rank and d.doc_id = f.doc_id "
-        f"where d.node in (select node from near_edges union select root from near_edges)"
+        "create table wanted as select node from near_edges union select root from near_edges"
+    )
+    con.execute(
+        "create table signatures as select n.node, f.signature "
+        "from read_parquet(?, filename=true) f join feature_files using (filename) "
+        "join read_parquet(?, hive_partitioning=true) n "
+        "on n.file = feature_files.file and n.doc_id = f.doc_id "
+        "semi join wanted w on w.node = n.node",
+        [list(unit.features), unit.nodes],
     )
     reader = con.sql(
         "select e.node, e.root, a.signature as a, b.signature as b from near_edges e "
@@ -340,9 +557,9 @@ def _verify(
     for batch in reader:
         if batch.num_rows == 0:
             continue
-        left = _signature_matrix(batch.column(2), config.num_perm)
-        right = _signature_matrix(batch.column(3), config.num_perm)
-        similar = (left == right).mean(axis=1) >= config.threshold
+        left = _signature_matrix(batch.column(2), unit.num_perm)
+        right = _signature_matrix(batch.column(3), unit.num_perm)
+        similar = (left == right).mean(axis=1) >= unit.threshold
         kept.append(
             pa.table({"node": batch.column(0), "root": batch.column(1)}).filter(pa.array(similar))
         )

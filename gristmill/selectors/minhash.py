@@ -17,6 +17,8 @@ Rules:
 
 from __future__ import annotations
 
+import functools
+
 import numba
 import numpy as np
 import pyarrow as pa
@@ -256,9 +258,18 @@ def ngram_hashes(
     return _ngram_hashes(words, word_offsets, n, lengths)
 
 
+@functools.cache  # half a second of numerical integration, asked for per shard and per pool
+def weighted_bands(
+    threshold: float, num_perm: int, false_positive_weight: float, false_negative_weight: float
+) -> tuple[int, int]:
+    """(bands, rows) minimising datasketch's weighted false positive + negative areas."""
+    weights = (false_positive_weight, false_negative_weight)
+    return tuple(_optimal_param(threshold, num_perm, *weights))  # type: ignore[return-value]
+
+
 def optimal_bands(threshold: float, num_perm: int) -> tuple[int, int]:
     """(bands, rows) minimising equal-weight false positive + negative area (datasketch's)."""
-    return tuple(_optimal_param(threshold, num_perm, 0.5, 0.5))  # type: ignore[return-value]
+    return weighted_bands(threshold, num_perm, 0.5, 0.5)
 
 
 def word_shingles(text: str, shingle_size: int = 5) -> list[bytes]:

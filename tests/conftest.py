@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,6 +46,13 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+def copy_into(template: Path, tmp_path: Path) -> Path:
+    """Copy what a module-scoped fixture built once (inputs and workspace) into a test's own
+    tmp_path, same layout: much cheaper than ingesting again, and each test may change its copy."""
+    shutil.copytree(template, tmp_path, dirs_exist_ok=True)
+    return tmp_path
 
 
 def write_jsonl(path: Path, records: list[dict]) -> Path:

@@ -23,6 +23,10 @@ os.environ.update(
         "PREFECT_RESULTS_LOCAL_STORAGE_PATH": os.path.join(_PREFECT_HOME, "results"),
         "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "CRITICAL",
         "GRISTMILL_LOCK_TIMEOUT": "2",
+        # One OpenMP thread for torch and BLAS, here and in every child process: the suite's
+        # models and matrices are tiny, and on a busy 2-core box two threads spin-wait for each
+        # other (measured: a Sinkhorn test 37 -> 7.5 s, an SFT test 24 -> 10 s).
+        "OMP_NUM_THREADS": "1",
     }
 )
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import good_text, write_jsonl
+from conftest import copy_into, good_text, write_jsonl
 from typer.testing import CliRunner
 
 from gristmill.cli import app
@@ -24,9 +24,10 @@ def cli(*args: str, code: int = 0) -> str:
     return result.stdout if code == 0 else result.output
 
 
-@pytest.fixture
-def corpus(tmp_path: Path) -> tuple[Path, Path]:
-    """A workspace with corpus `pool`: 40 good documents in two domains, 10 junk, 2 broken lines."""
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory, prefect_server: None) -> Path:
+    """raw/pool.jsonl and a workspace ws with corpus `pool` ingested from it."""
+    tmp_path = tmp_path_factory.mktemp("cli")
     records = [
         {
             "text": good_text(i),
@@ -38,9 +39,16 @@ def corpus(tmp_path: Path) -> tuple[Path, Path]:
     path = write_jsonl(tmp_path / "raw" / "pool.jsonl", records)
     with path.open("a") as handle:
         handle.write('{"text": "broken\n{"no_text": 1}\n')
-    ws = tmp_path / "ws"
-    cli("ingest", str(path), "--corpus", "pool", "--url-field", "site", "-w", str(ws))
-    return ws, path
+    cli("ingest", str(path), "--corpus", "pool", "--url-field", "site", "-w", str(tmp_path / "ws"))
+    return tmp_path
+
+
+@pytest.fixture
+def corpus(built: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A workspace with corpus `pool`: 40 good documents in two domains, 10 junk, 2 broken lines
+    (the test's own copy, and the input it was ingested from)."""
+    copy_into(built, tmp_path)
+    return tmp_path / "ws", tmp_path / "raw" / "pool.jsonl"
 
 
 def test_ingest_stats_and_corpora(corpus: tuple[Path, Path]) -> None:

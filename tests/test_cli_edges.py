@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import typer
-from conftest import good_text, write_jsonl
+from conftest import copy_into, good_text, write_jsonl
 from typer.testing import CliRunner
 
 import gristmill
@@ -36,16 +36,24 @@ def invoke(*args: str, code: int = 0) -> Any:
     return result
 
 
-@pytest.fixture
-def ws(tmp_path: Path) -> Workspace:
-    """Corpus `pool` (1,200 documents in two domains), selection `clean` and `half` from it."""
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """raw/pool.jsonl and workspace ws: corpus `pool`, selections `clean` and `half`."""
+    tmp_path = tmp_path_factory.mktemp("edges")
     records = [{"text": good_text(i), "site": "a" if i % 2 else "b"} for i in range(1200)]
     path = write_jsonl(tmp_path / "raw" / "pool.jsonl", records)
     workspace = Workspace(tmp_path / "ws")
     pipeline.ingest(workspace, [str(path)], "pool")
     pipeline.curate(workspace, "pool", "quality", name="clean")
     pipeline.curate(workspace, "pool", "quality", name="half", budget="50%", parent="clean")
-    return workspace
+    return tmp_path
+
+
+@pytest.fixture
+def ws(built: Path, tmp_path: Path) -> Workspace:
+    """Corpus `pool` (1,200 documents in two domains), selection `clean` and `half` from it
+    (the test's own copy)."""
+    return Workspace(copy_into(built, tmp_path) / "ws")
 
 
 # -- help ------------------------------------------------------------------------------------

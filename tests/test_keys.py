@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from conftest import write_jsonl
+from conftest import copy_into, write_jsonl
 from ingest_helpers import ingest_catalogued
 
 from gristmill import pipeline
@@ -47,13 +47,21 @@ def add(tmp_path: Path, corpus: str, name: str, rows: list[dict]) -> Workspace:
     return ingest_catalogued(tmp_path / "ws", [path], corpus, OPTIONS)
 
 
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The inputs and workspace ws of corpora pool, other and evals."""
+    root = tmp_path_factory.mktemp("keys")
+    add(root, "pool", "pool-a", docs(12, 1))
+    add(root, "pool", "pool-b", docs(12, 2) + docs(3, 5))  # 3 duplicates of `other`
+    add(root, "other", "other-a", docs(3, 5))
+    add(root, "evals", "evals-a", docs(2, 1))
+    return root
+
+
 @pytest.fixture
-def ws(tmp_path: Path) -> Workspace:
-    """Corpora pool (two shards), other (one shard) and evals (one shard)."""
-    add(tmp_path, "pool", "pool-a", docs(12, 1))
-    add(tmp_path, "pool", "pool-b", docs(12, 2) + docs(3, 5))  # 3 duplicates of `other`
-    add(tmp_path, "other", "other-a", docs(3, 5))
-    return add(tmp_path, "evals", "evals-a", docs(2, 1))
+def ws(built: Path, tmp_path: Path) -> Workspace:
+    """Corpora pool (two shards), other (one shard) and evals (one shard): the test's own copy."""
+    return Workspace(copy_into(built, tmp_path) / "ws")
 
 
 def curate(ws: Workspace, selector: str, **kwargs) -> Curation:

@@ -398,29 +398,52 @@ def test_recipe_reads_fsspec_urls(tmp_path: Path) -> None:
     memory.rm("/gristmill-test", recursive=True)
 
 
+def _has_open(process: subprocess.Popen, path: Path) -> bool:
+    """Whether `process` has `path` open (a waiting writer keeps the lock file open)."""
+    import psutil
+
+    return any(Path(f.path) == path for f in psutil.Process(process.pid).open_files())
+
+
+def _wait_for_lock_waiter(process: subprocess.Popen, lock: Path, timeout_s: float = 120) -> None:
+    """Wait until `process` polls the workspace lock (it has opened the lock file)."""
+    deadline = time.monotonic() + timeout_s
+    while not _has_open(process, lock):
+        assert process.poll() is None, process.stderr.read() if process.stderr else ""
+        assert time.monotonic() < deadline, f"no wait for {lock} within {timeout_s} s"
+        time.sleep(0.1)
+
+
 @pytest.mark.slow
 def test_two_runs_of_one_recipe_wait_or_fail_clearly(tmp_path: Path) -> None:
     """While a writer holds the workspace, another `gristmill run` fails clearly or waits.
 
     The test process is the first writer, so the lock is held for as long as the test needs
     (a real first run may finish before a loaded box starts the second)."""
-    recipe = _recipe(tmp_path, files=24, docs=40)
+    recipe = _recipe(tmp_path, files=2, docs=40)  # the lock, not the work, is under test
     ws = tmp_path / "ws"
     command = [sys.executable, "-m", "gristmill.cli", "run", str(recipe), "-w", str(ws),
                "--workers", "1"]  # fmt: skip
     env = {**os.environ, "PREFECT_API_URL": _api_url()}
     with Workspace(ws).write_lock("run nightly"):
-        busy = subprocess.run(
-            command, env={**env, "GRISTMILL_LOCK_TIMEOUT": "0.5"}, capture_output=True,
-            text=True, timeout=300,
-        )  # fmt: skip
-        assert busy.returncode != 0
-        assert re.search(r"workspace busy.*run nightly", busy.stderr.replace("\n", " "))
+        # Both runs start together (one wait for an interpreter's start-up, not two).
         patient = subprocess.Popen(
             command, env={**env, "GRISTMILL_LOCK_TIMEOUT": "300"}, stderr=subprocess.PIPE
         )
-        time.sleep(10)  # long enough for the patient run to start and reach the lock
-        assert patient.poll() is None  # still waiting while the lock is held
+        try:
+            busy = subprocess.run(
+                command, env={**env, "GRISTMILL_LOCK_TIMEOUT": "0.5"}, capture_output=True,
+                text=True, timeout=300,
+            )  # fmt: skip
+            assert busy.returncode != 0
+            assert re.search(r"workspace busy.*run nightly", busy.stderr.replace("\n", " "))
+            _wait_for_lock_waiter(patient, ws / ".lock")
+            time.sleep(1)  # ten of its polls of the lock
+            assert patient.poll() is None  # still waiting while the lock is held
+            assert _has_open(patient, ws / ".lock")
+        except BaseException:
+            _stop(patient)
+            raise
     # Released: the patient run goes on and does the whole recipe.
     assert patient.wait(timeout=300) == 0, patient.stderr.read() if patient.stderr else ""
 
@@ -445,7 +468,17 @@ def test_run_includes_the_experiment_and_publishes_its_artifacts(tmp_path: Path)
 
     _experiment_inputs(tmp_path)
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(RECIPE.replace("seeds: [0, 1]", "seeds: [0]"), encoding="utf-8")
+    # The artifacts, not what the models learn, are under test: one seed, a few steps each.
+    smaller = {"seeds: [0, 1]": "seeds: [0]", "tokens: 4096": "tokens: 1024",
+               "max_steps: 20": "max_steps: 4", "max_steps: 8": "max_steps: 2",
+               "max_train_examples: 200": "max_train_examples: 32",
+               "max_test_examples: 60": "max_test_examples: 16",
+               "max_eval_docs: 20": "max_eval_docs: 8"}  # fmt: skip
+    text = RECIPE
+    for before, after in smaller.items():
+        assert before in text, before  # test_training's recipe changed: update this list
+        text = text.replace(before, after)
+    recipe.write_text(text, encoding="utf-8")
     result = CliRunner().invoke(app, ["run", str(recipe), "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)

@@ -88,7 +88,9 @@ def test_learnability_ranks_clean_alpaca_above_random_responses(
     shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ws = workspace_of(tmp_path, alpaca_with_noise(shared_data, 240, 40), "output")
-    params = {**TINY, "base_steps": 100, "epochs": 3, "max_length": 256}
+    # AUROC 0.766 (0.778 with 100 steps and 3 epochs, at twice the CPU time); 128 tokens
+    # cut some prompts to nothing and fall under 0.75.
+    params = {**TINY, "base_steps": 50, "epochs": 2, "max_length": 256}
     selector = LearnabilitySelector.from_params(params)
     record, signal = run(ws, selector, "50%", "learnable")
     noise = {d: m["noise"] for d, m in meta_by_id(ws).items()}

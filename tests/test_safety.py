@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import good_text, write_jsonl
+from conftest import copy_into, good_text, write_jsonl
 from typer.testing import CliRunner
 
 from gristmill.cli import app
@@ -22,15 +22,22 @@ def run(*args: str) -> tuple[int, str]:
     return result.exit_code, result.stdout if result.exit_code == 0 else result.output
 
 
-@pytest.fixture
-def ws(tmp_path: Path) -> Path:
-    """A workspace with corpus `pool` and a selection `all` of it."""
-    path = write_jsonl(tmp_path / "raw" / "pool.jsonl", [{"text": good_text(i)} for i in range(8)])
-    ws_dir = tmp_path / "ws"
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory, prefect_server: None) -> Path:
+    """raw/pool.jsonl and a workspace ws with corpus `pool` and a selection `all` of it."""
+    root = tmp_path_factory.mktemp("safety")
+    path = write_jsonl(root / "raw" / "pool.jsonl", [{"text": good_text(i)} for i in range(8)])
+    ws_dir = root / "ws"
     assert run("ingest", str(path), "--corpus", "pool", "-w", str(ws_dir))[0] == 0
     code, out = run("select", "pool", "--selector", "quality", "--name", "all", "-w", str(ws_dir))
     assert code == 0, out
-    return ws_dir
+    return root
+
+
+@pytest.fixture
+def ws(built: Path, tmp_path: Path) -> Path:
+    """A workspace with corpus `pool` and a selection `all` of it (the test's own copy)."""
+    return copy_into(built, tmp_path) / "ws"
 
 
 def test_overwrite_replaces_only_an_earlier_export(ws: Path, tmp_path: Path) -> None:

@@ -224,11 +224,13 @@ def test_chunks_at_record_members_give_the_same_documents(shared_data: Path, tmp
     assert split.rows() == whole.rows() and split.reasons() == whole.reasons()
 
 
-def test_corrupt_member_is_one_reject_and_later_chunks_are_read(shared_data: Path, tmp_path):
+def test_corrupt_member_is_one_reject_and_later_chunks_are_read(
+    crawl, shared_data: Path, tmp_path: Path
+) -> None:
     source = shared_data / "web_warc" / WARCS[0]
-    small = IngestOptions(extractor="resiliparse", chunk_bytes=1 << 20)
+    small = FAST  # 1 MiB chunks: the crawl fixture read the intact file with them
     chunks = plan_chunks([str(source)], small)
-    clean, _, _ = _read([source], small)
+    clean = crawl[WARCS[0]][0]
     target = next(d["line"] for d in clean if 1_100_000 < d["line"] < chunks[2].start)
     data = bytearray(source.read_bytes())
     data[target + 40 : target + 200] = b"\x00GARBAGE" * 20

@@ -25,13 +25,14 @@ import json
 import os
 import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import numpy as np
 import pyarrow as pa
+import xxhash
 
 from gristmill.errors import InputError
 from gristmill.storage.files import file_hash, resolve_model_path, sql_files, write_json_atomic
@@ -42,6 +43,7 @@ WorkMap = Callable[[Callable[[Any], Any], Sequence[Any]], Iterable[Any]]
 
 MANIFEST = "manifest.json"
 SPLITS = ("train", "heldout")
+SHARD_FILES = (".bin", ".idx", ".doc_ids.npy", ".json")  # after the stem; `.json` is written last
 MEGATRON_HEADER = b"MMIDIDX\x00\x00"
 MEGATRON_VERSION = 1
 # megatron.core.datasets.indexed_dataset.DType codes; it has no uint32, int32 has the same bytes.
@@ -79,8 +81,6 @@ def tokenizer_hash(directory: Path) -> str:
 
 def file_hash_of_text(text: str) -> str:
     """xxh3-128 of a string (hex), as file_hash is of a file."""
-    import xxhash
-
     return xxhash.xxh3_128(text.encode("utf-8")).hexdigest()
 
 
@@ -97,11 +97,12 @@ class ShardSummary:
     shard: int
     documents: int
     tokens: int
+    stem: str  # the name every file of the shard starts with: `train-00003`
+    hash: str  # xxh3-128 of the `.bin`, so a reader can check the token stream
 
     def as_dict(self) -> dict[str, Any]:
         """The shard's `.json` record."""
-        return {"split": self.split, "shard": self.shard, "documents": self.documents,
-                "tokens": self.tokens, "stem": shard_stem(self.split, self.shard)}  # fmt: skip
+        return asdict(self)
 
 
 class ShardWriter:
@@ -121,12 +122,15 @@ class ShardWriter:
         self._tmp = f".tmp-{os.getpid()}"
         self._bin_path = directory / f".{self.stem}.bin{self._tmp}"
         self._bin = open(self._bin_path, "wb")  # noqa: SIM115 (closed by finish/abort)
+        self._hash = xxhash.xxh3_128()
         self._lengths: list[np.ndarray] = []
         self._doc_ids: list[np.ndarray] = []
 
     def append(self, tokens: np.ndarray, lengths: np.ndarray, doc_ids: np.ndarray) -> None:
         """Append documents: their concatenated ids, each one's length, and their doc_ids."""
-        self._bin.write(np.ascontiguousarray(tokens, dtype=self.dtype).tobytes())
+        data = np.ascontiguousarray(tokens, dtype=self.dtype)
+        self._bin.write(data)
+        self._hash.update(data)
         self._lengths.append(np.asarray(lengths, dtype=np.int32))
         self._doc_ids.append(np.asarray(doc_ids, dtype=np.uint64))
 
@@ -145,7 +149,9 @@ class ShardWriter:
         os.replace(idx_tmp, final.with_name(f"{self.stem}.idx"))
         os.replace(ids_tmp, final.with_name(f"{self.stem}.doc_ids.npy"))
         tokens = int(lengths.sum(dtype=np.int64))
-        summary = ShardSummary(self.split, self.shard, len(lengths), tokens)
+        summary = ShardSummary(
+            self.split, self.shard, len(lengths), tokens, self.stem, self._hash.hexdigest()
+        )
         write_json_atomic(final.with_name(f"{self.stem}.json"), summary.as_dict())
         return summary
 
@@ -179,8 +185,7 @@ def finished_shard(directory: Path, split: str, shard: int) -> ShardSummary | No
     path = directory / f"{shard_stem(split, shard)}.json"
     if not path.exists():
         return None
-    record = json.loads(path.read_text(encoding="utf-8"))
-    return ShardSummary(record["split"], record["shard"], record["documents"], record["tokens"])
+    return ShardSummary(**json.loads(path.read_text(encoding="utf-8")))
 
 
 class TokenShards:
@@ -258,8 +263,18 @@ class TokenizeUnit:
     batch_size: int
 
     def outputs_exist(self, result: ShardSummary) -> bool:
-        """True while the shard's summary (written last) is still there."""
-        return finished_shard(Path(self.directory), result.split, result.shard) is not None
+        """True while every file of the shard is still there (a swapped-in export moved them)."""
+        directory = Path(self.directory)
+        return all((directory / f"{result.stem}{suffix}").exists() for suffix in SHARD_FILES)
+
+    def size_bytes(self) -> int | None:
+        """Unknown before its texts are read: each shard is a task of its own (a shard of
+        `docs_per_shard` documents is seconds of work, well above a task's cost)."""
+        return None
+
+    def title(self) -> str:
+        """What the unit writes, for a person: `train-00003 (50,000 documents)`."""
+        return f"{shard_stem(self.split, self.shard)} ({len(self.doc_ids):,} documents)"
 
 
 def resolve_tokenizer(workspace: Workspace, name_or_path: str) -> Path:

@@ -21,6 +21,7 @@ and shard number K:
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
 import struct
@@ -35,13 +36,16 @@ import pyarrow as pa
 import xxhash
 
 from gristmill.errors import InputError
+from gristmill.storage import catalog
 from gristmill.storage.files import file_hash, resolve_model_path, sql_files, write_json_atomic
+from gristmill.storage.token_encoder import DocumentEncoder
 from gristmill.storage.workspace import Workspace
 
 # How units run (pipeline/map.py has the thread and Prefect maps); the builtin map is serial.
 WorkMap = Callable[[Callable[[Any], Any], Sequence[Any]], Iterable[Any]]
 
 MANIFEST = "manifest.json"
+TOKEN_CACHE = Path("runs") / "tokens"  # in a workspace: the training stage's token shards
 SPLITS = ("train", "heldout")
 SHARD_FILES = (".bin", ".idx", ".doc_ids.npy", ".json")  # after the stem; `.json` is written last
 MEGATRON_HEADER = b"MMIDIDX\x00\x00"
@@ -293,6 +297,7 @@ class LoadedTokenizer:
     """A tokenizer directory's fast (Rust) tokenizer and its special tokens."""
 
     backend: Any  # tokenizers.Tokenizer
+    encoder: DocumentEncoder
     bos_token_id: int | None
     eos_token_id: int | None
     vocab_size: int
@@ -327,7 +332,8 @@ def _load(tokenizer_dir: str) -> LoadedTokenizer:
         token = token.get("content") if isinstance(token, dict) else token
         return None if token is None else backend.token_to_id(token)
 
-    return LoadedTokenizer(backend, special("bos_token"), special("eos_token"),
+    return LoadedTokenizer(backend, DocumentEncoder(backend), special("bos_token"),
+                           special("eos_token"),
                            backend.get_vocab_size(with_added_tokens=True),
                            str(config.get("tokenizer_class", "Tokenizer")))  # fmt: skip
 
@@ -344,44 +350,61 @@ def _special_ids(
     return (bos if options.bos else None), (eos if options.eos else None)
 
 
+def documents_by_id(
+    workspace: Workspace, corpus: str, doc_ids: np.ndarray, batch_size: int = 1_000
+) -> Iterator[pa.RecordBatch]:
+    """(doc_id, text) of a corpus's documents `doc_ids`, in that order, a batch at a time (held
+    in memory: these documents' texts, not the corpus's)."""
+    with workspace.catalog(read_only=True) as con:
+        shards = workspace.shard_files(con, corpus)
+    wanted = pa.table({"doc_id": pa.array(doc_ids, pa.uint64()),
+                       "position": pa.array(np.arange(len(doc_ids)), pa.int64())})  # fmt: skip
+    with duckdb.connect() as con:
+        con.register("wanted", wanted)
+        yield from con.sql(
+            f"select w.doc_id, d.text from wanted w join read_parquet({sql_files(shards)}) d "
+            "using (doc_id) order by w.position"
+        ).to_arrow_reader(batch_size)
+
+
+def encode_documents(
+    encoder: DocumentEncoder,
+    texts: list[str],
+    bos_id: int | None,
+    eos_id: int | None,
+    dtype: np.dtype,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The texts' token ids, each document `[BOS] ids [EOS]`, concatenated, and each one's
+    length: one numpy array filled from the id lists, with no per-token Python."""
+    ids = encoder.encode(texts)
+    for document in ids:  # fresh lists, ours to change
+        if bos_id is not None:
+            document.insert(0, bos_id)
+        if eos_id is not None:
+            document.append(eos_id)
+    lengths = np.fromiter(map(len, ids), np.int64, len(ids))
+    tokens = np.fromiter(itertools.chain.from_iterable(ids), dtype, int(lengths.sum()))
+    return tokens, lengths
+
+
 def tokenize_unit(unit: TokenizeUnit) -> ShardSummary:
     """Tokenize one shard (the worker side); a shard finished before is returned as it is."""
     directory = Path(unit.directory)
     done = finished_shard(directory, unit.split, unit.shard)
     if done is not None:
         return done
-    backend = _load(unit.tokenizer_dir).backend
-    workspace = Workspace(unit.root)
-    with workspace.catalog(read_only=True) as con:
-        shards = workspace.shard_files(con, unit.corpus)
-    wanted = pa.table({"doc_id": pa.array(unit.doc_ids, pa.uint64()),
-                       "position": pa.array(np.arange(len(unit.doc_ids)), pa.int64())})  # fmt: skip
+    encoder = _load(unit.tokenizer_dir).encoder
     writer = ShardWriter(directory, unit.split, unit.shard, unit.dtype)
-    extra = (unit.bos_id is not None) + (unit.eos_id is not None)
     found = 0
     try:
-        with duckdb.connect() as con:
-            con.register("wanted", wanted)
-            reader = con.sql(
-                f"select w.doc_id, d.text from wanted w join read_parquet({sql_files(shards)}) d "
-                "using (doc_id) order by w.position"
-            ).to_arrow_reader(unit.batch_size)
-            for batch in reader:
-                texts = batch.column("text").to_pylist()
-                encoded = backend.encode_batch_fast(texts, add_special_tokens=False)
-                lengths = np.fromiter((len(e.ids) + extra for e in encoded), np.int64, len(texts))
-                stream = np.empty(int(lengths.sum()), dtype=np.int64)
-                position = 0
-                for encoding, length in zip(encoded, lengths, strict=True):
-                    if unit.bos_id is not None:
-                        stream[position] = unit.bos_id
-                    start = position + (unit.bos_id is not None)
-                    stream[start : start + len(encoding.ids)] = encoding.ids
-                    position += int(length)
-                    if unit.eos_id is not None:
-                        stream[position - 1] = unit.eos_id
-                writer.append(stream, lengths, batch.column("doc_id").to_numpy())
-                found += len(texts)
+        workspace = Workspace(unit.root)
+        for batch in documents_by_id(workspace, unit.corpus, unit.doc_ids, unit.batch_size):
+            texts = batch.column("text").to_pylist()
+            tokens, lengths = encode_documents(
+                encoder, texts, unit.bos_id, unit.eos_id, writer.dtype
+            )
+            writer.append(tokens, lengths, batch.column("doc_id").to_numpy())
+            found += len(texts)
         if found != len(unit.doc_ids):
             raise InputError(
                 f"corpus {unit.corpus!r}: {len(unit.doc_ids) - found} of shard "
@@ -455,3 +478,28 @@ def write_token_shards(
     }
     write_json_atomic(directory / MANIFEST, manifest)
     return manifest
+
+
+def cached_token_shards(
+    workspace: Workspace,
+    corpus: str,
+    doc_ids: np.ndarray,
+    options: TokenizeOptions,
+    label: str,
+    work_map: WorkMap = map,
+) -> Path:
+    """The directory of token shards of a corpus's documents `doc_ids` (in this order) in the
+    workspace's `runs/tokens/<label>-<key>`: written once (resumable) and reused while the
+    documents, their corpus's version, the tokenizer's files and the settings (the key's
+    inputs) are the same."""
+    tokenizer_dir = resolve_tokenizer(workspace, options.tokenizer)
+    with workspace.catalog(read_only=True) as con:
+        version = catalog.corpus_version(con, corpus)
+    ids = np.ascontiguousarray(doc_ids, dtype="<u8")
+    identity = [corpus, version, xxhash.xxh3_128_hexdigest(ids.tobytes()), asdict(options),
+                tokenizer_hash(tokenizer_dir)]  # fmt: skip
+    key = file_hash_of_text(json.dumps(identity, default=str))[:16]
+    directory = workspace.root / TOKEN_CACHE / f"{label}-{key}"
+    if not (directory / MANIFEST).exists():
+        write_token_shards(workspace, corpus, ids, directory, options, work_map)
+    return directory

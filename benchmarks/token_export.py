@@ -149,6 +149,9 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=100_000)
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument("--work", help="keep the prepared data in this folder (reused if there)")
+    parser.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS))
+    parser.add_argument("--selections", nargs="+", choices=("all", "half", "once"),
+                        default=["all", "half", "once"])  # fmt: skip
     parser.add_argument("--worker", nargs=4, metavar=("TOOL", "WORK", "SELECTION", "SIZE"))
     args = parser.parse_args()
     if args.worker:
@@ -168,8 +171,9 @@ def main() -> None:
         print(f"prepared {sizes} in {time.perf_counter() - started:.0f}s on {os.cpu_count()} "
               "cores", flush=True)  # fmt: skip
         results = []
+        sizes = [(name, size) for name, size in sizes if name in args.selections]
         for selection, size in sizes:
-            for tool in TOOLS:
+            for tool in args.tools:
                 # datatrove skips the tasks its logs say are done: both go, for a fresh run.
                 for stale in (f"out-{tool}-{selection}", f"logs-{selection}"):
                     shutil.rmtree(work / stale, ignore_errors=True)
@@ -184,7 +188,7 @@ def main() -> None:
                 print(json.dumps(results[-1]), flush=True)
         for _, size in sizes:
             mine = {r["tool"]: r for r in results if r["documents"] == size}
-            for tool in ("gristmill", "gristmill-1thread", "tokenizers"):
+            for tool in sorted(set(mine) - {"datatrove"} if "datatrove" in mine else ()):
                 ratio = mine[tool]["tokens_per_cpu_s"] / mine["datatrove"]["tokens_per_cpu_s"]
                 wall = mine[tool]["tokens_per_s"] / mine["datatrove"]["tokens_per_s"]
                 print(f"{size} documents: {tool} / datatrove: tokens per CPU second {ratio:.2f}x, "

@@ -36,7 +36,6 @@ import pyarrow as pa
 import xxhash
 
 from gristmill.errors import InputError
-from gristmill.storage import catalog
 from gristmill.storage.files import file_hash, resolve_model_path, sql_files, write_json_atomic
 from gristmill.storage.token_encoder import DocumentEncoder
 from gristmill.storage.workspace import Workspace
@@ -483,6 +482,7 @@ def write_token_shards(
 def cached_token_shards(
     workspace: Workspace,
     corpus: str,
+    corpus_version: str,
     doc_ids: np.ndarray,
     options: TokenizeOptions,
     label: str,
@@ -493,10 +493,8 @@ def cached_token_shards(
     documents, their corpus's version, the tokenizer's files and the settings (the key's
     inputs) are the same."""
     tokenizer_dir = resolve_tokenizer(workspace, options.tokenizer)
-    with workspace.catalog(read_only=True) as con:
-        version = catalog.corpus_version(con, corpus)
     ids = np.ascontiguousarray(doc_ids, dtype="<u8")
-    identity = [corpus, version, xxhash.xxh3_128_hexdigest(ids.tobytes()), asdict(options),
+    identity = [corpus, corpus_version, xxhash.xxh3_128_hexdigest(ids.tobytes()), asdict(options),
                 tokenizer_hash(tokenizer_dir)]  # fmt: skip
     key = file_hash_of_text(json.dumps(identity, default=str))[:16]
     directory = workspace.root / TOKEN_CACHE / f"{label}-{key}"

@@ -45,31 +45,55 @@ class DataSource:
         return f"selection {self.selection!r}" if self.selection else f"corpus {self.corpus!r}"
 
 
+@dataclass(frozen=True)
+class Located:
+    """Where a source's documents are: its corpus (and that corpus's version now), its
+    selection's members file (None for a corpus) and the corpus's shard files."""
+
+    corpus: str
+    version: str
+    members: Path | None
+    shards: list[str]
+
+
+def locate(workspace: Workspace, source: DataSource) -> Located:
+    """Where a source's documents are (one look in the catalog)."""
+    with workspace.catalog(read_only=True) as con:
+        corpus = source.corpus
+        if source.selection is not None:
+            corpus = catalog.get_selection(con, source.selection)["corpus"]
+        if corpus is None:
+            raise InputError("a data source needs a corpus or a selection")
+        catalog.require_corpus(con, corpus)
+        shards = workspace.shard_files(con, corpus)
+        version = catalog.corpus_version(con, corpus)
+    if not shards:
+        raise InputError(f"{source.label()} has no documents")
+    members = None if source.selection is None else workspace.members_path(source.selection)
+    return Located(corpus, version, members, shards)
+
+
 def read_documents(
-    workspace: Workspace,
+    workspace: Workspace | Located,
     source: DataSource,
     split: Split = "all",
     heldout_fraction: float = 0.0,
     columns: tuple[str, ...] = ("doc_id", "text", "meta", "n_bytes"),
 ) -> pa.Table:
-    """The source's documents (in a stable order), restricted to one side of the held-out split."""
-    corpus = source_corpus(workspace, source)
-    members = None if source.selection is None else workspace.members_path(source.selection)
-    with workspace.catalog(read_only=True) as con:
-        shards = workspace.shard_files(con, corpus)
-    if not shards:
-        raise InputError(f"{source.label()} has no documents")
+    """The source's documents (in a stable order), restricted to one side of the held-out split
+    (`workspace`: or where the source's documents are, looked up before)."""
+    found = workspace if isinstance(workspace, Located) else locate(workspace, source)
     wanted = ", ".join(f"d.{c}" for c in columns)
     with duckdb.connect() as con:
-        if members is None:
+        if found.members is None:
             query = (
-                f"select {wanted} from read_parquet({sql_files(shards)}, filename = true, "
+                f"select {wanted} from read_parquet({sql_files(found.shards)}, filename = true, "
                 "file_row_number = true) d order by d.filename, d.file_row_number"
             )
         else:
             query = (
-                f"select {wanted} from read_parquet({sql_files([members])}) m "
-                f"join read_parquet({sql_files(shards)}) d using (doc_id) order by m.rank"
+                f"select {wanted} from read_parquet({sql_files([found.members])}) m "
+                f"join read_parquet({sql_files(found.shards)}) d using (doc_id) order by m.rank"
             )
         table = con.sql(query).to_arrow_table()
     if split != "all" and "doc_id" in columns:
@@ -171,30 +195,17 @@ def _row_count(total: int, seq_len: int) -> int:
     return total // seq_len
 
 
-def source_corpus(workspace: Workspace, source: DataSource) -> str:
-    """The corpus a source's documents are in (a selection's own corpus)."""
-    with workspace.catalog(read_only=True) as con:
-        corpus = source.corpus
-        if source.selection is not None:
-            corpus = catalog.get_selection(con, source.selection)["corpus"]
-        if corpus is None:
-            raise InputError("a data source needs a corpus or a selection")
-        catalog.require_corpus(con, corpus)
-    return corpus
-
-
 def token_documents(
     workspace: Workspace, source: DataSource, split: Split, fraction: float, tokenizer: str
 ) -> ShardDocuments:
     """A source's documents (one side of the held-out split, in `read_documents`' order) as
     token shards of `tokenizer` in the workspace: tokenized once, reused while the documents,
     the tokenizer and the settings are the same."""
-    doc_ids = read_documents(workspace, source, split, fraction, ("doc_id",))["doc_id"]
-    label = source.selection or source.corpus or "documents"
-    directory = cached_token_shards(
-        workspace, source_corpus(workspace, source), doc_ids.to_numpy(), TokenizeOptions(tokenizer),
-        f"{label}-{split}",
-    )  # fmt: skip
+    found = locate(workspace, source)
+    doc_ids = read_documents(found, source, split, fraction, ("doc_id",))["doc_id"].to_numpy()
+    label = f"{source.selection or source.corpus}-{split}"
+    options = TokenizeOptions(tokenizer)
+    directory = cached_token_shards(workspace, found.corpus, found.version, doc_ids, options, label)
     return ShardDocuments(directory)
 
 

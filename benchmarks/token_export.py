@@ -2,8 +2,10 @@
 
 Data: the IMDB test split (../shared/data, 25,000 reviews) repeated to --docs documents (100,000
 by default; the copies are separate files, so separate documents), ingested into a workspace and
-selected whole (a selection ranked by the `quality` selector, no budget). The selection is
-materialised once as Parquet, and that file is the input of datatrove's `ParquetReader` ->
+selected whole (a selection ranked by the `quality` selector, no budget), and half of it; and
+the 25,000 reviews once (`once`: no document repeats, so gristmill's word cache starts cold and
+meets each review once). Each selection is materialised as Parquet, and that file is the
+input of datatrove's `ParquetReader` ->
 `DocumentTokenizer` (unshuffled, as gristmill's rank order) and of `datasets.Dataset.map`
 (batched, the fast tokenizer); gristmill's `export_tokens` reads the workspace. Tokenizer: a
 byte-level BPE (`training.models.train_tokenizer`, --vocab) trained on the first 5,000 reviews;
@@ -12,7 +14,10 @@ nothing downloaded.
 Each measurement runs in a fresh process: wall seconds, CPU seconds (user + system; the
 tokenizers library uses every core), tokens per CPU second (= tokens/s per core), and the
 process's peak RSS. The full size and half of it are measured, so a peak that grows with the
-selection shows.
+selection shows. Also measured: gristmill with the tokenizer's thread pool at one thread
+(`gristmill-1thread`), and `tokenizers` alone (`encode_batch_fast` over the texts in memory,
+batches of 1,000): the encoder every tool calls, which is the floor for datatrove and
+`datasets.map`.
 
     .venv/bin/python benchmarks/token_export.py [--docs 100000] [--vocab 8192] [--data DIR]
 
@@ -34,7 +39,9 @@ import time
 from pathlib import Path
 
 DATA = Path(os.environ.get("GRISTMILL_DATA", "/work/shared/data"))
-TOOLS = ("gristmill", "datatrove", "datasets")
+# gristmill-1thread: the same export with the tokenizer's thread pool at one thread
+# (RAYON_NUM_THREADS=1), to show what the pool's threads cost per CPU second.
+TOOLS = ("gristmill", "gristmill-1thread", "datatrove", "datasets", "tokenizers")
 
 
 def _cpu() -> float:
@@ -56,8 +63,22 @@ def run_tool(tool: str, work: Path, selection: str, size: int) -> dict:
 
     from gristmill.pipeline.tokens import TokenizeOptions, export_tokens
 
+    texts = None
+    if tool == "tokenizers":  # the encoder alone, on texts already in memory: every tool's floor
+        import pyarrow.parquet as pq
+        from tokenizers import Tokenizer
+
+        texts = pq.read_table(parquet, columns=["text"])["text"].to_pylist()
+        backend = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
     started, cpu = time.perf_counter(), _cpu()
-    if tool == "gristmill":
+    if tool == "tokenizers":
+        tokens = 0
+        for start in range(0, len(texts), 1000):
+            encoded = backend.encode_batch_fast(
+                texts[start : start + 1000], add_special_tokens=False
+            )
+            tokens += sum(len(e.ids) + 1 for e in encoded)  # + EOS, as the others
+    elif tool.startswith("gristmill"):
         result = export_tokens(work / "ws", selection, out, TokenizeOptions(str(tokenizer_dir)))
         tokens = result["tokens"]
     elif tool == "datatrove":
@@ -111,9 +132,12 @@ def prepare(work: Path, docs: int, vocab: int) -> list[tuple[str, int]]:
         paths.append(str(path))
         written += len(part)
     pipeline.ingest(work / "ws", paths, "imdb")
+    pipeline.ingest(work / "ws", paths[:1], "imdb-once")
     sizes = []
-    for name, budget in (("all", None), ("half", f"{docs // 2}docs")):
-        record = pipeline.curate(work / "ws", "imdb", "quality", budget=budget, name=name).record
+    selections = (("all", "imdb", None), ("half", "imdb", f"{docs // 2}docs"),
+                  ("once", "imdb-once", None))  # fmt: skip
+    for name, corpus, budget in selections:
+        record = pipeline.curate(work / "ws", corpus, "quality", budget=budget, name=name).record
         pipeline.materialize(work / "ws", name, str(work / f"{name}.parquet"))
         sizes.append((name, record["n_selected"]))
     return sizes
@@ -125,6 +149,9 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=100_000)
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument("--work", help="keep the prepared data in this folder (reused if there)")
+    parser.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS))
+    parser.add_argument("--selections", nargs="+", choices=("all", "half", "once"),
+                        default=["all", "half", "once"])  # fmt: skip
     parser.add_argument("--worker", nargs=4, metavar=("TOOL", "WORK", "SELECTION", "SIZE"))
     args = parser.parse_args()
     if args.worker:
@@ -144,20 +171,29 @@ def main() -> None:
         print(f"prepared {sizes} in {time.perf_counter() - started:.0f}s on {os.cpu_count()} "
               "cores", flush=True)  # fmt: skip
         results = []
+        sizes = [(name, size) for name, size in sizes if name in args.selections]
         for selection, size in sizes:
-            for tool in TOOLS:
+            for tool in args.tools:
                 # datatrove skips the tasks its logs say are done: both go, for a fresh run.
                 for stale in (f"out-{tool}-{selection}", f"logs-{selection}"):
                     shutil.rmtree(work / stale, ignore_errors=True)
                 command = [sys.executable, __file__, "--worker", tool, str(work), selection,
                            str(size)]  # fmt: skip
-                line = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-                results.append(json.loads(line.strip().splitlines()[-1]))
+                env = {**os.environ, **({"RAYON_NUM_THREADS": "1"} if "1thread" in tool else {})}
+                line = subprocess.run(
+                    command, check=True, capture_output=True, text=True, env=env
+                ).stdout
+                results.append({**json.loads(line.strip().splitlines()[-1]),
+                                "load_1min": round(os.getloadavg()[0], 1)})  # fmt: skip
                 print(json.dumps(results[-1]), flush=True)
         for _, size in sizes:
             mine = {r["tool"]: r for r in results if r["documents"] == size}
-            ratio = mine["gristmill"]["tokens_per_cpu_s"] / mine["datatrove"]["tokens_per_cpu_s"]
-            print(f"{size} documents: gristmill / datatrove tokens per CPU second = {ratio:.2f}x")
+            for tool in sorted(set(mine) - {"datatrove"} if "datatrove" in mine else ()):
+                ratio = mine[tool]["tokens_per_cpu_s"] / mine["datatrove"]["tokens_per_cpu_s"]
+                wall = mine[tool]["tokens_per_s"] / mine["datatrove"]["tokens_per_s"]
+                print(f"{size} documents: {tool} / datatrove: tokens per CPU second {ratio:.2f}x, "
+                      f"tokens per wall second {wall:.2f}x")  # fmt: skip
+        print(f"load average at the end: {os.getloadavg()}")
 
 
 if __name__ == "__main__":

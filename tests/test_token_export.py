@@ -154,6 +154,25 @@ def test_an_interrupted_export_resumes_its_finished_shards(selected, tmp_path, m
     assert fresh["tokens"] == TokenShards(tmp_path / "out").manifest["tokens"]
 
 
+def test_shards_are_the_same_bytes_whichever_way_the_units_run(selected, tmp_path) -> None:
+    from gristmill.pipeline.map import ThreadMap
+    from gristmill.storage.files import file_hash
+
+    ws, tokenizer_dir, _ = selected
+    options = TokenizeOptions(str(tokenizer_dir), shuffle_seed=5, heldout_fraction=0.3,
+                              docs_per_shard=4)  # fmt: skip
+    export_tokens(ws, "sel", tmp_path / "serial", options)
+    export_tokens(ws, "sel", tmp_path / "threads", options, work_map=ThreadMap(3))
+    files = sorted(p.name for p in (tmp_path / "serial").iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "threads").iterdir())
+    for name in files:
+        if name != "manifest.json":  # it names its directory's tokenizer path only
+            assert file_hash(tmp_path / "serial" / name) == file_hash(tmp_path / "threads" / name)
+    for split in ("train", "heldout"):
+        for shard in TokenShards(tmp_path / "threads").manifest["splits"][split]["shards"]:
+            assert shard["hash"] == file_hash(tmp_path / "threads" / f"{shard['stem']}.bin")
+
+
 def test_destination_rules_are_those_of_the_text_formats(selected, tmp_path) -> None:
     ws, tokenizer_dir, _ = selected
     options = TokenizeOptions(str(tokenizer_dir))
@@ -193,6 +212,16 @@ def test_materialize_format_tokens_from_the_cli_and_a_recipe(selected, tmp_path)
     assert done.exit_code == 0, done.output
     assert "30 documents" in done.stdout and "tokens" in done.stdout
     assert TokenShards(tmp_path / "a").manifest["documents"] == 30
+    # The flow ran a task per shard, each result cached, and wrote what the library writes.
+    from gristmill.flows.tasks import result_storage
+    from gristmill.storage.files import file_hash
+
+    cached = [p.read_text() for p in (result_storage(ws) / "units").glob("*.json")]
+    assert sum('"ShardSummary"' in text for text in cached) >= 1
+    export_tokens(ws, "sel", tmp_path / "b", TokenizeOptions(str(tokenizer_dir), shuffle_seed=3))
+    assert file_hash(tmp_path / "a" / "train-00000.bin") == file_hash(
+        tmp_path / "b" / "train-00000.bin"
+    )
     recipe = tmp_path / "r.yaml"
     recipe.write_text(
         "materialize:\n  - {selection: sel, out: out, format: tokens,\n"

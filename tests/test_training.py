@@ -69,26 +69,49 @@ def test_pack_separates_documents_with_eos() -> None:
     assert len(set(seen)) == 3  # one epoch visits every row once
 
 
-def test_rows_packed_from_token_shards_equal_rows_packed_in_memory(tokenizer, tmp_path) -> None:
+def test_rows_read_from_token_shards_equal_rows_packed_in_memory(tokenizer, tmp_path) -> None:
     from conftest import write_jsonl
 
     from gristmill import pipeline
-    from gristmill.storage.token_shards import TokenizeOptions, write_token_shards
-    from gristmill.training.data import shard_documents, tokenize
+    from gristmill.storage.token_shards import TOKEN_CACHE
+    from gristmill.training.data import take_tokens, token_documents, tokenize
 
     write_jsonl(tmp_path / "raw.jsonl", [{"text": t} for t in TEXTS])
     ws = Workspace(tmp_path / "ws")
     pipeline.ingest(ws, [str(tmp_path / "raw.jsonl")], "stories")
-    table = read_documents(ws, DataSource(corpus="stories"), columns=("doc_id", "text"))
+    table = read_documents(ws, DataSource(corpus="stories"), "train", 0.2, ("doc_id", "text"))
     tokenizer.save_pretrained(tmp_path / "tok")
-    options = TokenizeOptions(str(tmp_path / "tok"), docs_per_shard=9)  # several shards
-    ids = table["doc_id"].to_numpy()
-    write_token_shards(ws, "stories", ids, tmp_path / "shards", options)
-    from_shards = shard_documents(tmp_path / "shards")
+    documents = token_documents(
+        ws, DataSource(corpus="stories"), "train", 0.2, str(tmp_path / "tok")
+    )
     in_memory = tokenize(tokenizer, table["text"].to_pylist())
-    assert [d.tolist() for d in from_shards] == in_memory
+    assert [documents.tokens(i).tolist() for i in range(len(documents))] == in_memory
     eos = tokenizer.eos_token_id
-    assert torch.equal(pack(from_shards, 16, eos), pack(in_memory, 16, eos))
+    for seq_len in (5, 16, 64):  # rows that cut documents, and rows of several documents
+        rows = documents.rows(seq_len)
+        assert torch.equal(rows.take(np.arange(len(rows))), pack(in_memory, seq_len, eos))
+    # A subset in any order, repeats allowed (the zoo's mixtures, the random arm).
+    picked = np.array([7, 2, 2, 11, 0, 5])
+    expected = pack([in_memory[i] for i in picked], 8, eos)
+    assert torch.equal(documents.rows(8, picked).take(np.arange(len(expected))), expected)
+    batches = PackedBatches(documents.rows(16), micro_batch_size=3, seed=1)
+    in_memory_batches = PackedBatches(pack(in_memory, 16, eos), micro_batch_size=3, seed=1)
+    assert all(torch.equal(batches.batch(i)["input_ids"], in_memory_batches.batch(i)["input_ids"])
+               for i in range(4))  # fmt: skip
+    lengths = np.array([len(t) + 1 for t in in_memory])
+    order = np.random.default_rng(0).permutation(len(lengths))
+    for budget in (1, 40, 10**9):
+        taken, used = [], 0
+        for index in order:  # the rule: take a document while the budget is not reached
+            if used >= budget:
+                break
+            taken.append(index)
+            used += lengths[index]
+        assert take_tokens(lengths, order, budget).tolist() == taken
+    # Tokenized once: the same documents and tokenizer read the same shards again.
+    again = token_documents(ws, DataSource(corpus="stories"), "train", 0.2, str(tmp_path / "tok"))
+    assert again.streams[0].filename == documents.streams[0].filename
+    assert len(list((ws.root / TOKEN_CACHE).iterdir())) == 1
 
 
 def test_heldout_split_is_stable_and_disjoint() -> None:

@@ -303,7 +303,10 @@ def curate_flow(
     return curation.as_dict()
 
 
-@flow(name="materialize", flow_run_name="materialize {selection} -> {out}", persist_result=False)
+@flow(
+    name="materialize", flow_run_name="materialize {selection} -> {out}",
+    task_runner=task_runner(), persist_result=False,
+)  # fmt: skip
 def materialize_flow(
     workspace: str,
     selection: str,
@@ -315,9 +318,9 @@ def materialize_flow(
     """Write a selection's documents to a directory (`tokens`: the token settings of the
     tokens format, as plain data)."""
     options = TokenizeOptions(**tokens) if tokens else None
-    # Tokenization runs in the flow process, shard by shard (resumable, bounded memory); the
-    # tokenizer is multi-threaded itself.
-    return pipeline.materialize(Workspace(workspace), selection, out, fmt, overwrite, options)  # type: ignore[arg-type]
+    ws = Workspace(workspace)
+    # The tokens format tokenizes a task per shard on the runner, each shard cached on its own.
+    return pipeline.materialize(ws, selection, out, fmt, overwrite, options, PrefectMap(ws))  # type: ignore[arg-type]
 
 
 @flow(

@@ -22,20 +22,37 @@ import numpy as np
 
 from gristmill.pipeline.ingestion import as_workspace
 from gristmill.pipeline.map import WorkMap, serial_map
+from gristmill.pipeline.units import work_unit
 from gristmill.storage import catalog, exporters
+from gristmill.storage import token_shards as shard_format
 from gristmill.storage.files import file_hash, sql_files
 from gristmill.storage.token_shards import (
+    ShardSummary,
     TokenizeOptions,
     TokenizeUnit,
     file_hash_of_text,
     resolve_tokenizer,
-    tokenize_unit,
     tokenizer_hash,
     write_token_shards,
 )
 from gristmill.storage.workspace import Workspace
 
 __all__ = ["TokenizeOptions", "TokenizeUnit", "export_tokens", "ordered_doc_ids", "tokenize_unit"]
+
+
+def _tokenize_title(group: list[TokenizeUnit]) -> str:
+    """`tokenize train-00003 (50,000 documents)`, `tokenize train-00000 .. train-00004`."""
+    if len(group) == 1:
+        return f"tokenize {group[0].title()}"
+    first, last = group[0].title().split()[0], group[-1].title().split()[0]
+    return f"tokenize {first} .. {last} ({len(group)} shards)"
+
+
+# The worker is storage's (the training stage writes the same shards with it); registered here,
+# with the other kinds of work, so that a Prefect map runs it as `tokenize-shard` tasks.
+tokenize_unit = work_unit("tokenize-shard", ShardSummary, _tokenize_title)(
+    shard_format.tokenize_unit
+)
 
 
 def ordered_doc_ids(workspace: Workspace, selection: str, shuffle_seed: int | None) -> np.ndarray:

@@ -21,27 +21,32 @@ and shard number K:
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
 import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import numpy as np
 import pyarrow as pa
+import xxhash
 
 from gristmill.errors import InputError
 from gristmill.storage.files import file_hash, resolve_model_path, sql_files, write_json_atomic
+from gristmill.storage.token_encoder import DocumentEncoder
 from gristmill.storage.workspace import Workspace
 
 # How units run (pipeline/map.py has the thread and Prefect maps); the builtin map is serial.
 WorkMap = Callable[[Callable[[Any], Any], Sequence[Any]], Iterable[Any]]
 
 MANIFEST = "manifest.json"
+TOKEN_CACHE = Path("runs") / "tokens"  # in a workspace: the training stage's token shards
 SPLITS = ("train", "heldout")
+SHARD_FILES = (".bin", ".idx", ".doc_ids.npy", ".json")  # after the stem; `.json` is written last
 MEGATRON_HEADER = b"MMIDIDX\x00\x00"
 MEGATRON_VERSION = 1
 # megatron.core.datasets.indexed_dataset.DType codes; it has no uint32, int32 has the same bytes.
@@ -79,8 +84,6 @@ def tokenizer_hash(directory: Path) -> str:
 
 def file_hash_of_text(text: str) -> str:
     """xxh3-128 of a string (hex), as file_hash is of a file."""
-    import xxhash
-
     return xxhash.xxh3_128(text.encode("utf-8")).hexdigest()
 
 
@@ -97,11 +100,12 @@ class ShardSummary:
     shard: int
     documents: int
     tokens: int
+    stem: str  # the name every file of the shard starts with: `train-00003`
+    hash: str  # xxh3-128 of the `.bin`, so a reader can check the token stream
 
     def as_dict(self) -> dict[str, Any]:
         """The shard's `.json` record."""
-        return {"split": self.split, "shard": self.shard, "documents": self.documents,
-                "tokens": self.tokens, "stem": shard_stem(self.split, self.shard)}  # fmt: skip
+        return asdict(self)
 
 
 class ShardWriter:
@@ -121,12 +125,15 @@ class ShardWriter:
         self._tmp = f".tmp-{os.getpid()}"
         self._bin_path = directory / f".{self.stem}.bin{self._tmp}"
         self._bin = open(self._bin_path, "wb")  # noqa: SIM115 (closed by finish/abort)
+        self._hash = xxhash.xxh3_128()
         self._lengths: list[np.ndarray] = []
         self._doc_ids: list[np.ndarray] = []
 
     def append(self, tokens: np.ndarray, lengths: np.ndarray, doc_ids: np.ndarray) -> None:
         """Append documents: their concatenated ids, each one's length, and their doc_ids."""
-        self._bin.write(np.ascontiguousarray(tokens, dtype=self.dtype).tobytes())
+        data = np.ascontiguousarray(tokens, dtype=self.dtype)
+        self._bin.write(data)
+        self._hash.update(data)
         self._lengths.append(np.asarray(lengths, dtype=np.int32))
         self._doc_ids.append(np.asarray(doc_ids, dtype=np.uint64))
 
@@ -145,7 +152,9 @@ class ShardWriter:
         os.replace(idx_tmp, final.with_name(f"{self.stem}.idx"))
         os.replace(ids_tmp, final.with_name(f"{self.stem}.doc_ids.npy"))
         tokens = int(lengths.sum(dtype=np.int64))
-        summary = ShardSummary(self.split, self.shard, len(lengths), tokens)
+        summary = ShardSummary(
+            self.split, self.shard, len(lengths), tokens, self.stem, self._hash.hexdigest()
+        )
         write_json_atomic(final.with_name(f"{self.stem}.json"), summary.as_dict())
         return summary
 
@@ -179,8 +188,7 @@ def finished_shard(directory: Path, split: str, shard: int) -> ShardSummary | No
     path = directory / f"{shard_stem(split, shard)}.json"
     if not path.exists():
         return None
-    record = json.loads(path.read_text(encoding="utf-8"))
-    return ShardSummary(record["split"], record["shard"], record["documents"], record["tokens"])
+    return ShardSummary(**json.loads(path.read_text(encoding="utf-8")))
 
 
 class TokenShards:
@@ -258,8 +266,18 @@ class TokenizeUnit:
     batch_size: int
 
     def outputs_exist(self, result: ShardSummary) -> bool:
-        """True while the shard's summary (written last) is still there."""
-        return finished_shard(Path(self.directory), result.split, result.shard) is not None
+        """True while every file of the shard is still there (a swapped-in export moved them)."""
+        directory = Path(self.directory)
+        return all((directory / f"{result.stem}{suffix}").exists() for suffix in SHARD_FILES)
+
+    def size_bytes(self) -> int | None:
+        """Unknown before its texts are read: each shard is a task of its own (a shard of
+        `docs_per_shard` documents is seconds of work, well above a task's cost)."""
+        return None
+
+    def title(self) -> str:
+        """What the unit writes, for a person: `train-00003 (50,000 documents)`."""
+        return f"{shard_stem(self.split, self.shard)} ({len(self.doc_ids):,} documents)"
 
 
 def resolve_tokenizer(workspace: Workspace, name_or_path: str) -> Path:
@@ -278,6 +296,7 @@ class LoadedTokenizer:
     """A tokenizer directory's fast (Rust) tokenizer and its special tokens."""
 
     backend: Any  # tokenizers.Tokenizer
+    encoder: DocumentEncoder
     bos_token_id: int | None
     eos_token_id: int | None
     vocab_size: int
@@ -312,7 +331,8 @@ def _load(tokenizer_dir: str) -> LoadedTokenizer:
         token = token.get("content") if isinstance(token, dict) else token
         return None if token is None else backend.token_to_id(token)
 
-    return LoadedTokenizer(backend, special("bos_token"), special("eos_token"),
+    return LoadedTokenizer(backend, DocumentEncoder(backend), special("bos_token"),
+                           special("eos_token"),
                            backend.get_vocab_size(with_added_tokens=True),
                            str(config.get("tokenizer_class", "Tokenizer")))  # fmt: skip
 
@@ -329,44 +349,61 @@ def _special_ids(
     return (bos if options.bos else None), (eos if options.eos else None)
 
 
+def documents_by_id(
+    workspace: Workspace, corpus: str, doc_ids: np.ndarray, batch_size: int = 1_000
+) -> Iterator[pa.RecordBatch]:
+    """(doc_id, text) of a corpus's documents `doc_ids`, in that order, a batch at a time (held
+    in memory: these documents' texts, not the corpus's)."""
+    with workspace.catalog(read_only=True) as con:
+        shards = workspace.shard_files(con, corpus)
+    wanted = pa.table({"doc_id": pa.array(doc_ids, pa.uint64()),
+                       "position": pa.array(np.arange(len(doc_ids)), pa.int64())})  # fmt: skip
+    with duckdb.connect() as con:
+        con.register("wanted", wanted)
+        yield from con.sql(
+            f"select w.doc_id, d.text from wanted w join read_parquet({sql_files(shards)}) d "
+            "using (doc_id) order by w.position"
+        ).to_arrow_reader(batch_size)
+
+
+def encode_documents(
+    encoder: DocumentEncoder,
+    texts: list[str],
+    bos_id: int | None,
+    eos_id: int | None,
+    dtype: np.dtype,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The texts' token ids, each document `[BOS] ids [EOS]`, concatenated, and each one's
+    length: one numpy array filled from the id lists, with no per-token Python."""
+    ids = encoder.encode(texts)
+    for document in ids:  # fresh lists, ours to change
+        if bos_id is not None:
+            document.insert(0, bos_id)
+        if eos_id is not None:
+            document.append(eos_id)
+    lengths = np.fromiter(map(len, ids), np.int64, len(ids))
+    tokens = np.fromiter(itertools.chain.from_iterable(ids), dtype, int(lengths.sum()))
+    return tokens, lengths
+
+
 def tokenize_unit(unit: TokenizeUnit) -> ShardSummary:
     """Tokenize one shard (the worker side); a shard finished before is returned as it is."""
     directory = Path(unit.directory)
     done = finished_shard(directory, unit.split, unit.shard)
     if done is not None:
         return done
-    backend = _load(unit.tokenizer_dir).backend
-    workspace = Workspace(unit.root)
-    with workspace.catalog(read_only=True) as con:
-        shards = workspace.shard_files(con, unit.corpus)
-    wanted = pa.table({"doc_id": pa.array(unit.doc_ids, pa.uint64()),
-                       "position": pa.array(np.arange(len(unit.doc_ids)), pa.int64())})  # fmt: skip
+    encoder = _load(unit.tokenizer_dir).encoder
     writer = ShardWriter(directory, unit.split, unit.shard, unit.dtype)
-    extra = (unit.bos_id is not None) + (unit.eos_id is not None)
     found = 0
     try:
-        with duckdb.connect() as con:
-            con.register("wanted", wanted)
-            reader = con.sql(
-                f"select w.doc_id, d.text from wanted w join read_parquet({sql_files(shards)}) d "
-                "using (doc_id) order by w.position"
-            ).to_arrow_reader(unit.batch_size)
-            for batch in reader:
-                texts = batch.column("text").to_pylist()
-                encoded = backend.encode_batch_fast(texts, add_special_tokens=False)
-                lengths = np.fromiter((len(e.ids) + extra for e in encoded), np.int64, len(texts))
-                stream = np.empty(int(lengths.sum()), dtype=np.int64)
-                position = 0
-                for encoding, length in zip(encoded, lengths, strict=True):
-                    if unit.bos_id is not None:
-                        stream[position] = unit.bos_id
-                    start = position + (unit.bos_id is not None)
-                    stream[start : start + len(encoding.ids)] = encoding.ids
-                    position += int(length)
-                    if unit.eos_id is not None:
-                        stream[position - 1] = unit.eos_id
-                writer.append(stream, lengths, batch.column("doc_id").to_numpy())
-                found += len(texts)
+        workspace = Workspace(unit.root)
+        for batch in documents_by_id(workspace, unit.corpus, unit.doc_ids, unit.batch_size):
+            texts = batch.column("text").to_pylist()
+            tokens, lengths = encode_documents(
+                encoder, texts, unit.bos_id, unit.eos_id, writer.dtype
+            )
+            writer.append(tokens, lengths, batch.column("doc_id").to_numpy())
+            found += len(texts)
         if found != len(unit.doc_ids):
             raise InputError(
                 f"corpus {unit.corpus!r}: {len(unit.doc_ids) - found} of shard "
@@ -440,3 +477,27 @@ def write_token_shards(
     }
     write_json_atomic(directory / MANIFEST, manifest)
     return manifest
+
+
+def cached_token_shards(
+    workspace: Workspace,
+    corpus: str,
+    corpus_version: str,
+    doc_ids: np.ndarray,
+    options: TokenizeOptions,
+    label: str,
+    work_map: WorkMap = map,
+) -> Path:
+    """The directory of token shards of a corpus's documents `doc_ids` (in this order) in the
+    workspace's `runs/tokens/<label>-<key>`: written once (resumable) and reused while the
+    documents, their corpus's version, the tokenizer's files and the settings (the key's
+    inputs) are the same."""
+    tokenizer_dir = resolve_tokenizer(workspace, options.tokenizer)
+    ids = np.ascontiguousarray(doc_ids, dtype="<u8")
+    identity = [corpus, corpus_version, xxhash.xxh3_128_hexdigest(ids.tobytes()), asdict(options),
+                tokenizer_hash(tokenizer_dir)]  # fmt: skip
+    key = file_hash_of_text(json.dumps(identity, default=str))[:16]
+    directory = workspace.root / TOKEN_CACHE / f"{label}-{key}"
+    if not (directory / MANIFEST).exists():
+        write_token_shards(workspace, corpus, ids, directory, options, work_map)
+    return directory

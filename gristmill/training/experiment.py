@@ -21,7 +21,15 @@ from gristmill.errors import InputError
 from gristmill.storage.files import resolve_model_path, write_json_atomic
 from gristmill.storage.workspace import Workspace
 from gristmill.training.config import BUILTIN_ARMS, ExperimentSpec, TaskSpec
-from gristmill.training.data import DataSource, heldout_mask, read_documents, take_tokens, tokenize
+from gristmill.training.data import (
+    DataSource,
+    ShardDocuments,
+    heldout_mask,
+    read_documents,
+    take_tokens,
+    texts_of,
+    token_documents,
+)
 from gristmill.training.finetune import (
     ClassificationData,
     SFTData,
@@ -157,25 +165,25 @@ def prepare_base(workspace: Workspace, spec: ExperimentSpec) -> str:
     return str(out_dir)
 
 
-def arm_texts(
+def arm_documents(
     workspace: Workspace,
     spec: ExperimentSpec,
     arm: str,
     seed: int,
-    tokenizer: Any,
+    base: str,
     budget: int | None = None,
-) -> list[str]:
-    """Training documents of an arm (never held-out ones); `budget`: the random arm's tokens."""
+) -> tuple[ShardDocuments, np.ndarray | None]:
+    """Training documents of an arm (never held-out ones) as token shards of the base's
+    tokenizer, and which of them it trains on (None: all); `budget`: the random arm's tokens."""
     fraction = spec.heldout_fraction
     if arm in spec.selection_arms():
-        return _texts(workspace, DataSource(selection=arm), "train", fraction)
-    pool = _texts(workspace, _pool(workspace, spec), "train", fraction)
+        return token_documents(workspace, DataSource(selection=arm), "train", fraction, base), None
+    pool = token_documents(workspace, _pool(workspace, spec), "train", fraction, base)
     if arm == "full":
-        return pool
-    budget = budget or random_size(workspace, spec, tokenizer)
-    token_lists = tokenize(tokenizer, pool)
+        return pool, None
+    budget = budget or random_size(workspace, spec, base)
     order = np.random.default_rng([seed, 7919]).permutation(len(pool))
-    return [pool[i] for i in sorted(take_tokens(token_lists, order, budget))]
+    return pool, np.sort(take_tokens(pool.lengths, order, budget))
 
 
 def _pool(workspace: Workspace, spec: ExperimentSpec) -> DataSource:
@@ -184,16 +192,18 @@ def _pool(workspace: Workspace, spec: ExperimentSpec) -> DataSource:
     return source_of(workspace, spec.pool)
 
 
-def random_budget(workspace: Workspace, spec: ExperimentSpec, tokenizer: Any) -> int:
+def random_budget(workspace: Workspace, spec: ExperimentSpec, base: str) -> int:
     """Tokens of the largest selection arm (with EOS), or the pool's half without any."""
-    sizes = []
-    for arm in spec.selection_arms():
-        texts = _texts(workspace, DataSource(selection=arm), "train", spec.heldout_fraction)
-        sizes.append(sum(len(t) + 1 for t in tokenize(tokenizer, texts)))
+    fraction = spec.heldout_fraction
+    sizes = [
+        int(token_documents(workspace, DataSource(selection=arm), "train", fraction, base)
+            .lengths.sum())
+        for arm in spec.selection_arms()
+    ]  # fmt: skip
     if sizes:
         return max(sizes)
-    pool = _texts(workspace, _pool(workspace, spec), "train", spec.heldout_fraction)
-    return max(1, sum(len(t) + 1 for t in tokenize(tokenizer, pool)) // 2)
+    pool = token_documents(workspace, _pool(workspace, spec), "train", fraction, base)
+    return max(1, int(pool.lengths.sum()) // 2)
 
 
 def _task_rows(
@@ -261,11 +271,13 @@ def task_data(
     )
 
 
-def random_size(workspace: Workspace, spec: ExperimentSpec, tokenizer: Any) -> int:
+def random_size(workspace: Workspace, spec: ExperimentSpec, base: str | None) -> int:
     """Size of the `random` arm: tokens of continued pretraining (`random_tokens`, else the
-    largest selection arm), or fine-tuning examples (`random_examples`, else likewise)."""
+    largest selection arm, in the base's tokens), or fine-tuning examples (`random_examples`,
+    else likewise)."""
     if spec.vary == "continued":
-        return spec.random_tokens or random_budget(workspace, spec, tokenizer)
+        assert base is not None  # continued pretraining always has a base
+        return spec.random_tokens or random_budget(workspace, spec, base)
     if spec.random_examples:
         return spec.random_examples
     train_ids = task_train_ids(workspace, spec.task)
@@ -334,7 +346,7 @@ def finished_arm(
     workspace: Workspace, spec: ExperimentSpec, base: str, arm: str, seed: int
 ) -> dict[str, Any] | None:
     """The result of a finished arm run, or None."""
-    size = random_size(workspace, spec, load_tokenizer(base)) if arm == "random" else None
+    size = random_size(workspace, spec, base) if arm == "random" else None
     result = arm_dir(workspace, spec, arm, seed, size) / "metrics.json"
     return json.loads(result.read_text(encoding="utf-8")) if result.exists() else None
 
@@ -352,12 +364,12 @@ def eval_texts(workspace: Workspace, spec: ExperimentSpec) -> list[str]:
     return texts[: spec.max_eval_docs]
 
 
-def _sample(texts: list[str], limit: int, seed: int) -> list[str]:
-    """Up to `limit` texts, drawn by the seed (the same for every arm of a seed)."""
-    if len(texts) <= limit:
-        return texts
-    chosen = np.random.default_rng([seed, 104729]).choice(len(texts), limit, replace=False)
-    return [texts[i] for i in sorted(chosen)]
+def _sample(count: int, limit: int, seed: int) -> np.ndarray:
+    """Up to `limit` of `count` items' indices, drawn by the seed (the same for every arm of a
+    seed), in order."""
+    if count <= limit:
+        return np.arange(count)
+    return np.sort(np.random.default_rng([seed, 104729]).choice(count, limit, replace=False))
 
 
 def run_arm(
@@ -366,7 +378,7 @@ def run_arm(
     """Continue pretraining (unless `none`) or select the fine-tuning set, fine-tune and
     evaluate one arm with one seed; a finished run (of this or another study) is read back."""
     tokenizer = load_tokenizer(base)
-    size = random_size(workspace, spec, tokenizer) if arm == "random" else None
+    size = random_size(workspace, spec, base) if arm == "random" else None
     out_dir = arm_dir(workspace, spec, arm, seed, size)
     result_file = out_dir / "metrics.json"
     if result_file.exists():  # finished before an interruption, or before arms were added
@@ -385,27 +397,33 @@ def run_arm(
     if spec.vary == "continued":
         texts: list[str] = []
         if arm != "none":
-            texts = arm_texts(workspace, spec, arm, seed, tokenizer, size)
+            documents, chosen = arm_documents(workspace, spec, arm, seed, base, size)
             lm_path = str(continued_dir(workspace, spec, arm, seed, size))
             cpt = continue_pretraining(
                 base,
-                texts,
+                documents,
                 Path(lm_path),
                 spec.run_config(seed),
                 description=f"continue pretraining: {arm}, seed {seed}",
                 trust_remote_code=remote,
+                chosen=chosen,
             )
+            # The arm's own documents the training loss is measured on: only their texts.
+            trained = documents.doc_ids if chosen is None else documents.doc_ids[chosen]
+            sample = trained[_sample(len(trained), spec.max_eval_docs, seed)]
+            texts = texts_of(workspace, documents.corpus, sample)
         metrics["bits_per_byte"] = bits_per_byte(lm_path, eval_texts(workspace, spec), **evaluate)[
             "bits_per_byte"
         ]
         # Memorisation shows as a gap between the loss on the arm's own training documents and
         # on held-out pool documents (the `none` arm has no training documents).
         pool_heldout = _texts(workspace, _pool(workspace, spec), "heldout", spec.heldout_fraction)
-        heldout_sample = _sample(pool_heldout, spec.max_eval_docs, seed)
+        picked = _sample(len(pool_heldout), spec.max_eval_docs, seed)
+        heldout_sample = [pool_heldout[i] for i in picked]
         heldout = bits_per_byte(lm_path, heldout_sample, **evaluate)
         metrics["heldout_loss"] = heldout["token_loss"]
         if texts:
-            train = bits_per_byte(lm_path, _sample(texts, spec.max_eval_docs, seed), **evaluate)
+            train = bits_per_byte(lm_path, texts, **evaluate)
             metrics["train_loss"] = train["token_loss"]
             metrics["loss_gap"] = heldout["token_loss"] - train["token_loss"]
     else:
@@ -471,9 +489,7 @@ def run_arm(
 def _subset(data: ClassificationData | SFTData, limit: int, seed: int) -> Any:
     """Up to `limit` training examples, drawn by the seed (to measure the training fit)."""
     size = len(data.texts) if isinstance(data, ClassificationData) else len(data.prompts)
-    rows = range(size)
-    if size > limit:
-        rows = sorted(np.random.default_rng([seed, 104729]).choice(size, limit, replace=False))
+    rows = _sample(size, limit, seed)
     if isinstance(data, ClassificationData):
         return ClassificationData(
             [data.texts[i] for i in rows], [data.labels[i] for i in rows], data.label_names

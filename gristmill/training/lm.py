@@ -9,9 +9,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from gristmill.errors import InputError
 from gristmill.training.config import TrainConfig
-from gristmill.training.data import PackedBatches, pack, tokenize
+from gristmill.training.data import PackedBatches, ShardDocuments, pack, tokenize
 from gristmill.training.lm_scoring import score_documents
 from gristmill.training.models import (
     build_model,
@@ -61,20 +63,27 @@ def pretrain(
 
 def continue_pretraining(
     base: str,
-    texts: list[str],
+    documents: ShardDocuments,
     out_dir: Path,
     config: TrainConfig,
     description: str = "continue pretraining",
     trust_remote_code: bool = False,
+    chosen: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Continue training `base` on `texts` for exactly config.tokens tokens (data repeats)."""
+    """Continue training `base` for exactly config.tokens tokens (data repeats) on rows packed
+    from token shards of its tokenizer (`chosen`: only these documents, in this order)."""
     if config.tokens is None:
         raise InputError("continued pretraining needs a token budget (tokens)")
     if is_done(out_dir):
         return json.loads((out_dir / DONE_FILE).read_text(encoding="utf-8"))
     tokenizer = load_tokenizer(base)
+    if documents.eos_id != tokenizer.eos_token_id:
+        raise InputError(
+            f"continued pretraining: the token shards end documents with id {documents.eos_id}, "
+            f"base {base}'s EOS is {tokenizer.eos_token_id} (shards of another tokenizer)"
+        )
     model = load_causal_lm(base, trust_remote_code=trust_remote_code)
-    rows = pack(tokenize(tokenizer, texts), config.seq_len, tokenizer.eos_token_id)
+    rows = documents.rows(config.seq_len, chosen)
     batches = PackedBatches(rows, config.micro_batch_size, config.seed)
     return train(
         model, batches, config, out_dir, lambda m, d: save_model(m, tokenizer, d), description

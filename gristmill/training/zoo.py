@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -117,14 +116,15 @@ def benchmark_error(bits_per_byte: float) -> float:
 
 
 def _mixture_stream(
-    token_lists: Sequence[Sequence[int]],
+    lengths: np.ndarray,
     by_domain: list[np.ndarray],
     mixture: np.ndarray,
     tokens: int,
     rng: np.random.Generator,
-) -> list[Sequence[int]]:
-    """Documents drawn per domain in a random order (repeating if short) up to each share."""
-    chosen: list[Sequence[int]] = []
+) -> np.ndarray:
+    """Indices of documents drawn per domain in a random order (repeating if short) up to each
+    share, shuffled (`lengths`: each document's tokens with its EOS)."""
+    chosen: list[int] = []
     for members, share in zip(by_domain, mixture, strict=True):
         quota = share * tokens
         if quota < 1 or len(members) == 0:
@@ -132,11 +132,12 @@ def _mixture_stream(
         order = rng.permutation(members)
         used, position = 0, 0
         while used < quota:
-            doc = token_lists[order[position % len(order)]]
+            doc = int(order[position % len(order)])
             chosen.append(doc)
-            used += len(doc) + 1
+            used += int(lengths[doc])
             position += 1
-    return [chosen[i] for i in rng.permutation(len(chosen))]
+    picked = np.asarray(chosen, dtype=np.int64)
+    return picked[rng.permutation(len(picked))]
 
 
 def build_zoo(
@@ -149,10 +150,9 @@ def build_zoo(
     from gristmill.training.data import (
         DataSource,
         PackedBatches,
+        ShardDocuments,
         heldout_mask,
-        pack,
         read_documents,
-        shard_documents,
     )
     from gristmill.training.lm_scoring import score_documents
     from gristmill.training.models import (
@@ -198,7 +198,7 @@ def build_zoo(
     write_token_shards(
         workspace, corpus, train_ids, shards_dir, TokenizeOptions(str(tokenizer_dir))
     )
-    token_lists = shard_documents(shards_dir)
+    documents = ShardDocuments(shards_dir)
     train_domains = domains[train_index]
     by_domain = [np.flatnonzero(train_domains == d) for d in names]
     device = resolve_device(config.device)
@@ -222,11 +222,12 @@ def build_zoo(
             )  # fmt: skip
             model_started = time.perf_counter()
             resumed = is_done(model_dir)
-            stream = _mixture_stream(token_lists, by_domain, mixture, budget, rng)
-            rows_tensor = pack(stream, config.seq_len, tokenizer.eos_token_id)
+            stream = _mixture_stream(documents.lengths, by_domain, mixture, budget, rng)
             model = build_model(ZOO_SIZES[size], tokenizer, seed=run.seed)
+            batches = PackedBatches(documents.rows(config.seq_len, stream),
+                                    config.micro_batch_size, run.seed)  # fmt: skip
             summary = train(
-                model, PackedBatches(rows_tensor, config.micro_batch_size, run.seed), run,
+                model, batches, run,
                 model_dir, lambda m, d: save_model(m, tokenizer, d), f"zoo {name} ({size})",
             )  # fmt: skip
             if resumed:  # train() returned the stored summary: evaluate the stored weights

@@ -14,7 +14,7 @@ from test_target_selectors import DOMAIN_OPTIONS, TOPICS, kept_share, make_works
 from gristmill import pipeline
 from gristmill.errors import InputError
 from gristmill.selectors import fasttext_model
-from gristmill.selectors.classifier import ClassifierSelector
+from gristmill.selectors.classifier import ClassifierSelector, cross_fitted, pu_negatives
 from gristmill.selectors.fasttext_model import FastTextSettings
 from gristmill.selectors.selection import SelectOptions
 from gristmill.storage.queries import selection_view
@@ -42,14 +42,16 @@ def test_trained_on_the_target_keeps_its_domain_and_reports_heldout_metrics(
     scoring = first.record["summary"]["scoring"]
     assert scoring["method"] == "classifier" and scoring["trained"]
     assert scoring["positives"] == {"source": "target", "corpus": "target", "documents": 30}
-    # negatives: as many pool documents as positives (60 in the pool, none of them the target)
-    assert scoring["negatives"]["documents"] == 30 and scoring["negatives"]["source"] == (
-        "pool sample"
-    )
+    # negatives: 40 pool documents per positive, so the whole pool of 60 (none of them the target)
+    negatives = scoring["negatives"]
+    assert negatives["documents"] == 60 and negatives["source"] == "pool sample"
+    # A third of the pool is cooking (about 18 of the 54 training negatives): the pool documents
+    # that score like the target are dropped before the final fit (positive-unlabelled learning).
+    assert 10 <= negatives["dropped_as_likely_positive"] <= 24
     heldout = scoring["heldout"]
-    assert heldout["documents"] == 12 and heldout["positives"] == 6
+    assert heldout["documents"] == 18 and heldout["positives"] == 6
     # A third of the pool negatives are cooking too (random pool text, as DCLM samples it), so
-    # the held-out figures count those as errors: about 2 of the 6 held-out negatives.
+    # the held-out figures count those as errors: about 4 of the 12 held-out negatives.
     assert 0.5 <= heldout["accuracy"] <= 1 and 0.5 < heldout["auroc"] <= 1
     [model] = trained_models(ws)
     trained_at = model.stat().st_mtime_ns
@@ -149,6 +151,27 @@ def test_positives_need_exactly_one_source(tmp_path: Path) -> None:
         curate(ws, "20docs", "x", positive_field="domain", positive_values="code")
     with pytest.raises(InputError, match="positive_field and positive_values go together"):
         curate(ws, "20docs", "x", positive_field="domain")
+
+
+def test_unlabelled_rows_that_score_like_positives_are_not_negatives() -> None:
+    positive = np.array([True] * 4 + [False] * 6)
+    scores = np.array([2.0, 3.0, 4.0, 5.0, 3.5, 6.0, 0.0, -1.0, 2.5, 1.0])
+    # The positives' 0.25 quantile is 2.75: unlabelled rows at or above it are dropped.
+    kept = pu_negatives(scores, positive, 0.25)
+    assert kept.tolist() == [False] * 4 + [False, False, True, True, True, True]
+    # Cross-fitting: each row is scored by a model fitted on rows of the other fold only, and
+    # both classes are in every fold.
+    seen: list[tuple[set[int], set[int]]] = []
+
+    def fit_score(train: np.ndarray, test: np.ndarray) -> np.ndarray:
+        seen.append((set(train.tolist()), set(test.tolist())))
+        assert positive[train].any() and (~positive[train]).any()
+        return test.astype(np.float64)
+
+    out = cross_fitted(positive, 2, np.random.default_rng(0), fit_score)
+    assert out.tolist() == list(range(10))
+    assert all(not train & test for train, test in seen)
+    assert set().union(*(test for _, test in seen)) == set(range(10))
 
 
 def test_auroc_counts_ties_as_half() -> None:

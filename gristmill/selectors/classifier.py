@@ -9,6 +9,10 @@ signal, so selecting again at another budget scores nothing.
 - negatives: a seeded random sample of the pool, `negative_ratio` times the positives, with
   the positives' own documents (and pool copies of target texts) left out, or a given corpus
   (`negative_corpus`);
+- the pool sample is unlabelled, not negative: it holds documents of the target's own kind
+  (positive-unlabelled learning). Before the final fit, every training document is scored by a
+  model trained without it (two folds), and pool documents scoring above the `pu_quantile`
+  quantile of the positives' own such scores are dropped from the negatives;
 - part of both classes (`heldout_fraction`) is held out: its accuracy and AUROC go into the
   selection's scoring summary.
 
@@ -23,6 +27,7 @@ import functools
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -49,6 +54,7 @@ POSITIVE = "positive"
 NEGATIVE = "negative"
 TRAINING_FILE = "training.json"
 MODEL_FILES = {"fasttext": "model.bin", "linear": "model.npz"}
+PU_FOLDS = 2
 # Probabilities are float32 with a floor near 1e-5: clip before the log-odds.
 _EPS = 1e-7
 
@@ -66,8 +72,14 @@ class ClassifierConfig(SelectorConfig):
     negative_corpus: str | None = Field(
         None, description="negatives: this corpus (default: a random sample of the pool)"
     )
-    negative_ratio: float = Field(
-        1.0, gt=0, description="pool negatives per positive (default: as many as positives)"
+    negative_ratio: float = Field(40.0, gt=0, description="pool negatives per positive")
+    max_negatives: int = Field(20_000, ge=1, description="sample at most this many negatives")
+    pu_quantile: float | None = Field(
+        0.3,
+        gt=0,
+        lt=1,
+        description="drop pool negatives whose cross-fitted score is above this quantile of "
+        "the positives' (they are likely of the target's kind); None: keep every negative",
     )
     max_positives: int = Field(100_000, ge=2, description="train on at most this many positives")
     heldout_fraction: float = Field(
@@ -137,30 +149,31 @@ class LinearModel:
         norms = np.sqrt(np.asarray(counts.multiply(counts).sum(axis=1)).ravel())
         return sp.csr_matrix(sp.diags(1.0 / np.maximum(norms, 1e-12)) @ counts)
 
-    @classmethod
-    def fit(cls, texts: list[str], positive: np.ndarray, buckets: int, c: float,
-            max_chars: int | None) -> LinearModel:  # fmt: skip
-        """Fit idf on the training texts and the regression, classes weighted equally."""
-        from sklearn.linear_model import LogisticRegression
-
+    @staticmethod
+    def counts(texts: list[str], buckets: int, max_chars: int | None) -> sp.csr_matrix:
+        """Hashed unigram+bigram counts of the texts (first `max_chars` characters)."""
         if max_chars is not None:
             texts = [(t or "")[:max_chars] for t in texts]
-        counts = ngram_matrix(texts, buckets)
-        present = np.bincount(counts.indices, minlength=buckets)
-        idf = (np.log((1 + len(texts)) / (1 + present)) + 1.0).astype(np.float32)
-        model = cls(idf, np.zeros(buckets, np.float32), 0.0)
+        return ngram_matrix(texts, buckets)
+
+    @classmethod
+    def fit(cls, counts: sp.csr_matrix, positive: np.ndarray, c: float) -> LinearModel:
+        """Fit idf on the training rows and the regression, classes weighted equally."""
+        from sklearn.linear_model import LogisticRegression
+
+        present = np.bincount(counts.indices, minlength=counts.shape[1])
+        idf = (np.log((1 + counts.shape[0]) / (1 + present)) + 1.0).astype(np.float32)
         regression = LogisticRegression(C=c, class_weight="balanced", max_iter=1000)
         regression.fit(cls.weighted(counts, idf), positive)
-        model.coef = regression.coef_[0].astype(np.float32)
-        model.intercept = float(regression.intercept_[0])
-        return model
+        return cls(idf, regression.coef_[0].astype(np.float32), float(regression.intercept_[0]))
+
+    def counts_log_odds(self, counts: sp.csr_matrix) -> np.ndarray:
+        """The regression's log-odds of the positive class for each row of counts."""
+        return np.asarray(self.weighted(counts, self.idf) @ self.coef) + self.intercept
 
     def log_odds(self, texts: list[str], max_chars: int | None) -> np.ndarray:
         """The regression's log-odds of the positive class for each text."""
-        if max_chars is not None:
-            texts = [(t or "")[:max_chars] for t in texts]
-        counts = ngram_matrix(texts, len(self.idf))
-        return np.asarray(self.weighted(counts, self.idf) @ self.coef) + self.intercept
+        return self.counts_log_odds(self.counts(texts, len(self.idf), max_chars))
 
     def save(self, path: Path) -> None:
         """Write the arrays (npz, no pickle)."""
@@ -179,6 +192,33 @@ def _loaded(path: str, modified: float) -> Any:
     """A saved model, loaded once per process (keyed by its path and modification time)."""
     del modified
     return LinearModel.load(path) if path.endswith(".npz") else fasttext_model.load(path)
+
+
+def cross_fitted(
+    positive: np.ndarray, folds: int, rng: np.random.Generator,
+    fit_score: Callable[[np.ndarray, np.ndarray], np.ndarray],
+) -> np.ndarray:  # fmt: skip
+    """A score for each row from a model fitted without it: `fit_score(train, test)`.
+
+    Folds are stratified, so each model is fitted on both classes.
+    """
+    fold = np.empty(len(positive), np.int64)
+    for members in (np.flatnonzero(positive), np.flatnonzero(~positive)):
+        fold[members] = rng.permutation(len(members)) % folds
+    scores = np.empty(len(positive), np.float64)
+    for f in range(folds):
+        scores[fold == f] = fit_score(np.flatnonzero(fold != f), np.flatnonzero(fold == f))
+    return scores
+
+
+def pu_negatives(scores: np.ndarray, positive: np.ndarray, quantile: float) -> np.ndarray:
+    """Which unlabelled rows stay negatives: those scored below `quantile` of the positives.
+
+    The pool sample is unlabelled: rows that score like held-out positives are likely of the
+    target's kind and would teach the model that the target is negative.
+    """
+    threshold = np.quantile(scores[positive], quantile)
+    return ~positive & (scores < threshold)
 
 
 def _sigmoid(values: np.ndarray) -> np.ndarray:
@@ -361,7 +401,7 @@ class ClassifierSelector(Selector):
     ) -> tuple[list[str], dict[str, Any]]:  # fmt: skip
         """Negative texts: the given corpus, or a pool sample without the positives."""
         cfg = self.config
-        wanted = max(1, round(cfg.negative_ratio * len(positives)))
+        wanted = max(1, min(cfg.max_negatives, round(cfg.negative_ratio * len(positives))))
         if cfg.negative_corpus is not None:
             files = context.inputs.documents("negatives").files
             corpus, excluded_ids = cfg.negative_corpus, np.zeros(0, np.uint64)
@@ -410,16 +450,22 @@ class ClassifierSelector(Selector):
             "train_documents": len(train),
         }  # fmt: skip
         train_texts = [texts[i] for i in train]
+        fit, log_odds = self._fitter(train_texts, is_positive[train], context.seed, staging)
+        chosen = np.arange(len(train))
+        if cfg.pu_quantile is not None and cfg.negative_corpus is None:
+            # Positive-unlabelled: drop the pool documents that score like the positives.
+            positive = is_positive[train]
+            scores = cross_fitted(positive, PU_FOLDS, rng,
+                                  lambda fold, rest: log_odds(fit(fold), rest))  # fmt: skip
+            chosen = np.flatnonzero(positive | pu_negatives(scores, positive, cfg.pu_quantile))
+            negative_report["dropped_as_likely_positive"] = len(train) - len(chosen)
+        model = fit(chosen)
+        report["train_documents"] = len(chosen)
         if cfg.backend == "linear":
-            model: Any = LinearModel.fit(train_texts, is_positive[train], cfg.num_buckets,
-                                         cfg.inverse_regularisation, cfg.max_chars)  # fmt: skip
             report["linear"] = {"num_buckets": cfg.num_buckets, "features": "tf-idf of hashed "
                                 "unigrams+bigrams", "C": cfg.inverse_regularisation}  # fmt: skip
         else:
-            settings = cfg.fasttext()
-            labels = [POSITIVE if is_positive[i] else NEGATIVE for i in train]
-            model = fasttext_model.train(train_texts, labels, settings, context.seed, staging)
-            report["fasttext"] = settings.as_dict()
+            report["fasttext"] = cfg.fasttext().as_dict()
         test = np.flatnonzero(heldout)
         report["heldout"] = None
         if len(test):
@@ -438,6 +484,26 @@ class ClassifierSelector(Selector):
         shutil.rmtree(directory, ignore_errors=True)
         staging.rename(directory)
         return report
+
+    def _fitter(
+        self, texts: list[str], positive: np.ndarray, seed: int, scratch: Path
+    ) -> tuple[Callable[[np.ndarray], Any], Callable[[Any, np.ndarray], np.ndarray]]:
+        """fit(rows) -> model and log_odds(model, rows) over these training texts."""
+        cfg = self.config
+        if cfg.backend == "linear":
+            counts = LinearModel.counts(texts, cfg.num_buckets, cfg.max_chars)
+            return (
+                lambda rows: LinearModel.fit(counts[rows], positive[rows],
+                                             cfg.inverse_regularisation),
+                lambda model, rows: model.counts_log_odds(counts[rows]),
+            )  # fmt: skip
+        settings = cfg.fasttext()
+        labels = [POSITIVE if p else NEGATIVE for p in positive]
+        return (
+            lambda rows: fasttext_model.train([texts[i] for i in rows], [labels[i] for i in rows],
+                                              settings, seed, scratch),
+            lambda model, rows: self._log_odds(model, [texts[i] for i in rows]),
+        )  # fmt: skip
 
     def _log_odds(self, model: Any, texts: list[str]) -> np.ndarray:
         """Log-odds of the positive class under a linear or fastText model."""

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from gristmill.errors import InputError
 from gristmill.selectors.budget import Budget
 from gristmill.selectors.requirements import Dependencies, Inputs, Requirement, Stage
-from gristmill.selectors.selection import Mode, SelectOptions, select
+from gristmill.selectors.selection import CandidatePool, Mode, Ranking, SelectOptions, select
 from gristmill.storage.files import sql_files
 from gristmill.storage.workspace import Workspace
 
@@ -195,13 +195,31 @@ class Selector(Scorer):
         """What `inspect` shows of a selection besides its samples (clusters, regions); none."""
         return []
 
+    def ranking(self, units: float | None, options: SelectOptions) -> Ranking:
+        """What the selection ranks on, as SQL over the candidate columns: the stored score."""
+        return Ranking()
+
+    def select_members(
+        self, pool: CandidatePool, units: float | None, options: SelectOptions
+    ) -> None:
+        """Take the members from `pool` under `units`, in rank order (a DuckDB query)."""
+        mode = options.mode or self.default_mode
+        if mode == "threshold" and options.threshold is None:
+            options = options.model_copy(update={"threshold": self.default_threshold})
+        if type(self).select is not Selector.select:
+            # An in-memory select() not yet ported to ranking(): it loads every candidate.
+            table = pool.con.sql("select * from candidates").to_arrow_table()
+            pool.take_indices(table, np.asarray(self.select(table, units, options), np.int64))
+            return
+        pool.take(self.ranking(units, options), units, mode, options)
+
     def select(
         self,
         candidates: pa.Table,
         units: float | None,
         options: SelectOptions,
     ) -> np.ndarray:
-        """Indices of `candidates` (doc_id, score, domain, size) to keep, in rank order."""
+        """Indices of loaded `candidates` to keep; only for selectors not ported to ranking()."""
         mode = options.mode or self.default_mode
         if mode == "threshold" and options.threshold is None:
             options = options.model_copy(update={"threshold": self.default_threshold})

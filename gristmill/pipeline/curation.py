@@ -278,7 +278,7 @@ def curate(
     return curation
 
 
-def _candidates_query(
+def candidates_query(
     workspace: Workspace,
     corpus: str,
     signal_files: list[str],
@@ -367,7 +367,7 @@ def build_selection(
     signal_paths = sorted(plan.stored.values())
     counts = budget.counts if budget else "docs"
     size_files = sorted(size_plan.stored.values()) if size_plan else None
-    query = _candidates_query(
+    query = candidates_query(
         workspace, corpus, signal_paths, parent, size_files, counts, selector.candidate_columns
     )
     members_path = workspace.members_path(name)

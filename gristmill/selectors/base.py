@@ -242,16 +242,28 @@ class PoolFeatures:
     members: Path | None
     scratch: Path
 
-    def read(self, columns: list[str]) -> pa.Table:
-        """The named feature columns of the pool (members only, if given), ordered by doc_id."""
-        selected = ", ".join(f'f."{c}"' for c in ["doc_id", *columns])
-        query = f"select {selected} from read_parquet({sql_files(self.files)}) f"
+    def _source(self) -> str:
+        """The feature rows, members only if given, as `f`."""
+        query = f"read_parquet({sql_files(self.files)}) f"
         if self.members is not None:
             query += (
                 f" semi join read_parquet({sql_files([self.members])}) m on m.doc_id = f.doc_id"
             )
+        return query
+
+    def count(self) -> int:
+        """Documents in the pool (members only, if given), without reading their features."""
+        if not self.files:
+            return 0
         with duckdb.connect() as con:
-            return con.sql(query + " order by f.doc_id").to_arrow_table()
+            return int(con.execute(f"select count(*) from {self._source()}").fetchall()[0][0])
+
+    def read(self, columns: list[str]) -> pa.Table:
+        """The named feature columns of the pool (members only, if given), ordered by doc_id."""
+        selected = ", ".join(f'f."{c}"' for c in ["doc_id", *columns])
+        with duckdb.connect() as con:
+            query = f"select {selected} from {self._source()} order by f.doc_id"
+            return con.sql(query).to_arrow_table()
 
 
 class SetSelector(Selector):

@@ -13,6 +13,11 @@ peak RSS (psutil, sampled every 20 ms; the flow process is this process):
   dsir plan; its members must equal the query's.
 
     python benchmarks/scale.py --sizes 1000000 3000000 --out scale.json
+
+`--selection-only` measures the selection step alone at larger sizes (default 3M, 10M, 30M
+candidates): synthetic shard and signal files (doc_id, domain, n_bytes; doc_id, score) are
+written directly, then the same query (`run_selection`, Gumbel-top-k 10%, then top-k under a
+byte budget with domain quotas) runs against the in-memory baseline on the same files.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +42,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from gristmill import pipeline
-from gristmill.pipeline.curation import candidates_query
-from gristmill.selectors.selection import SelectOptions, select
+from gristmill.pipeline.curation import run_selection
+from gristmill.selectors.budget import Budget
+from gristmill.selectors.quality import QualitySelector
+from gristmill.selectors.selection import SelectOptions, select, splitmix64
+from gristmill.storage.files import sql_files
 from gristmill.storage.readers import IngestOptions
 from gristmill.storage.workspace import Workspace
 
@@ -166,11 +175,10 @@ def write_target(folder: Path) -> list[str]:
     return [str(path)]
 
 
-def in_memory_selection(ws: Workspace, curation: pipeline.Curation, options: SelectOptions,
-                        parent: str, fraction: float) -> np.ndarray:  # fmt: skip
+def in_memory_selection(
+    query: str, budget: Budget, mode: str, options: SelectOptions
+) -> np.ndarray:
     """The baseline: load every candidate into Python and rank with the numpy reference."""
-    files = sorted(curation.plan.stored.values())
-    query = candidates_query(ws, curation.corpus, files, parent, None, "docs", ())
     with duckdb.connect() as con:
         table = con.sql(query).to_arrow_table()
     chosen = select(
@@ -178,11 +186,71 @@ def in_memory_selection(ws: Workspace, curation: pipeline.Curation, options: Sel
         table["doc_id"].to_numpy(),
         table["size"].to_numpy(zero_copy_only=False).astype(np.float64),
         table["domain"].to_numpy(zero_copy_only=False).astype(str),
-        fraction * table.num_rows,
-        "gumbel",
+        budget.units(table.num_rows),
+        mode,
         options,
     )
     return table["doc_id"].to_numpy()[chosen]
+
+
+def write_signals(folder: Path, n: int) -> tuple[list[Path], list[Path]]:
+    """Shard files (doc_id, domain, n_bytes) and signal files (doc_id, score) of n documents."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shards, signals = [], []
+    for number, start in enumerate(range(0, n, 1_000_000)):
+        rng = np.random.default_rng(number)
+        index = np.arange(start, min(start + 1_000_000, n), dtype=np.uint64)
+        doc_ids = pa.array(splitmix64(index), pa.uint64())  # a bijection: distinct ids
+        domains = pa.array([f"site{d:02d}.example" for d in rng.integers(0, DOMAINS, len(index))])
+        n_bytes = pa.array(rng.integers(100, 2000, len(index)), pa.int64())
+        scores = pa.array(np.round(rng.normal(size=len(index)), 3))  # ties, broken by doc_id
+        shards.append(folder / f"shard-{number:04d}.parquet")
+        signals.append(folder / f"signal-{number:04d}.parquet")
+        pq.write_table(pa.table({"doc_id": doc_ids, "domain": domains, "n_bytes": n_bytes}),
+                       shards[-1])  # fmt: skip
+        pq.write_table(pa.table({"doc_id": doc_ids, "score": scores}), signals[-1])
+    return shards, signals
+
+
+def run_selection_only(n: int, scratch: Path, memory_limit: str, baseline: bool) -> list[dict]:
+    """The selection query and (optionally) the in-memory baseline on n synthetic candidates."""
+    rows: list[dict] = []
+    rss = PeakRSS()
+    shards, signals = write_signals(scratch / "signals", n)
+    quotas = {"site00.example": 3.0, "*": 1.0}
+    cases = [
+        ("gumbel 10% docs", "10%", "gumbel", "1.0::double", None),
+        ("topk 20% of bytes, domain quotas", f"{int(n * 210)}B", "topk", "d.n_bytes::double",
+         quotas),
+    ]  # fmt: skip
+    members = scratch / "selections" / "s" / "members.parquet"
+    selector = QualitySelector.from_params({})
+    try:
+        for label, budget_text, mode, size, weights in cases:
+            query = (
+                f"select d.doc_id, s.score, d.domain, d.n_bytes, {size} as size "
+                f"from read_parquet({sql_files(shards)}) d "
+                f"join read_parquet({sql_files(signals)}) s on s.doc_id = d.doc_id"
+            )
+            budget = Budget.parse(budget_text)
+            options = SelectOptions(
+                mode=mode, seed=1, domain_weights=weights, memory_limit=memory_limit
+            )
+            ours = partial(run_selection, query, members, selector, budget, options)
+            measure(rss, f"{label}: query", ours, rows)
+            if not baseline:
+                continue
+            chosen = pq.read_table(members)["doc_id"].to_numpy()
+            theirs = partial(in_memory_selection, query, budget, mode, options)
+            loaded = measure(rss, f"{label}: baseline in memory", theirs, rows)
+            equal = bool(np.array_equal(chosen, loaded))
+            rows.append(
+                {"step": f"{label}: members equal", "value": equal, "selected": len(chosen)}
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    finally:
+        rss.stop()
+    return rows
 
 
 def run_size(n: int, scratch: Path, memory_limit: str, workers: int) -> list[dict]:
@@ -241,7 +309,14 @@ def run_size(n: int, scratch: Path, memory_limit: str, workers: int) -> list[dic
 def main() -> None:
     """Run each size in a fresh scratch folder; print and save the measurements."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 3_000_000, 10_000_000])
+    parser.add_argument("--sizes", type=int, nargs="+", help="default: 1M 3M 10M (30M selection)")
+    parser.add_argument("--selection-only", action="store_true", help="the selection step alone")
+    parser.add_argument(
+        "--baseline-max",
+        type=int,
+        default=10_000_000,
+        help="selection only: run the in-memory baseline up to this size",
+    )
     parser.add_argument("--memory-limit", default="1GB", help="DuckDB memory limit (select, dedup)")
     parser.add_argument("--workers", type=int, default=2, help="threads for the per-shard units")
     parser.add_argument("--scratch", type=Path, default=None, help="default: a temporary folder")
@@ -249,11 +324,18 @@ def main() -> None:
     args = parser.parse_args()
     results: dict[str, Any] = {"cpus": os.cpu_count(), "memory_limit": args.memory_limit,
                                "sizes": {}}  # fmt: skip
-    for n in args.sizes:
+    sizes = args.sizes or ([3_000_000, 10_000_000, 30_000_000] if args.selection_only else
+                           [1_000_000, 3_000_000, 10_000_000])  # fmt: skip
+    results["selection_only"] = args.selection_only
+    for n in sizes:
         base = Path(tempfile.mkdtemp(prefix=f"scale-{n}-", dir=args.scratch))
         try:
             print(f"== {n:,} documents", flush=True)
-            results["sizes"][str(n)] = run_size(n, base, args.memory_limit, args.workers)
+            if args.selection_only:
+                rows = run_selection_only(n, base, args.memory_limit, n <= args.baseline_max)
+            else:
+                rows = run_size(n, base, args.memory_limit, args.workers)
+            results["sizes"][str(n)] = rows
         finally:
             shutil.rmtree(base, ignore_errors=True)
         if args.out:

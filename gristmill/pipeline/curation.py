@@ -350,6 +350,58 @@ def _summary(pool: CandidatePool) -> dict[str, Any]:
     return {"domains": rows, "top_reasons": top}
 
 
+@dataclass
+class Selected:
+    """What a selection query chose: counts, the budget's use and the summary by domain."""
+
+    n_candidates: int
+    n_selected: int
+    bytes_selected: int
+    units: float | None  # the budget in its unit (None: no budget)
+    used: float  # the chosen documents' size in that unit
+    pool: float  # every candidate's size in that unit
+    summary: dict[str, Any]
+
+
+def run_selection(
+    query: str,
+    members_path: Path,
+    selector: Selector,
+    budget: Budget | None,
+    options: SelectOptions,
+) -> Selected:
+    """Select from the candidates `query` gives in a DuckDB database beside the members' folder
+    (spilling there beyond options.memory_limit); write the members (doc_id, rank, weight)."""
+    folder = members_path.parent
+    scratch = folder.with_name(f".{folder.name}.scratch")
+    shutil.rmtree(scratch, ignore_errors=True)  # an interrupted run's database
+    con = _selection_database(scratch, options.memory_limit)
+    try:
+        con.execute(f"create table candidates as {query}")
+        pool = CandidatePool(con)
+        n_candidates = pool.count()
+        units = budget.units(n_candidates) if budget else None
+        selector.select_members(pool, units, options)
+        folder.mkdir(parents=True, exist_ok=True)
+        staged = members_path.with_name(f".{members_path.name}.tmp-{os.getpid()}")
+        con.execute(
+            f"copy (select doc_id, rank, 1.0::double as weight from chosen order by rank) "
+            f"to {sql_files([staged])[1:-1]} (format parquet, compression zstd)"
+        )
+        os.replace(staged, members_path)
+        summary = _summary(pool)
+        pool_size, used, n_selected, bytes_selected = con.execute(
+            "select (select coalesce(sum(size), 0)::double from candidates), "
+            "coalesce(sum(c.size), 0)::double, count(*), coalesce(sum(c.n_bytes), 0)::bigint "
+            "from chosen join candidates c using (doc_id)"
+        ).fetchall()[0]
+    finally:
+        con.close()
+        shutil.rmtree(scratch, ignore_errors=True)
+    return Selected(n_candidates, int(n_selected), int(bytes_selected), units, used, pool_size,
+                    summary)  # fmt: skip
+
+
 def build_selection(
     workspace: Workspace,
     name: str,
@@ -371,33 +423,11 @@ def build_selection(
         workspace, corpus, signal_paths, parent, size_files, counts, selector.candidate_columns
     )
     members_path = workspace.members_path(name)
-    scratch = members_path.parent / ".scratch"
-    shutil.rmtree(scratch, ignore_errors=True)  # an interrupted run's database
-    con = _selection_database(scratch, options.memory_limit)
     try:
-        con.execute(f"create table candidates as {query}")
-        pool = CandidatePool(con)
-        n_candidates = pool.count()
-        units = budget.units(n_candidates) if budget else None
-        try:
-            selector.select_members(pool, units, options)
-        except ValueError as error:
-            raise InputError(f"selection {name!r}: {error}") from None
-        staged = members_path.with_name(f".{members_path.name}.tmp-{os.getpid()}")
-        con.execute(
-            f"copy (select doc_id, rank, 1.0::double as weight from chosen order by rank) "
-            f"to {sql_files([staged])[1:-1]} (format parquet, compression zstd)"
-        )
-        os.replace(staged, members_path)
-        summary = _summary(pool)
-        pool_size, used, n_selected, bytes_selected = con.execute(
-            "select (select coalesce(sum(size), 0)::double from candidates), "
-            "coalesce(sum(c.size), 0)::double, count(*), coalesce(sum(c.n_bytes), 0)::bigint "
-            "from chosen join candidates c using (doc_id)"
-        ).fetchall()[0]
-    finally:
-        con.close()
-        shutil.rmtree(scratch, ignore_errors=True)
+        selected = run_selection(query, members_path, selector, budget, options)
+    except ValueError as error:
+        raise InputError(f"selection {name!r}: {error}") from None
+    summary, units = selected.summary, selected.units
     report = scoring_report(workspace, signal_paths)
     if report is not None:
         summary["scoring"] = report
@@ -405,9 +435,9 @@ def build_selection(
         "budget": budget.text if budget else None,
         "counts": counts,
         "allowed": units,
-        "used": used,
-        "pool": pool_size,
-        "exceeds_pool": bool(units is not None and units >= pool_size),
+        "used": selected.used,
+        "pool": selected.pool,
+        "exceeds_pool": bool(units is not None and units >= selected.pool),
     }
     with workspace.catalog() as con:
         record = {
@@ -421,9 +451,9 @@ def build_selection(
             "budget": budget.text if budget else None,
             "mode": options.mode or selector.default_mode,
             "seed": options.seed,
-            "n_candidates": n_candidates,
-            "n_selected": int(n_selected),
-            "bytes_selected": int(bytes_selected),
+            "n_candidates": selected.n_candidates,
+            "n_selected": selected.n_selected,
+            "bytes_selected": selected.bytes_selected,
             "corpus_version": catalog.corpus_version(con, corpus),
             "code_version": _code_version(),
             "recipe": json.dumps(recipe, default=str) if recipe else None,

@@ -5,10 +5,13 @@ from __future__ import annotations
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from gristmill.errors import InputError
+from gristmill.pipeline.curation import run_selection
 from gristmill.selectors.budget import Budget
+from gristmill.selectors.quality import QualitySelector
 from gristmill.selectors.selection import (
     CandidatePool,
     Ranking,
@@ -199,3 +202,21 @@ def test_query_selection_takes_from_the_rest_by_a_computed_score() -> None:
     expected_rest = ids[rest][select_ranked(scores[rest], ids[rest], sizes[rest], 3000.0, "topk")]
     assert taken[first:] == expected_rest.tolist()
     assert len(set(taken)) == len(taken)
+
+
+def test_selection_query_writes_members_and_names_a_bad_memory_limit(tmp_path) -> None:
+    query = (
+        "select range::ubigint as doc_id, (range % 7)::double as score, 'a' as domain, "
+        "10::bigint as n_bytes, 1.0::double as size from range(50)"
+    )
+    members = tmp_path / "selections" / "s" / "members.parquet"
+    selector = QualitySelector.from_params({})
+    chosen = run_selection(query, members, selector, Budget.parse("10docs"),
+                           SelectOptions(mode="topk"))  # fmt: skip
+    assert (chosen.n_candidates, chosen.n_selected, chosen.bytes_selected) == (50, 10, 100)
+    table = pq.read_table(members)
+    assert table["doc_id"].to_pylist() == [6, 13, 20, 27, 34, 41, 48, 5, 12, 19]
+    assert table["rank"].to_pylist() == list(range(10))
+    assert sorted(p.name for p in (tmp_path / "selections").iterdir()) == ["s"]  # scratch gone
+    with pytest.raises(InputError, match="memory_limit 'lots'"):
+        run_selection(query, members, selector, None, SelectOptions(memory_limit="lots"))

@@ -18,6 +18,7 @@ from gristmill.errors import InputError
 from gristmill.selectors import coreset_methods as methods
 from gristmill.selectors.base import PoolFeatures
 from gristmill.selectors.coreset import CoresetSelector
+from gristmill.selectors.nudge import NudgeSelector
 from gristmill.selectors.selection import SelectOptions
 from gristmill.storage import catalog
 from gristmill.storage.readers import IngestOptions
@@ -343,3 +344,41 @@ def test_near_duplicate_cluster_is_not_oversampled(tmp_path: Path, shared_data: 
         chosen = members(ws, method)
         share = sum(texts[d] in copies for d in chosen) / len(chosen)
         assert len(chosen) == 120 and share < 0.15, (method, share)  # random draws 25%
+
+
+# --- memory --------------------------------------------------------------------------------------
+
+
+def test_set_steps_refuse_before_loading_vectors_that_would_not_fit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ws = pool_workspace(tmp_path, words_docs(30, seed=0))
+    write_jsonl(tmp_path / "target.jsonl", words_docs(6, seed=1))
+    ingest_catalogued(tmp_path / "ws", [tmp_path / "target.jsonl"], "target", DOMAINS)
+
+    def no_read(self: PoolFeatures, columns: list[str]) -> pa.Table:
+        raise AssertionError("the vectors were read before the memory check")
+
+    monkeypatch.setattr(PoolFeatures, "read", no_read)
+    with pytest.raises(InputError, match=r"coreset: the set step needs about .* max_memory"):
+        select_with(ws, "10docs", "a", method="kcenter", dim=64, max_memory="10kB")
+    with pytest.raises(InputError, match=r"nudge: the set step needs about .* max_memory"):
+        pipeline.curate(ws, "pool", "nudge", params={"dim": 64, "max_memory": "10kB"},
+                        target="target", budget="10docs", name="n")  # fmt: skip
+    with pytest.raises(InputError, match="not a size in bytes"):
+        CoresetSelector.from_params({"max_memory": "10docs"})
+
+
+def test_memory_estimates_grow_with_what_each_method_holds() -> None:
+    n, dim = 10_000_000, 256
+    vectors = 3 * n * dim * 4
+    kcenter = CoresetSelector.from_params({"method": "kcenter"}).memory_need(n, dim)
+    assert sum(kcenter.values()) == vectors + 24 * n
+    deft = CoresetSelector.from_params({"method": "deft"}).memory_need(n, dim)
+    assert sum(deft.values()) > 5 * n * dim * 4
+    facility = CoresetSelector.from_params({"method": "facility_location"}).memory_need(n, dim)
+    assert facility["similarity"] < vectors  # per partition: a kNN graph of 200k documents
+    nudge = NudgeSelector.from_params({"dim": dim})
+    blocked = nudge.memory_need(n, 5000, dim)
+    assert blocked["cost matrix"] == nudge.config.max_cost_bytes  # blocks, never n x m
+    assert nudge.memory_need(100, 50, dim)["cost matrix"] == 4 * 100 * 50 * 4

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import duckdb
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from gristmill.errors import InputError
+from gristmill.pipeline.curation import run_selection
 from gristmill.selectors.budget import Budget
+from gristmill.selectors.quality import QualitySelector
 from gristmill.selectors.selection import (
+    CandidatePool,
+    Ranking,
     SelectOptions,
     domain_quotas,
     gumbel,
@@ -123,12 +130,12 @@ def test_gumbel_selection_is_deterministic_for_a_seed() -> None:
 
 def test_domain_quotas_split_the_budget() -> None:
     domains = np.array(["a"] * 6 + ["b"] * 6 + ["c"] * 6)
-    quotas = domain_quotas(domains, np.ones(18), 9, {"a": 2, "b": 1})
+    quotas = domain_quotas(np.unique(domains), 9, {"a": 2, "b": 1})
     assert quotas == {"a": 6, "b": 3}
-    with_default = domain_quotas(domains, np.ones(18), 9, {"a": 1, "*": 1})
+    with_default = domain_quotas(np.unique(domains), 9, {"a": 1, "*": 1})
     assert with_default == {"a": 3, "b": 3, "c": 3}
     with pytest.raises(ValueError, match="no weight"):
-        domain_quotas(domains, np.ones(18), 9, {"z": 1})
+        domain_quotas(np.unique(domains), 9, {"z": 1})
 
 
 def test_select_with_domain_weights_honours_quotas() -> None:
@@ -140,3 +147,76 @@ def test_select_with_domain_weights_honours_quotas() -> None:
     picked = domains[chosen]
     assert (picked == "a").sum() == 3 and (picked == "b").sum() == 3
     assert chosen.tolist()[:3] == [19, 18, 17]  # merged back in score order
+
+
+def _pool(scores: np.ndarray, ids: np.ndarray, sizes: np.ndarray, domains: np.ndarray):
+    con = duckdb.connect()
+    columns = {"doc_id": pa.array(ids, pa.uint64()), "score": scores, "size": sizes,
+               "domain": domains.astype(str).tolist(), "n_bytes": sizes.astype(int)}  # fmt: skip
+    table = pa.table(columns)
+    con.register("loaded", table)
+    con.execute("create table candidates as select * from loaded")
+    return CandidatePool(con)
+
+
+def _random_candidates(n: int, seed: int) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(seed)
+    scores = np.round(rng.normal(size=n), 1)  # many ties, broken by doc_id
+    scores[rng.random(n) < 0.05] = np.nan
+    scores[rng.random(n) < 0.05] = -0.0
+    ids = rng.permutation(np.arange(10 * n, dtype=np.uint64))[:n]
+    sizes = rng.integers(1, 500, n).astype(np.float64)
+    domains = rng.choice(np.array(["a", "b", "c", "d"]), n)
+    return scores, ids, sizes, domains
+
+
+@pytest.mark.parametrize("mode", ["topk", "threshold", "gumbel"])
+@pytest.mark.parametrize("weights", [None, {"a": 2, "b": 1, "*": 0.5}])
+@pytest.mark.parametrize("bytes_budget", [None, 20_000.0, 1e9])
+def test_query_selection_equals_the_numpy_reference(
+    mode: str, weights: dict[str, float] | None, bytes_budget: float | None
+) -> None:
+    scores, ids, sizes, domains = _random_candidates(600, 3)
+    options = SelectOptions(threshold=0.3, temperature=0.7, seed=11, domain_weights=weights)
+    reference = select(scores, ids, sizes, domains, bytes_budget, mode, options)
+    pool = _pool(scores, ids, sizes, domains)
+    pool.take(Ranking(), bytes_budget, mode, options)
+    chosen = pool.con.execute("select doc_id, rank from chosen order by rank").fetchall()
+    assert [d for d, _ in chosen] == ids[reference].tolist()
+    assert [r for _, r in chosen] == list(range(len(reference)))
+
+
+def test_query_selection_takes_from_the_rest_by_a_computed_score() -> None:
+    scores, ids, sizes, domains = _random_candidates(300, 4)
+    pool = _pool(scores, ids, sizes, domains)
+    options = SelectOptions(seed=2)
+    pool.take(Ranking(score="-score", where="domain <> 'd'"), 5000.0, "gumbel", options)
+    first = pool.count("chosen")
+    pool.take(Ranking(), 3000.0, "topk", options)  # a second quota: from those not yet chosen
+    taken = [d for (d,) in pool.con.execute("select doc_id from chosen order by rank").fetchall()]
+    kept = domains != "d"
+    expected = ids[kept][select_ranked(-scores[kept], ids[kept], sizes[kept], 5000.0, "gumbel",
+                                       seed=2)].tolist()  # fmt: skip
+    assert taken[:first] == expected
+    rest = ~np.isin(ids, expected)
+    expected_rest = ids[rest][select_ranked(scores[rest], ids[rest], sizes[rest], 3000.0, "topk")]
+    assert taken[first:] == expected_rest.tolist()
+    assert len(set(taken)) == len(taken)
+
+
+def test_selection_query_writes_members_and_names_a_bad_memory_limit(tmp_path) -> None:
+    query = (
+        "select range::ubigint as doc_id, (range % 7)::double as score, 'a' as domain, "
+        "10::bigint as n_bytes, 1.0::double as size from range(50)"
+    )
+    members = tmp_path / "selections" / "s" / "members.parquet"
+    selector = QualitySelector.from_params({})
+    chosen = run_selection(query, members, selector, Budget.parse("10docs"),
+                           SelectOptions(mode="topk"))  # fmt: skip
+    assert (chosen.n_candidates, chosen.n_selected, chosen.bytes_selected) == (50, 10, 100)
+    table = pq.read_table(members)
+    assert table["doc_id"].to_pylist() == [6, 13, 20, 27, 34, 41, 48, 5, 12, 19]
+    assert table["rank"].to_pylist() == list(range(10))
+    assert sorted(p.name for p in (tmp_path / "selections").iterdir()) == ["s"]  # scratch gone
+    with pytest.raises(InputError, match="memory_limit 'lots'"):
+        run_selection(query, members, selector, None, SelectOptions(memory_limit="lots"))

@@ -1,11 +1,23 @@
 """A whole curation step: prepare the selector, score the shards still missing (cached), count
-tokens when the budget counts them, score the pool for a set selector, then select and record."""
+tokens when the budget counts them, score the pool for a set selector, then select and record.
+
+The selection itself runs in DuckDB over the signal files (`build_selection`): the candidates
+and the members never pass through Python, and DuckDB spills to the selection's scratch
+directory beyond `SelectOptions.memory_limit`, so the flow's memory does not grow with the pool.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+
+import duckdb
+import pyarrow.parquet as pq
 
 from gristmill import progress
 from gristmill.errors import InputError
@@ -28,17 +40,18 @@ from gristmill.selectors.requirements import (
 )
 from gristmill.selectors.scoring import (
     ScoringPlan,
-    build_selection,
+    _code_version,
     plan_scoring,
     record_scores,
     score_set,
+    scoring_report,
     signal_files,
     token_plan,
 )
-from gristmill.selectors.selection import SelectOptions
+from gristmill.selectors.selection import CandidatePool, SelectOptions
 from gristmill.storage import catalog
-from gristmill.storage.files import model_fingerprint, resolve_model_path
-from gristmill.storage.workspace import Workspace
+from gristmill.storage.files import model_fingerprint, resolve_model_path, sql_files
+from gristmill.storage.workspace import Workspace, validate_name
 
 
 @dataclass
@@ -263,3 +276,189 @@ def curate(
                 parent=parent, size_plan=sizes, recipe=recipe,
             )  # fmt: skip
     return curation
+
+
+def candidates_query(
+    workspace: Workspace,
+    corpus: str,
+    signal_files: list[str],
+    parent: str | None,
+    size_files: list[str] | None,
+    counts: str,
+    extra_columns: tuple[str, ...],
+) -> str:
+    """doc_id, score, domain, n_bytes, size (budget units), reasons and `extra_columns` (stored)."""
+    with workspace.catalog(read_only=True) as con:
+        shards = workspace.shard_files(con, corpus)
+        parent_path = None
+        if parent is not None:
+            parent_corpus = catalog.get_selection(con, parent)["corpus"]
+            if parent_corpus != corpus:
+                raise InputError(
+                    f"selection {parent!r} is from corpus {parent_corpus!r}, not {corpus!r}"
+                )
+            parent_path = workspace.members_path(parent)
+    if not shards:
+        raise InputError(f"corpus {corpus!r} has no documents")
+    signals = [workspace.absolute(p) for p in signal_files]
+    stored = set(pq.read_schema(signals[0]).names) if signals else set()
+    extra = "".join(f', s."{c}"' for c in ("reasons", *extra_columns) if c in stored)
+    size = {"docs": "1.0::double", "bytes": "d.n_bytes::double"}.get(counts, "t.score::double")
+    joins = ""
+    if counts == "tokens" and size_files:
+        tokens = [workspace.absolute(p) for p in size_files]
+        joins += f" join read_parquet({sql_files(tokens)}) t on t.doc_id = d.doc_id"
+    if parent_path is not None:
+        joins += f" semi join read_parquet({sql_files([parent_path])}) p on p.doc_id = d.doc_id"
+    return (
+        f"select d.doc_id, s.score, d.domain, d.n_bytes, {size} as size{extra} "
+        f"from read_parquet({sql_files(shards)}) d "
+        f"join read_parquet({sql_files(signals)}) s on s.doc_id = d.doc_id{joins}"
+    )
+
+
+def _selection_database(scratch: Path, memory_limit: str) -> duckdb.DuckDBPyConnection:
+    """A DuckDB database file in `scratch` that spills there beyond `memory_limit`."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    try:
+        return duckdb.connect(
+            str(scratch / "selection.duckdb"),
+            config={"memory_limit": memory_limit, "temp_directory": str(scratch / "spill")},
+        )
+    except duckdb.Error as error:  # a bad setting, such as memory_limit=lots
+        raise InputError(f"select memory_limit {memory_limit!r}: {error}") from None
+
+
+def _summary(pool: CandidatePool) -> dict[str, Any]:
+    """Per-domain kept/dropped counts and bytes, and the top reasons among dropped documents."""
+    con = pool.con
+    rows = catalog.rows(
+        con,
+        "select c.domain::varchar as domain, count(*)::bigint as candidates, "
+        "count(k.doc_id)::bigint as kept, (count(*) - count(k.doc_id))::bigint as dropped, "
+        "coalesce(sum(c.n_bytes) filter (where k.doc_id is not null), 0)::bigint as kept_bytes, "
+        "coalesce(sum(c.n_bytes), 0)::bigint as candidate_bytes "
+        "from candidates c left join chosen k using (doc_id) group by c.domain order by 1",
+    )
+    top: list[tuple[str, int]] = []
+    if "reasons" in pool.columns:
+        top = [tuple(r) for r in con.execute(
+            "select reason, count(*) as n from (select unnest(c.reasons) as reason "
+            "from candidates c anti join chosen using (doc_id)) "
+            "group by reason order by n desc, reason limit 10"
+        ).fetchall()]  # fmt: skip
+    return {"domains": rows, "top_reasons": top}
+
+
+@dataclass
+class Selected:
+    """What a selection query chose: counts, the budget's use and the summary by domain."""
+
+    n_candidates: int
+    n_selected: int
+    bytes_selected: int
+    units: float | None  # the budget in its unit (None: no budget)
+    used: float  # the chosen documents' size in that unit
+    pool: float  # every candidate's size in that unit
+    summary: dict[str, Any]
+
+
+def run_selection(
+    query: str,
+    members_path: Path,
+    selector: Selector,
+    budget: Budget | None,
+    options: SelectOptions,
+) -> Selected:
+    """Select from the candidates `query` gives in a DuckDB database beside the members' folder
+    (spilling there beyond options.memory_limit); write the members (doc_id, rank, weight)."""
+    folder = members_path.parent
+    scratch = folder.with_name(f".{folder.name}.scratch")
+    shutil.rmtree(scratch, ignore_errors=True)  # an interrupted run's database
+    con = _selection_database(scratch, options.memory_limit)
+    try:
+        con.execute(f"create table candidates as {query}")
+        pool = CandidatePool(con)
+        n_candidates = pool.count()
+        units = budget.units(n_candidates) if budget else None
+        selector.select_members(pool, units, options)
+        folder.mkdir(parents=True, exist_ok=True)
+        staged = members_path.with_name(f".{members_path.name}.tmp-{os.getpid()}")
+        con.execute(
+            f"copy (select doc_id, rank, 1.0::double as weight from chosen order by rank) "
+            f"to {sql_files([staged])[1:-1]} (format parquet, compression zstd)"
+        )
+        os.replace(staged, members_path)
+        summary = _summary(pool)
+        pool_size, used, n_selected, bytes_selected = con.execute(
+            "select (select coalesce(sum(size), 0)::double from candidates), "
+            "coalesce(sum(c.size), 0)::double, count(*), coalesce(sum(c.n_bytes), 0)::bigint "
+            "from chosen join candidates c using (doc_id)"
+        ).fetchall()[0]
+    finally:
+        con.close()
+        shutil.rmtree(scratch, ignore_errors=True)
+    return Selected(n_candidates, int(n_selected), int(bytes_selected), units, used, pool_size,
+                    summary)  # fmt: skip
+
+
+def build_selection(
+    workspace: Workspace,
+    name: str,
+    corpus: str,
+    selector: Selector,
+    plan: ScoringPlan,
+    budget: Budget | None,
+    options: SelectOptions,
+    parent: str | None = None,
+    size_plan: ScoringPlan | None = None,
+    recipe: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Select from the scored candidates in DuckDB, write the members and record the selection."""
+    validate_name("selection", name)
+    signal_paths = sorted(plan.stored.values())
+    counts = budget.counts if budget else "docs"
+    size_files = sorted(size_plan.stored.values()) if size_plan else None
+    query = candidates_query(
+        workspace, corpus, signal_paths, parent, size_files, counts, selector.candidate_columns
+    )
+    members_path = workspace.members_path(name)
+    try:
+        selected = run_selection(query, members_path, selector, budget, options)
+    except ValueError as error:
+        raise InputError(f"selection {name!r}: {error}") from None
+    summary, units = selected.summary, selected.units
+    report = scoring_report(workspace, signal_paths)
+    if report is not None:
+        summary["scoring"] = report
+    summary["budget"] = {
+        "budget": budget.text if budget else None,
+        "counts": counts,
+        "allowed": units,
+        "used": selected.used,
+        "pool": selected.pool,
+        "exceeds_pool": bool(units is not None and units >= selected.pool),
+    }
+    with workspace.catalog() as con:
+        record = {
+            "name": name,
+            "corpus": corpus,
+            "parent": parent,
+            "selector": selector.name,
+            "signal": plan.signal,
+            "config_hash": plan.config_hash,
+            "config": json.dumps(selector.config_dict(), sort_keys=True),
+            "budget": budget.text if budget else None,
+            "mode": options.mode or selector.default_mode,
+            "seed": options.seed,
+            "n_candidates": selected.n_candidates,
+            "n_selected": selected.n_selected,
+            "bytes_selected": selected.bytes_selected,
+            "corpus_version": catalog.corpus_version(con, corpus),
+            "code_version": _code_version(),
+            "recipe": json.dumps(recipe, default=str) if recipe else None,
+            "summary": json.dumps(summary),
+            "created_at": datetime.now(UTC).replace(tzinfo=None),
+        }
+        catalog.record_selection(con, record)
+    return {**record, "summary": summary}

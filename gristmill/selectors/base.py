@@ -18,7 +18,7 @@ from gristmill.errors import InputError
 from gristmill.pipeline.map import WorkMap, serial_map
 from gristmill.selectors.budget import Budget
 from gristmill.selectors.requirements import Dependencies, Inputs, Requirement, Stage
-from gristmill.selectors.selection import Mode, SelectOptions, select
+from gristmill.selectors.selection import CandidatePool, Mode, Ranking, SelectOptions, select
 from gristmill.storage.files import sql_files
 from gristmill.storage.workspace import Workspace
 
@@ -198,13 +198,31 @@ class Selector(Scorer):
         """What `inspect` shows of a selection besides its samples (clusters, regions); none."""
         return []
 
+    def ranking(self, units: float | None, options: SelectOptions) -> Ranking:
+        """What the selection ranks on, as SQL over the candidate columns: the stored score."""
+        return Ranking()
+
+    def select_members(
+        self, pool: CandidatePool, units: float | None, options: SelectOptions
+    ) -> None:
+        """Take the members from `pool` under `units`, in rank order (a DuckDB query)."""
+        mode = options.mode or self.default_mode
+        if mode == "threshold" and options.threshold is None:
+            options = options.model_copy(update={"threshold": self.default_threshold})
+        if type(self).select is not Selector.select:
+            # An in-memory select() not yet ported to ranking(): it loads every candidate.
+            table = pool.con.sql("select * from candidates").to_arrow_table()
+            pool.take_indices(table, np.asarray(self.select(table, units, options), np.int64))
+            return
+        pool.take(self.ranking(units, options), units, mode, options)
+
     def select(
         self,
         candidates: pa.Table,
         units: float | None,
         options: SelectOptions,
     ) -> np.ndarray:
-        """Indices of `candidates` (doc_id, score, domain, size) to keep, in rank order."""
+        """Indices of loaded `candidates` to keep; only for selectors not ported to ranking()."""
         mode = options.mode or self.default_mode
         if mode == "threshold" and options.threshold is None:
             options = options.model_copy(update={"threshold": self.default_threshold})
@@ -227,16 +245,28 @@ class PoolFeatures:
     members: Path | None
     scratch: Path
 
-    def read(self, columns: list[str]) -> pa.Table:
-        """The named feature columns of the pool (members only, if given), ordered by doc_id."""
-        selected = ", ".join(f'f."{c}"' for c in ["doc_id", *columns])
-        query = f"select {selected} from read_parquet({sql_files(self.files)}) f"
+    def _source(self) -> str:
+        """The feature rows, members only if given, as `f`."""
+        query = f"read_parquet({sql_files(self.files)}) f"
         if self.members is not None:
             query += (
                 f" semi join read_parquet({sql_files([self.members])}) m on m.doc_id = f.doc_id"
             )
+        return query
+
+    def count(self) -> int:
+        """Documents in the pool (members only, if given), without reading their features."""
+        if not self.files:
+            return 0
         with duckdb.connect() as con:
-            return con.sql(query + " order by f.doc_id").to_arrow_table()
+            return int(con.execute(f"select count(*) from {self._source()}").fetchall()[0][0])
+
+    def read(self, columns: list[str]) -> pa.Table:
+        """The named feature columns of the pool (members only, if given), ordered by doc_id."""
+        selected = ", ".join(f'f."{c}"' for c in ["doc_id", *columns])
+        with duckdb.connect() as con:
+            query = f"select {selected} from {self._source()} order by f.doc_id"
+            return con.sql(query).to_arrow_table()
 
 
 class SetSelector(Selector):

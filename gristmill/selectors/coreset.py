@@ -25,7 +25,15 @@ from gristmill.errors import InputError
 from gristmill.selectors import coreset_methods as methods
 from gristmill.selectors.base import PoolFeatures, Section, SelectorConfig, SelectorContext, Table
 from gristmill.selectors.explain import cluster_tables, example_clusters
-from gristmill.selectors.featurize import VECTOR_COLUMN, EmbeddingSetSelector, vectors_of
+from gristmill.selectors.featurize import (
+    MAX_MEMORY_HELP,
+    VECTOR_COLUMN,
+    EmbeddingSetSelector,
+    MaxMemory,
+    check_memory,
+    vector_width,
+    vectors_of,
+)
 from gristmill.selectors.requirements import Requirement
 from gristmill.selectors.tokens import budget_requirements
 from gristmill.storage.files import sql_files
@@ -40,7 +48,7 @@ class CoresetConfig(SelectorConfig):
     """Method, its settings, and the embedder."""
 
     # Only the embedder fields key the stored embeddings.
-    unkeyed_fields = frozenset({"batch_size", "device"})
+    unkeyed_fields = frozenset({"batch_size", "device", "max_memory"})
     set_fields = frozenset(
         {"method", "center", "clusters", "max_clusters", "alpha", "beta", "share", "greedy",
          "epsilon", "neighbors", "dense_max_bytes", "nprobe", "partition_size", "block_size"}
@@ -78,6 +86,7 @@ class CoresetConfig(SelectorConfig):
         200_000, ge=100, description="facility_location: greedy per random partition above this"
     )
     block_size: int = Field(512, ge=16, description="kcenter: points per distance block")
+    max_memory: MaxMemory = Field(None, description=MAX_MEMORY_HELP)
 
     @model_validator(mode="after")
     def _shares(self) -> CoresetConfig:
@@ -134,6 +143,9 @@ class CoresetSelector(EmbeddingSetSelector):
         """Score = minus the greedy rank for the chosen documents, NaN for the rest."""
         self.prepare(context)
         assert context.budget is not None
+        memory = check_memory(
+            self.name, self.memory_need(pool.count(), vector_width(pool)), self.config.max_memory
+        )
         table = pool.read(["n_bytes", VECTOR_COLUMN])
         n = table.num_rows
         sizes = self._sizes(context, table)
@@ -141,6 +153,7 @@ class CoresetSelector(EmbeddingSetSelector):
         report: dict[str, Any] = {
             "method": self.config.method, "embedder": self.embedder.config_dict(),
             "candidates": n, "budget": context.budget.text, "budget_units": units,
+            "memory": memory,
         }  # fmt: skip
         scores = np.full(n, np.nan)
         cluster = np.full(n, -1, np.int64)
@@ -163,6 +176,29 @@ class CoresetSelector(EmbeddingSetSelector):
             "cluster": pa.array(cluster_ids, table["doc_id"].type, mask=cluster < 0),
         }
         return pa.table(columns).replace_schema_metadata({"gristmill": json.dumps(report)})
+
+    def memory_need(self, n: int, dim: int) -> dict[str, int]:
+        """Bytes the set step holds at its peak for n vectors of dim, by part.
+
+        Every method holds three copies of the pool's float32 vectors (read, centred,
+        normalised); kcenter adds 24 bytes a document (distances, assignments), deft two more
+        copies (k-means' own, the distances to the centroids); facility_location works per
+        partition: a copy and a FAISS index of the partition's vectors and its similarities
+        (dense n x n with two temporaries, or a kNN graph).
+        """
+        cfg = self.config
+        need = {"vectors": 3 * n * dim * 4}
+        if cfg.method == "kcenter":
+            need["kcenter state"] = 24 * n
+        elif cfg.method == "deft":
+            need["k-means"] = 2 * n * dim * 4 + 24 * n
+        else:
+            p = min(n, cfg.partition_size)
+            need["partition vectors"] = 2 * p * dim * 4
+            dense = 4 * p * p
+            edges = p * (cfg.neighbors + 2)
+            need["similarity"] = 3 * dense if dense <= cfg.dense_max_bytes else 4 * edges * 12
+        return need
 
     def explain(self, view: SelectionView) -> list[Section]:
         """Sizes (and kept counts) of the largest clusters, and a few random ones' members."""

@@ -23,7 +23,7 @@ from gristmill.errors import InputError
 from gristmill.selectors.base import Scorer, Selector, SelectorConfig, SelectorContext
 from gristmill.selectors.featurize import Hashing, ngram_buckets, tokenize
 from gristmill.selectors.requirements import CorpusRead, Requirement, ScoredCorpus
-from gristmill.selectors.selection import SelectOptions, select_ranked
+from gristmill.selectors.selection import CandidatePool, Ranking, SelectOptions
 
 
 class DsirConfig(SelectorConfig):
@@ -130,9 +130,11 @@ class DsirSelector(Selector):
             domain_index[docs] * cfg.num_buckets + buckets,
             minlength=len(names) * cfg.num_buckets,
         ).reshape(len(names), cfg.num_buckets)
-        count_files = context.inputs.signal("pool_counts").files
-        shard_counts = [pq.read_table(path)["count"].to_numpy() for path in count_files]
-        raw = np.sum(shard_counts, axis=0) if shard_counts else np.zeros(cfg.num_buckets)
+        # The reduce of the per-shard counts (scored as tasks): one running sum, one shard read
+        # at a time, so memory is a few bucket vectors however many shards the pool has.
+        raw = np.zeros(cfg.num_buckets, np.int64)
+        for path in context.inputs.signal("pool_counts").files:
+            raw += pq.read_table(path, columns=["count"])["count"].to_numpy()
         if raw.sum() == 0:
             raise InputError(f"corpus {context.corpus!r} has no words to select from")
         p_raw = raw / raw.sum()
@@ -211,30 +213,22 @@ class DsirSelector(Selector):
         table = pa.table(columns)
         return table.replace_schema_metadata({"gristmill": json.dumps(self.report())})
 
-    def select(
-        self, candidates: pa.Table, units: float | None, options: SelectOptions
-    ) -> np.ndarray:
-        """One quota per target when targets are separate (like data-selection); else as usual."""
-        if not self.config.separate_targets or "target_scores" not in candidates.column_names:
-            return super().select(candidates, units, options)
+    def select_members(
+        self, pool: CandidatePool, units: float | None, options: SelectOptions
+    ) -> None:
+        """One quota per target when targets are separate (like data-selection); else as usual.
+
+        Each target in turn takes its share of the budget, by its own score, from the documents
+        no earlier target took.
+        """
+        if not self.config.separate_targets or "target_scores" not in pool.columns:
+            return super().select_members(pool, units, options)
         if options.domain_weights:
             raise ValueError("separate_targets and domain weights both split the budget; use one")
-        column = candidates["target_scores"].combine_chunks()
-        per_target = column.flatten().to_numpy().reshape(len(column), -1)
-        doc_ids = candidates["doc_id"].to_numpy()
-        sizes = candidates["size"].to_numpy(zero_copy_only=False).astype(np.float64)
         mode = options.mode or self.default_mode
-        total = units if units is not None else float(sizes.sum())
-        taken = np.zeros(len(doc_ids), dtype=bool)
-        picked = []
+        total = units if units is not None else pool.total_size()
         for index, share in enumerate(self.proportions):
-            remaining = np.flatnonzero(~taken)
-            local = select_ranked(
-                per_target[remaining, index], doc_ids[remaining], sizes[remaining],
-                total * float(share), mode, options.threshold, options.temperature,
-                options.seed + index,
-            )  # fmt: skip
-            chosen = remaining[local]
-            taken[chosen] = True
-            picked.append(chosen)
-        return np.concatenate(picked) if picked else np.zeros(0, np.int64)
+            seeded = options.model_copy(update={"seed": options.seed + index})
+            ranking = Ranking(score=f"target_scores[{index + 1}]")
+            pool.take(ranking, total * float(share), mode, seeded)
+        return None

@@ -10,22 +10,25 @@ Python-level work grows with the vocabulary, not with the text. `hashing="sha256
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import scipy.sparse as sp
 import xxhash
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from gristmill.devices import Device, resolve_device
 from gristmill.errors import InputError
-from gristmill.selectors.base import Scorer, SelectorConfig, SetSelector
+from gristmill.selectors.base import PoolFeatures, Scorer, SelectorConfig, SetSelector
+from gristmill.selectors.budget import Budget
 from gristmill.selectors.selection import splitmix64
 
 Hashing = Literal["xxh3", "sha256"]
@@ -354,6 +357,68 @@ class Embedder(Scorer):
 
 
 EMBEDDING_KEY_FIELDS = {"embedder", "dim", "max_chars"}
+
+
+def _byte_size(text: str | None) -> str | None:
+    """A byte size setting ('16GB', '512MiB'), checked when the config is built."""
+    if text is not None and Budget.parse(text).unit != "bytes":
+        raise ValueError(f"{text!r} is not a size in bytes (e.g. 16GB, 512MiB)")
+    return text
+
+
+MaxMemory = Annotated[str | None, AfterValidator(_byte_size)]
+MAX_MEMORY_HELP = (
+    "refuse, before loading the pool's vectors, when the estimated memory need exceeds this "
+    "(e.g. 16GB); default: 80% of the memory available when the set step starts"
+)
+# Of the memory the system reports available, the share a set step may plan to use.
+AVAILABLE_SHARE = 0.8
+
+
+def available_memory() -> int:
+    """Bytes the system could give this process now (Linux MemAvailable, else free pages)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def vector_width(pool: PoolFeatures) -> int:
+    """The stored vectors' dimension, from the first feature file's schema (or first row)."""
+    if not pool.files:
+        return 0
+    kind = pq.read_schema(pool.files[0]).field(VECTOR_COLUMN).type
+    if pa.types.is_fixed_size_list(kind):
+        return int(kind.list_size)
+    first = pq.ParquetFile(pool.files[0]).read_row_group(0, columns=[VECTOR_COLUMN])
+    return len(first[VECTOR_COLUMN][0]) if first.num_rows else 0
+
+
+def check_memory(selector: str, needs: dict[str, int], max_memory: str | None) -> dict[str, Any]:
+    """Refuse (InputError) before loading when the estimated need exceeds the allowance.
+
+    `needs` names each part of the estimate (vectors, cost matrix, similarity graph) in bytes;
+    the report (estimate and allowance) goes into the set step's scoring report.
+    """
+    total = sum(needs.values())
+    if max_memory is not None:
+        allowed, source = int(Budget.parse(max_memory).value), f"max_memory={max_memory}"
+    else:
+        allowed = int(available_memory() * AVAILABLE_SHARE)
+        source = f"{AVAILABLE_SHARE:.0%} of the {available_memory() / 1e9:.1f} GB available"
+    if total > allowed:
+        parts = ", ".join(f"{name} {size / 1e9:.2f} GB" for name, size in needs.items())
+        raise InputError(
+            f"selector {selector}: the set step needs about {total / 1e9:.1f} GB ({parts}), "
+            f"more than {source}; set max_memory higher (--param max_memory=64GB) on a machine "
+            "that has it, or select from a smaller pool (a cheaper selection first, as the "
+            "parent) or with fewer dimensions (dim)"
+        )
+    return {"estimate_bytes": total, "allowed_bytes": allowed, "parts": needs}
 
 
 class EmbeddingSetSelector(SetSelector):

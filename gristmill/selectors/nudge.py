@@ -14,12 +14,21 @@ from typing import Any, ClassVar
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from pydantic import Field
 
 from gristmill.devices import Device
 from gristmill.errors import InputError
 from gristmill.selectors.base import PoolFeatures, SelectorConfig, SelectorContext
-from gristmill.selectors.featurize import VECTOR_COLUMN, EmbeddingSetSelector, vectors_of
+from gristmill.selectors.featurize import (
+    MAX_MEMORY_HELP,
+    VECTOR_COLUMN,
+    EmbeddingSetSelector,
+    MaxMemory,
+    check_memory,
+    vector_width,
+    vectors_of,
+)
 from gristmill.selectors.requirements import Requirement, ScoredCorpus, Setting
 from gristmill.selectors.transport import SinkhornResult, sinkhorn
 from gristmill.storage.files import sql_files
@@ -34,7 +43,7 @@ class NudgeConfig(SelectorConfig):
     """Embedder, Sinkhorn settings, memory budget and the optional domain pre-filter."""
 
     # Only the embedder fields key the stored embeddings.
-    unkeyed_fields = frozenset({"batch_size", "device"})
+    unkeyed_fields = frozenset({"batch_size", "device", "max_memory"})
     set_fields = frozenset(
         {"epsilon", "momentum", "max_iter", "tol", "max_cost_bytes", "center",
          "prefilter_domains", "prefilter_sample"}
@@ -61,6 +70,7 @@ class NudgeConfig(SelectorConfig):
         None, ge=1, description="keep only the candidates of the k domains closest by OT distance"
     )
     prefilter_sample: int = Field(2000, ge=10, description="documents per domain for pre-filter")
+    max_memory: MaxMemory = Field(None, description=MAX_MEMORY_HELP)
 
 
 class NudgeSelector(EmbeddingSetSelector):
@@ -120,15 +130,34 @@ class NudgeSelector(EmbeddingSetSelector):
         keep = sorted(distances, key=lambda d: (distances[d], d))[: self.config.prefilter_domains]
         return np.isin(domains, keep), distances
 
+    def memory_need(self, n: int, m: int, dim: int) -> dict[str, int]:
+        """Bytes the set step holds at its peak for n candidates and m target vectors of dim.
+
+        Four copies of the candidates' float32 vectors (read, centred, normalised, the solver's),
+        as many of the target's, and the cost matrix: whole when it fits max_cost_bytes (plus the
+        solver's block temporaries), else blocks that together fit it.
+        """
+        whole = 4 * n * m
+        cost = whole + min(3 * whole, 3 << 26) if whole <= self.config.max_cost_bytes else (
+            self.config.max_cost_bytes
+        )  # fmt: skip
+        return {"candidate vectors": 4 * n * dim * 4, "target vectors": 4 * m * dim * 4,
+                "cost matrix": cost}  # fmt: skip
+
     def score_set(self, context: SelectorContext, pool: PoolFeatures) -> pa.Table:
         """Score = minus the calibrated dual potential of each candidate (higher = keep)."""
+        target_files = context.inputs.signal("target").files
+        m = sum(pq.ParquetFile(path).metadata.num_rows for path in target_files)
+        need = self.memory_need(pool.count(), m, vector_width(pool))
+        memory = check_memory(self.name, need, self.config.max_memory)
         table = pool.read(["domain", VECTOR_COLUMN])
         target = self._target_vectors(context)
         doc_ids = table["doc_id"]
         scores = np.full(table.num_rows, np.nan)
         potentials = np.full(table.num_rows, np.nan)
         report: dict[str, Any] = {"method": "nudge", "embedder": self.embedder.config_dict(),
-                                  "candidates": table.num_rows, "target": len(target)}  # fmt: skip
+                                  "candidates": table.num_rows, "target": len(target),
+                                  "memory": memory}  # fmt: skip
         if table.num_rows:
             vectors = vectors_of(table[VECTOR_COLUMN])
             domains = np.asarray(table["domain"].to_pylist(), dtype=object)

@@ -263,7 +263,9 @@ def server(monkeypatch) -> types.SimpleNamespace:
     monkeypatch.setitem(sys.modules, "gristmill.server", module)
     # `import gristmill.server as server` reads the package's attribute once it is imported.
     monkeypatch.setattr(gristmill, "server", module, raising=False)
-    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    # `_connect` sets PREFECT_API_URL itself: set, then delete, so teardown removes what it set.
+    monkeypatch.setenv("PREFECT_API_URL", "unset-by-the-fixture")
+    monkeypatch.delenv("PREFECT_API_URL")
     return state
 
 

@@ -173,7 +173,8 @@ def test_run_killed_while_scoring_resumes_only_unfinished_shards(tmp_path: Path)
     assert _count(states, "score-shard", "Completed") >= 1
     clean_step = state.result()["select"][0]
     # Only the shards the catalog had not recorded were planned, and those that had finished
-    # before the kill (in a group that had not) came from their cached results: not rescored.
+    # before the kill (in a group that had not) came from their cached results or, killed
+    # before the result was stored, from their complete files: none was rescored.
     assert clean_step["shards_scored"] == 24 - recorded, clean_step
     after = _file_versions(signals)
     assert len(after) == 24 and {p: after[p] for p in finished} == finished

@@ -74,6 +74,14 @@ def score_shard(
 ) -> SignalInfo:
     """Score one shard and store the result; the worker side of scoring."""
     workspace = Workspace(workspace_root)
+    path = (
+        workspace.signal_dir(corpus, scorer.name, config_hash) / f"{shard['content_hash']}.parquet"
+    )
+    if path.exists():
+        # Written atomically under a key of scorer, version, settings, dependencies and the
+        # shard's content: a run killed after the write but before anything recorded it
+        # finds the scores complete, so they are served, not computed again.
+        return SignalInfo(shard["content_hash"], workspace.relative(path), _rows(path))
     documents = pq.read_table(workspace.absolute(shard["path"]))
     scores = scorer.score(documents)
     # A set-based selector stores features here (signatures, embeddings); its scores come later.
@@ -87,11 +95,13 @@ def score_shard(
             f"scorer {scorer.name} returned {scores.num_rows} rows for {documents.num_rows} "
             "documents (it must return doc_id and score for every document)"
         )
-    path = (
-        workspace.signal_dir(corpus, scorer.name, config_hash) / f"{shard['content_hash']}.parquet"
-    )
     write_parquet_atomic(scores, path)
     return SignalInfo(shard["content_hash"], workspace.relative(path), scores.num_rows)
+
+
+def _rows(path: Path) -> int:
+    """The row count of a Parquet file, from its footer."""
+    return pq.ParquetFile(path).metadata.num_rows
 
 
 def record_scores(

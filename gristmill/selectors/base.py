@@ -1,4 +1,4 @@
-"""The selector interface: a config, an optional global prepare, per-shard scores, a select."""
+"""The selector interface: a config, an optional global prepare, per-shard scores, a ranking."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, final
 
 import duckdb
-import numpy as np
 import pyarrow as pa
 import xxhash
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -18,7 +17,7 @@ from gristmill.errors import InputError
 from gristmill.pipeline.map import WorkMap, serial_map
 from gristmill.selectors.budget import Budget
 from gristmill.selectors.requirements import Dependencies, Inputs, Requirement, Stage
-from gristmill.selectors.selection import CandidatePool, Mode, Ranking, SelectOptions, select
+from gristmill.selectors.selection import CandidatePool, Mode, Ranking, SelectOptions
 from gristmill.storage.files import sql_files
 from gristmill.storage.workspace import Workspace
 
@@ -168,7 +167,7 @@ class Selector(Scorer):
     default_mode: ClassVar[Mode] = "topk"
     default_threshold: ClassVar[float | None] = None
     requires_target: ClassVar[bool] = False
-    # Signal columns besides the score that this selector's select() reads, when stored.
+    # Signal columns besides the score that this selector's ranking() reads, when stored.
     candidate_columns: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: SelectorConfig) -> None:
@@ -209,32 +208,7 @@ class Selector(Scorer):
         mode = options.mode or self.default_mode
         if mode == "threshold" and options.threshold is None:
             options = options.model_copy(update={"threshold": self.default_threshold})
-        if type(self).select is not Selector.select:
-            # An in-memory select() not yet ported to ranking(): it loads every candidate.
-            table = pool.con.sql("select * from candidates").to_arrow_table()
-            pool.take_indices(table, np.asarray(self.select(table, units, options), np.int64))
-            return
         pool.take(self.ranking(units, options), units, mode, options)
-
-    def select(
-        self,
-        candidates: pa.Table,
-        units: float | None,
-        options: SelectOptions,
-    ) -> np.ndarray:
-        """Indices of loaded `candidates` to keep; only for selectors not ported to ranking()."""
-        mode = options.mode or self.default_mode
-        if mode == "threshold" and options.threshold is None:
-            options = options.model_copy(update={"threshold": self.default_threshold})
-        return select(
-            candidates["score"].to_numpy(zero_copy_only=False).astype(np.float64),
-            candidates["doc_id"].to_numpy(),
-            candidates["size"].to_numpy(zero_copy_only=False).astype(np.float64),
-            candidates["domain"].to_numpy(zero_copy_only=False).astype(str),
-            units,
-            mode,
-            options,
-        )
 
 
 @dataclass

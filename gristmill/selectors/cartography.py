@@ -16,7 +16,7 @@ calls them ambiguous.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -26,12 +26,18 @@ from gristmill.errors import InputError
 from gristmill.selectors.base import PoolFeatures, Section, SelectorContext
 from gristmill.selectors.explain import ranked_regions
 from gristmill.selectors.reference import ReferenceConfig, ReferenceSetSelector
-from gristmill.selectors.selection import SelectOptions
+from gristmill.selectors.selection import Ranking, SelectOptions
 
 if TYPE_CHECKING:
     from gristmill.storage.queries import SelectionView
 
 Region = Literal["ambiguous", "hard", "easy"]
+# A region's ranking score, as SQL over the stored statistics (keyed by the validated region).
+REGION_SCORES: dict[str, str] = {
+    "ambiguous": "variability",
+    "hard": "-confidence",
+    "easy": "confidence",
+}
 
 
 class CartographyConfig(ReferenceConfig):
@@ -128,21 +134,13 @@ class CartographySelector(ReferenceSetSelector):
             }
         ).replace_schema_metadata({"gristmill": json.dumps(report)})
 
-    def select(self, candidates: pa.Table, units: float | None, options: SelectOptions) -> Any:
+    def ranking(self, units: float | None, options: SelectOptions) -> Ranking:
         """Keep the region under the budget: most variable, least or most confident first."""
         if units is None:
             raise ValueError(
                 "cartography keeps a region under a budget; give one (--budget 33%, FTFT's share)"
             )
-        score = region_score(
-            candidates["confidence"].to_numpy(zero_copy_only=False).astype(np.float64),
-            candidates["variability"].to_numpy(zero_copy_only=False).astype(np.float64),
-            self.config.region,
-        )
-        ranked = candidates.set_column(
-            candidates.schema.get_field_index("score"), "score", pa.array(score, pa.float64())
-        )
-        return super().select(ranked, units, options)
+        return Ranking(score=REGION_SCORES[self.config.region])
 
     def explain(self, view: SelectionView) -> list[Section]:
         """Examples from each data-map region, with their statistics."""
@@ -152,10 +150,3 @@ class CartographySelector(ReferenceSetSelector):
             {"ambiguous": "s.variability desc", "hard": "s.confidence asc",
              "easy": "s.confidence desc"},
         )  # fmt: skip
-
-
-def region_score(confidence: np.ndarray, variability: np.ndarray, region: Region) -> np.ndarray:
-    """The ranking score of a region: variability, minus confidence, or confidence."""
-    if region == "ambiguous":
-        return variability
-    return -confidence if region == "hard" else confidence

@@ -40,7 +40,7 @@ from pydantic import Field, field_validator
 from gristmill.errors import InputError
 from gristmill.selectors.base import PoolFeatures, Section, SelectorConfig, SetSelector, Table
 from gristmill.selectors.requirements import Requirement, Setting
-from gristmill.selectors.selection import SelectOptions
+from gristmill.selectors.selection import Ranking, SelectOptions
 from gristmill.storage import catalog
 from gristmill.storage.files import sql_files
 from gristmill.storage.workspace import Workspace
@@ -340,11 +340,9 @@ class LanguageSelector(SetSelector):
             }
         ).replace_schema_metadata({"gristmill": json.dumps(report)})
 
-    def select(self, candidates: pa.Table, units: float | None, options: SelectOptions) -> Any:
+    def ranking(self, units: float | None, options: SelectOptions) -> Ranking:
         """Only documents that passed, ranked by their top language's score under the budget."""
-        passed = np.flatnonzero(candidates["passed"].to_numpy(zero_copy_only=False))
-        chosen = super().select(candidates.take(pa.array(passed, pa.int64())), units, options)
-        return passed[np.asarray(chosen, dtype=np.int64)]
+        return Ranking(where="passed")
 
     def explain(self, view: SelectionView) -> list[Section]:
         """Per top language: candidates, kept, dropped and the mean score."""

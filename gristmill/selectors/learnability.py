@@ -25,7 +25,7 @@ from gristmill.selectors.base import PoolFeatures, Section, SelectorContext
 from gristmill.selectors.explain import ranked_regions
 from gristmill.selectors.reference import ReferenceConfig, ReferenceSetSelector
 from gristmill.selectors.requirements import ModelFiles, Requirement
-from gristmill.selectors.selection import SelectOptions
+from gristmill.selectors.selection import Ranking, SelectOptions
 
 if TYPE_CHECKING:
     from gristmill.storage.queries import SelectionView
@@ -187,13 +187,14 @@ class LearnabilitySelector(ReferenceSetSelector):
         )  # fmt: skip
         return str(out_dir)
 
-    def select(self, candidates: pa.Table, units: float | None, options: SelectOptions) -> Any:
+    def ranking(self, units: float | None, options: SelectOptions) -> Ranking:
         """Rank by learnability (normalised or not) from the stored losses."""
-        loss_base = candidates["loss_base"].to_numpy(zero_copy_only=False).astype(np.float64)
-        loss_ref = candidates["loss_ref"].to_numpy(zero_copy_only=False).astype(np.float64)
-        score = pa.array(learnability(loss_base, loss_ref, self.config.normalize), pa.float64())
-        ranked = candidates.set_column(candidates.schema.get_field_index("score"), "score", score)
-        return super().select(ranked, units, options)
+        # `learnability` in SQL: IEEE doubles, so a missing loss (NaN, NULL) is never selected
+        # and L_base = 0 gives -inf (kept, last) or NaN, as numpy does.
+        reducible = "(loss_base::double - loss_ref::double)"
+        if self.config.normalize:
+            return Ranking(score=f"{reducible} / loss_base::double")
+        return Ranking(score=reducible)
 
     def explain(self, view: SelectionView) -> list[Section]:
         """The most and least learnable examples, with both losses."""

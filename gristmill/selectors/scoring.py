@@ -9,16 +9,10 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from collections import Counter
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import duckdb
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 import gristmill
@@ -28,8 +22,8 @@ from gristmill.selectors.budget import Budget
 from gristmill.selectors.selection import SelectOptions
 from gristmill.selectors.tokens import TokenCounter
 from gristmill.storage import catalog
-from gristmill.storage.files import file_hash, sql_files, write_parquet_atomic
-from gristmill.storage.workspace import Workspace, validate_name
+from gristmill.storage.files import file_hash, write_parquet_atomic
+from gristmill.storage.workspace import Workspace
 
 
 @dataclass
@@ -175,52 +169,6 @@ def score_set(
     return ScoringPlan(plan.corpus, signal, set_hash, [], {SET_SHARD: path})
 
 
-def load_candidates(
-    workspace: Workspace,
-    corpus: str,
-    signal_files: list[str],
-    parent: str | None,
-    size_signal_files: list[str] | None,
-    extra_columns: tuple[str, ...] = (),
-) -> pa.Table:
-    """doc_id, score, domain, size (bytes or tokens), reasons and `extra_columns` (if stored)."""
-    with workspace.catalog(read_only=True) as con:
-        shards = workspace.shard_files(con, corpus)
-        parent_path = None
-        if parent is not None:
-            parent_corpus = catalog.get_selection(con, parent)["corpus"]
-            if parent_corpus != corpus:
-                raise InputError(
-                    f"selection {parent!r} is from corpus {parent_corpus!r}, not {corpus!r}"
-                )
-            parent_path = workspace.members_path(parent)
-    if not shards:
-        raise InputError(f"corpus {corpus!r} has no documents")
-    signals = [workspace.absolute(p) for p in signal_files]
-    con = duckdb.connect()
-    try:
-        stored = set(pq.read_schema(signals[0]).names) if signals else set()
-        wanted = ["reasons", *extra_columns]
-        reasons = "".join(f', s."{c}"' for c in wanted if c in stored)
-        size = "d.n_bytes"
-        joins = ""
-        if size_signal_files:
-            tokens = [workspace.absolute(p) for p in size_signal_files]
-            joins += f" join read_parquet({sql_files(tokens)}) t on t.doc_id = d.doc_id"
-            size = "t.score"
-        if parent_path is not None:
-            joins += f" semi join read_parquet({sql_files([parent_path])}) p on p.doc_id = d.doc_id"
-        query = (
-            f"select d.doc_id, s.score, d.domain, d.n_bytes, {size} as size{reasons} "
-            f"from read_parquet({sql_files(shards)}) d "
-            f"join read_parquet({sql_files(signals)}) s on s.doc_id = d.doc_id{joins}"
-        )
-        table = con.sql(query).to_arrow_table()
-    finally:
-        con.close()
-    return table
-
-
 def scoring_report(workspace: Workspace, signal_files: list[str]) -> Any:
     """What a selector reported about its scoring (variant, convergence), from signal metadata."""
     if not signal_files:
@@ -242,110 +190,6 @@ def _code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         sha = ""
     return f"gristmill {gristmill.__version__}" + (f" ({sha})" if sha else "")
-
-
-def summarize(candidates: pa.Table, chosen: np.ndarray) -> dict[str, Any]:
-    """Per-domain kept/dropped counts and bytes, and the top reasons among dropped documents."""
-    domains = candidates["domain"].to_numpy(zero_copy_only=False).astype(str)
-    sizes = candidates["n_bytes"].to_numpy(zero_copy_only=False).astype(np.float64)
-    kept = np.zeros(len(domains), bool)
-    kept[chosen] = True
-    rows = []
-    for domain in np.unique(domains):
-        mask = domains == domain
-        rows.append(
-            {
-                "domain": str(domain),
-                "candidates": int(mask.sum()),
-                "kept": int((mask & kept).sum()),
-                "dropped": int((mask & ~kept).sum()),
-                "kept_bytes": int(sizes[mask & kept].sum()),
-                "candidate_bytes": int(sizes[mask].sum()),
-            }
-        )
-    reasons: Counter[str] = Counter()
-    if "reasons" in candidates.column_names:
-        dropped = candidates["reasons"].take(pa.array(np.flatnonzero(~kept))).to_pylist()
-        for failed in dropped:
-            reasons.update(failed or [])
-    return {"domains": rows, "top_reasons": reasons.most_common(10)}
-
-
-def build_selection(
-    workspace: Workspace,
-    name: str,
-    corpus: str,
-    selector: Selector,
-    plan: ScoringPlan,
-    budget: Budget | None,
-    options: SelectOptions,
-    parent: str | None = None,
-    size_plan: ScoringPlan | None = None,
-    recipe: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Select from the scored candidates, write the members and record the selection."""
-    validate_name("selection", name)
-    signal_files = sorted(plan.stored.values())
-    size_files = sorted(size_plan.stored.values()) if size_plan else None
-    candidates = load_candidates(
-        workspace, corpus, signal_files, parent, size_files, selector.candidate_columns
-    )
-    counts = budget.counts if budget else "docs"
-    if counts == "docs":  # a document budget counts every document as one unit
-        ones = pa.array(np.ones(candidates.num_rows), pa.float64())
-        candidates = candidates.set_column(candidates.schema.get_field_index("size"), "size", ones)
-    units = budget.units(candidates.num_rows) if budget else None
-    try:
-        chosen = selector.select(candidates, units, options)
-    except ValueError as error:
-        raise InputError(f"selection {name!r}: {error}") from None
-    members = pa.table(
-        {
-            "doc_id": candidates["doc_id"].take(pa.array(chosen, pa.int64())),
-            "rank": pa.array(np.arange(len(chosen)), pa.int64()),
-            "weight": pa.array(np.ones(len(chosen)), pa.float64()),
-        }
-    )
-    write_parquet_atomic(members, workspace.members_path(name))
-    summary = summarize(candidates, chosen)
-    report = scoring_report(workspace, signal_files)
-    if report is not None:
-        summary["scoring"] = report
-    picked = pa.array(chosen, pa.int64())
-    sizes = candidates["size"].to_numpy(zero_copy_only=False).astype(np.float64)
-    pool, used = float(sizes.sum()), float(sizes[chosen].sum())
-    summary["budget"] = {
-        "budget": budget.text if budget else None,
-        "counts": counts,
-        "allowed": units,
-        "used": used,
-        "pool": pool,
-        "exceeds_pool": bool(units is not None and units >= pool),
-    }
-    bytes_selected = int(pc.sum(candidates["n_bytes"].take(picked)).as_py() or 0)
-    with workspace.catalog() as con:
-        record = {
-            "name": name,
-            "corpus": corpus,
-            "parent": parent,
-            "selector": selector.name,
-            "signal": plan.signal,
-            "config_hash": plan.config_hash,
-            "config": json.dumps(selector.config_dict(), sort_keys=True),
-            "budget": budget.text if budget else None,
-            "mode": options.mode or selector.default_mode,
-            "seed": options.seed,
-            "n_candidates": candidates.num_rows,
-            "n_selected": len(chosen),
-            "bytes_selected": bytes_selected,
-            "corpus_version": catalog.corpus_version(con, corpus),
-            "code_version": _code_version(),
-            "recipe": json.dumps(recipe, default=str) if recipe else None,
-            "summary": json.dumps(summary),
-            "created_at": datetime.now(UTC).replace(tzinfo=None),
-        }
-        catalog.record_selection(con, record)
-    return {**record, "summary": summary}
 
 
 def token_plan(

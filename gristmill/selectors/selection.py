@@ -253,13 +253,3 @@ class CandidatePool:
         )
         if options.domain_weights:
             self.con.unregister("quota")
-
-    def take_indices(self, table: pa.Table, indices: np.ndarray) -> None:
-        """Append the rows `indices` of a loaded `table` of candidates, in that order."""
-        picked = pa.table({
-            "doc_id": table["doc_id"].take(pa.array(indices, pa.int64())),
-            "rank": pa.array(self.count("chosen") + np.arange(len(indices)), pa.int64()),
-        })  # fmt: skip
-        self.con.register("picked", picked)
-        self.con.execute("insert into chosen select doc_id, rank from picked")
-        self.con.unregister("picked")

@@ -17,7 +17,7 @@ from ingest_helpers import ingest_catalogued
 
 from gristmill import pipeline
 from gristmill.pipeline.curation import Curation
-from gristmill.selectors.base import Scorer, SelectorConfig, SelectorContext
+from gristmill.selectors.base import Scorer, Selector, SelectorConfig, SelectorContext
 from gristmill.selectors.dedup import DedupConfig, DedupSelector
 from gristmill.selectors.nudge import NudgeSelector
 from gristmill.selectors.requirements import Dependencies
@@ -80,6 +80,13 @@ def test_a_subclass_cannot_define_its_own_key() -> None:
     for method in ("cache_key", "set_key", "signal_key"):
         with pytest.raises(TypeError, match="base class owns the cache key"):
             type("Mine", (Scorer,), {method: lambda self: "x", "score": lambda self, d: d})
+
+
+def test_a_selector_with_an_in_memory_select_is_refused_where_it_is_defined() -> None:
+    # select(candidates) is no longer called: silently ranking by the stored score instead
+    # would give a plug-in's users a different selection than its author wrote.
+    with pytest.raises(TypeError, match="selection runs as DuckDB queries"):
+        type("Mine", (Selector,), {"select": lambda self, c, u, o: [], "score": lambda s, d: d})
 
 
 def test_a_per_shard_selector_cannot_declare_set_stage_needs(ws: Workspace) -> None:

@@ -132,6 +132,13 @@ class Scorer(ABC):
                 f"{cls.__name__} defines {overridden[0]}: the base class owns the cache key; "
                 "declare config key scopes and requirements() instead"
             )
+        if "select" in vars(cls):
+            # select(candidates) loaded every candidate into memory; it is no longer called.
+            raise TypeError(
+                f"{cls.__name__} defines select(): selection runs as DuckDB queries now; "
+                "return a Ranking (SQL score and filter) from ranking(), or take from the pool "
+                "in select_members()"
+            )
 
     def config_dict(self) -> dict[str, Any]:
         """The settings that determine the scores."""

@@ -227,3 +227,24 @@ def test_the_ray_task_runner_starts_its_own_ray_on_loopback(
     with pytest.raises(Started) as started, task_runner("ray", 3):
         pass
     assert started.value.args[0]["num_cpus"] == 3
+
+
+def test_a_local_ray_start_never_joins_another_ray_on_the_machine(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ray.init without an address joins the newest Ray it finds running (another user's, or
+    another test's cluster); gristmill's own local start asks for a new instance."""
+    pytest.importorskip("prefect_ray")
+    from gristmill.flows import ray_runner
+
+    class Initialised(Exception):
+        pass
+
+    def init(**kwargs: object) -> None:
+        raise Initialised(kwargs)
+
+    monkeypatch.setattr(ray_runner.ray, "init", init)
+    with pytest.raises(Initialised) as called:
+        ray_runner.start_local_ray(num_cpus=2)
+    assert called.value.args[0]["address"] == "local"
+    assert called.value.args[0]["num_cpus"] == 2

@@ -37,7 +37,9 @@ def _single_machine() -> Iterator[None]:
 def start_local_ray(**init_kwargs: Any) -> None:
     """Start a local Ray instance (no dashboard) whose every component listens on loopback."""
     with _single_machine():
-        ray.init(**{"include_dashboard": False, **init_kwargs})
+        # "local": a new instance even when another Ray runs on this machine (without it,
+        # ray.init joins the newest one it finds, someone else's cluster included).
+        ray.init(**{"address": "local", "include_dashboard": False, **init_kwargs})
     node = ray.util.get_node_ip_address()
     if not ipaddress.ip_address(node).is_loopback:
         ray.shutdown()
@@ -45,6 +47,13 @@ def start_local_ray(**init_kwargs: Any) -> None:
             f"this Ray version started on {node}, not on loopback; start a cluster yourself "
             "and pass its --address"
         )
+
+
+def join_ray(address: str) -> None:
+    """Connect this process to the Ray cluster at `address` (see the module's docstring)."""
+    joining = _single_machine() if is_loopback_address(address) else contextlib.nullcontext()
+    with joining:
+        ray.init(address)
 
 
 def is_loopback_address(address: str | None) -> bool:

@@ -103,25 +103,35 @@ def _dask_cluster_kwargs(workers: int) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def cluster(runner: str, workers: int | None, address: str | None) -> Iterator[str | None]:
-    """One local Ray or Dask cluster for a whole recipe, so stages do not each start one.
+    """One local Ray or Dask cluster for a whole recipe, so stages do not each start one; on
+    a Ray cluster given by address, one connection for the whole recipe.
 
-    Yields the address the stages' task runners connect to (None: Ray already initialised in
-    this process, or a runner that needs no cluster).
+    Yields the address the stages' task runners connect to (None: Ray initialised in this
+    process, which they reuse, or a runner that needs no cluster).
     """
-    if address is not None or runner not in ("ray", "dask"):
-        yield address
-        return
-    workers = workers or os.cpu_count() or 1
     if runner == "ray":
         _import_runner("prefect_ray", "RayTaskRunner", "ray")
-        from gristmill.flows.ray_runner import ray, start_local_ray
+        from gristmill.flows.ray_runner import join_ray, ray, start_local_ray
 
-        start_local_ray(num_cpus=workers)
+        if ray.is_initialized():  # the caller's own Ray (a notebook, a test): theirs to stop
+            yield None
+            return
+        # A stage that connected itself would end its Ray job when it finished, and the
+        # cluster would stop that job's worker processes: every stage would pay for new
+        # workers importing gristmill (about 8 s each on 2 cores).
+        if address is None:
+            start_local_ray(num_cpus=workers or os.cpu_count() or 1)
+        else:
+            join_ray(address)
         try:
             yield None
         finally:
             ray.shutdown()
         return
+    if address is not None or runner != "dask":
+        yield address
+        return
+    workers = workers or os.cpu_count() or 1
     _import_runner("prefect_dask", "DaskTaskRunner", "dask")
     from distributed import LocalCluster
 

@@ -42,7 +42,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from gristmill import pipeline
-from gristmill.pipeline.curation import run_selection
+from gristmill.pipeline.curation import candidates_query, run_selection
 from gristmill.selectors.budget import Budget
 from gristmill.selectors.quality import QualitySelector
 from gristmill.selectors.selection import SelectOptions, select, splitmix64
@@ -253,7 +253,9 @@ def run_selection_only(n: int, scratch: Path, memory_limit: str, baseline: bool)
     return rows
 
 
-def run_size(n: int, scratch: Path, memory_limit: str, workers: int) -> list[dict]:
+def run_size(
+    n: int, scratch: Path, memory_limit: str, workers: int, dedup_partitions: int | None = None
+) -> list[dict]:
     """Every step for one corpus size; the measured rows."""
     rows: list[dict] = []
     rss = PeakRSS()
@@ -271,7 +273,9 @@ def run_size(n: int, scratch: Path, memory_limit: str, workers: int) -> list[dic
         )
         pipeline.ingest(ws, target, "target", IngestOptions(domain_field="site"))
         options = SelectOptions(seed=1, memory_limit=memory_limit)
-        dedup = {"memory_limit": memory_limit}
+        dedup: dict[str, Any] = {"memory_limit": memory_limit}
+        if dedup_partitions is not None:
+            dedup["partitions"] = dedup_partitions
 
         def curate(selector: str, mode: str | None = None, **kw: Any) -> pipeline.Curation:
             chosen = options.model_copy(update={"mode": mode})
@@ -290,11 +294,12 @@ def run_size(n: int, scratch: Path, memory_limit: str, workers: int) -> list[dic
                         lambda: curate("dsir", target="target", name="s", parent="d",
                                        budget="10%"), rows)  # fmt: skip
         ours = pq.read_table(ws.members_path("s"))["doc_id"].to_numpy()
-        fraction = 0.10
+        files = sorted(final.plan.stored.values())
+        query = candidates_query(ws, final.corpus, files, "d", None, "docs", ())
         baseline = measure(
             rss,
             "baseline: select in memory (numpy), same plan",
-            lambda: in_memory_selection(ws, final, options, "d", fraction),
+            lambda: in_memory_selection(query, Budget.parse("10%"), "gumbel", options),
             rows,
         )
         rows.append({"step": "members equal", "value": bool(np.array_equal(ours, baseline)),
@@ -319,6 +324,7 @@ def main() -> None:
     )
     parser.add_argument("--memory-limit", default="1GB", help="DuckDB memory limit (select, dedup)")
     parser.add_argument("--workers", type=int, default=2, help="threads for the per-shard units")
+    parser.add_argument("--dedup-partitions", type=int, help="dedup's partitions (its default)")
     parser.add_argument("--scratch", type=Path, default=None, help="default: a temporary folder")
     parser.add_argument("--out", type=Path, help="write the measurements to this JSON file")
     args = parser.parse_args()
@@ -334,7 +340,7 @@ def main() -> None:
             if args.selection_only:
                 rows = run_selection_only(n, base, args.memory_limit, n <= args.baseline_max)
             else:
-                rows = run_size(n, base, args.memory_limit, args.workers)
+                rows = run_size(n, base, args.memory_limit, args.workers, args.dedup_partitions)
             results["sizes"][str(n)] = rows
         finally:
             shutil.rmtree(base, ignore_errors=True)

@@ -5,6 +5,7 @@ own task runner starts Ray on loopback."""
 from __future__ import annotations
 
 import base64
+import inspect
 import json
 import os
 import pickle
@@ -248,3 +249,19 @@ def test_a_local_ray_start_never_joins_another_ray_on_the_machine(
         ray_runner.start_local_ray(num_cpus=2)
     assert called.value.args[0]["address"] == "local"
     assert called.value.args[0]["num_cpus"] == 2
+
+
+def test_flow_runs_keep_heartbeats_but_do_not_wait_for_their_thread() -> None:
+    """Prefect's sync engine joins its heartbeat thread, which sleeps in whole seconds, at the
+    end of every flow run; gristmill's flows leave it to stop by itself."""
+    import functools
+
+    from prefect import flow_engine
+
+    import gristmill.flows.tasks  # noqa: F401  (applies it)
+    from gristmill.flows.heartbeats import stop_joining_heartbeats
+
+    hook = flow_engine._send_heartbeats
+    assert isinstance(hook, functools.partial) and hook.keywords == {"join_on_exit": False}
+    assert "join_on_exit" in inspect.signature(hook.func).parameters
+    assert stop_joining_heartbeats() and flow_engine._send_heartbeats is hook  # idempotent

@@ -14,12 +14,15 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from gristmill.flows.heartbeats import stop_joining_heartbeats
 from gristmill.flows.ui import artifact_key, progress_artifacts
 from gristmill.storage import catalog
 from gristmill.storage.files import write_json_atomic
 from gristmill.storage.workspace import Workspace
 from gristmill.training.config import ExperimentSpec
 from gristmill.training.report import aggregate, inline_plots, write_plot, write_report
+
+stop_joining_heartbeats()  # also when this flow runs without flows/tasks.py
 
 
 def run_id_for(spec: ExperimentSpec, versions: dict[str, str | None]) -> str:

@@ -31,6 +31,7 @@ from prefect.utilities.hashing import hash_objects
 
 from gristmill import pipeline
 from gristmill.errors import InputError
+from gristmill.flows.heartbeats import stop_joining_heartbeats
 from gristmill.flows.results import ResultJSONSerializer, UnitResults
 from gristmill.flows.ui import progress_artifacts, publish_selection
 from gristmill.pipeline.checks import check_runner
@@ -40,6 +41,8 @@ from gristmill.selectors.selection import SelectOptions
 from gristmill.storage.readers import IngestOptions
 from gristmill.storage.token_shards import TokenizeOptions
 from gristmill.storage.workspace import Workspace
+
+stop_joining_heartbeats()  # every flow module imports this one
 
 RESULTS_DIR = "prefect-results"
 

@@ -6,8 +6,11 @@ from typing import Any
 
 from prefect import flow
 
+from gristmill.flows.heartbeats import stop_joining_heartbeats
 from gristmill.storage.workspace import Workspace
 from gristmill.training.zoo import ZooConfig, build_zoo, zoo_dir
+
+stop_joining_heartbeats()  # also when this flow runs without flows/tasks.py
 
 
 @flow(name="zoo-build", persist_result=False)

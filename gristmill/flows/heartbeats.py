@@ -22,9 +22,9 @@ _HOOK = "_send_heartbeats"
 def stop_joining_heartbeats() -> bool:
     """Make the sync flow engine leave its heartbeat thread to stop on its own; True if done."""
     send = getattr(flow_engine, _HOOK, None)
-    if send is None or isinstance(send, functools.partial):
-        return isinstance(send, functools.partial)
-    if "join_on_exit" not in inspect.signature(send).parameters:
+    if isinstance(send, functools.partial):  # applied already
+        return True
+    if send is None or "join_on_exit" not in inspect.signature(send).parameters:
         return False
     setattr(flow_engine, _HOOK, functools.partial(send, join_on_exit=False))
     return True

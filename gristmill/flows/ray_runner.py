@@ -49,10 +49,14 @@ def start_local_ray(**init_kwargs: Any) -> None:
         )
 
 
+def _joining(address: str | None) -> contextlib.AbstractContextManager[None]:
+    """The context a driver joins `address` in: single-machine mode for a loopback address."""
+    return _single_machine() if is_loopback_address(address) else contextlib.nullcontext()
+
+
 def join_ray(address: str) -> None:
     """Connect this process to the Ray cluster at `address` (see the module's docstring)."""
-    joining = _single_machine() if is_loopback_address(address) else contextlib.nullcontext()
-    with joining:
+    with _joining(address):
         ray.init(address)
 
 
@@ -76,10 +80,7 @@ class LocalRayTaskRunner(RayTaskRunner):
         self._started_ray = self.address is None and not ray.is_initialized()
         if self._started_ray:
             start_local_ray(**self.init_kwargs)
-        joining = (
-            _single_machine() if is_loopback_address(self.address) else contextlib.nullcontext()
-        )
-        with joining:
+        with _joining(self.address):
             super().__enter__()  # connects to the address, or finds Ray running and keeps it
         return self
 

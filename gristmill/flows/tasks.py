@@ -112,6 +112,7 @@ def cluster(runner: str, workers: int | None, address: str | None) -> Iterator[s
     Yields the address the stages' task runners connect to (None: Ray initialised in this
     process, which they reuse, or a runner that needs no cluster).
     """
+    workers = workers or os.cpu_count() or 1
     if runner == "ray":
         _import_runner("prefect_ray", "RayTaskRunner", "ray")
         from gristmill.flows.ray_runner import join_ray, ray, start_local_ray
@@ -123,7 +124,7 @@ def cluster(runner: str, workers: int | None, address: str | None) -> Iterator[s
         # cluster would stop that job's worker processes: every stage would pay for new
         # workers importing gristmill (about 8 s each on 2 cores).
         if address is None:
-            start_local_ray(num_cpus=workers or os.cpu_count() or 1)
+            start_local_ray(num_cpus=workers)
         else:
             join_ray(address)
         try:
@@ -134,7 +135,6 @@ def cluster(runner: str, workers: int | None, address: str | None) -> Iterator[s
     if address is not None or runner != "dask":
         yield address
         return
-    workers = workers or os.cpu_count() or 1
     _import_runner("prefect_dask", "DaskTaskRunner", "dask")
     from distributed import LocalCluster
 

@@ -136,7 +136,9 @@ def main() -> None:
             features = Path(tmp) / "features.parquet"
             began = time.perf_counter()
             pq.write_table(selector.score(table), features)
-            result = cluster_pool([("q", [features], None)], selector.config, Path(tmp) / "s")  # type: ignore[arg-type]
+            result = pq.read_table(
+                cluster_pool([("q", [features], None)], selector.config, Path(tmp) / "s")
+            )  # type: ignore[arg-type]
             seconds = time.perf_counter() - began
         ids, clusters = result["doc_id"].to_pylist(), result["cluster"].to_pylist()
         cluster = dict(zip(ids, clusters, strict=True))

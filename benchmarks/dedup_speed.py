@@ -127,7 +127,9 @@ def run_gristmill(files: list[Path], n: int, num_perm: int, work: Path) -> dict:
         if done >= n:
             break
     hashed = time.perf_counter()
-    result = cluster_pool([("bench", features, None)], selector.config, work / "scratch")  # type: ignore[arg-type]
+    result = pq.read_table(
+        cluster_pool([("bench", features, None)], selector.config, work / "scratch")
+    )  # type: ignore[arg-type]
     end = time.perf_counter()
     return {
         "docs": done,
@@ -151,7 +153,7 @@ def run_cluster(work: Path, num_perm: int, partitions: int) -> dict:
     features = sorted(work.glob("features-*.parquet"))
     scratch = work / f"scratch-{os.getpid()}"
     start = time.perf_counter()
-    result = cluster_pool([("bench", features, None)], config, scratch)  # type: ignore[arg-type]
+    result = pq.read_table(cluster_pool([("bench", features, None)], config, scratch))  # type: ignore[arg-type]
     seconds = time.perf_counter() - start
     edges = sorted(str(p) for p in scratch.glob("edges/**/*.parquet"))
     return {

@@ -29,7 +29,8 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from gristmill import pipeline
+from gristmill.pipeline import curation
 from gristmill.pipeline.curation import candidates_query, run_selection
 from gristmill.selectors.budget import Budget
 from gristmill.selectors.quality import QualitySelector
@@ -253,6 +255,24 @@ def run_selection_only(n: int, scratch: Path, memory_limit: str, baseline: bool)
     return rows
 
 
+@contextmanager
+def clusters_measured(rows: list[dict]) -> Iterator[None]:
+    """Measure dedup's global step (the set step inside `curate`) on its own, in its own window."""
+    original = curation.score_set
+    inner = PeakRSS()
+
+    def measured(*args: Any, **kwargs: Any) -> Any:
+        return measure(inner, "  of which dedup: clusters (global)",
+                       lambda: original(*args, **kwargs), rows)  # fmt: skip
+
+    curation.score_set = measured
+    try:
+        yield
+    finally:
+        curation.score_set = original
+        inner.stop()
+
+
 def run_size(
     n: int, scratch: Path, memory_limit: str, workers: int, dedup_partitions: int | None = None
 ) -> list[dict]:
@@ -284,8 +304,9 @@ def run_size(
         measure(rss, "quality: score (per shard)", lambda: curate("quality"), rows)
         measure(rss, "quality: select 90% (query)",
                 lambda: curate("quality", "topk", name="q", budget="90%"), rows)  # fmt: skip
-        measure(rss, "dedup: minhash (per shard) + clusters (global)",
-                lambda: curate("dedup", params=dedup, parent="q"), rows)  # fmt: skip
+        with clusters_measured(rows):
+            measure(rss, "dedup: minhash (per shard) + clusters (global)",
+                    lambda: curate("dedup", params=dedup, parent="q"), rows)  # fmt: skip
         measure(rss, "dedup: select (query)",
                 lambda: curate("dedup", params=dedup, parent="q", name="d"), rows)  # fmt: skip
         measure(rss, "dsir: counts + weights (per shard)",
@@ -333,6 +354,8 @@ def main() -> None:
     sizes = args.sizes or ([3_000_000, 10_000_000, 30_000_000] if args.selection_only else
                            [1_000_000, 3_000_000, 10_000_000])  # fmt: skip
     results["selection_only"] = args.selection_only
+    if args.scratch is not None:
+        args.scratch.mkdir(parents=True, exist_ok=True)
     for n in sizes:
         base = Path(tempfile.mkdtemp(prefix=f"scale-{n}-", dir=args.scratch))
         try:

@@ -165,7 +165,7 @@ def test_same_clusters_whatever_the_sharding(tmp_path: Path) -> None:
             path = tmp_path / f"f{shards}-{part[0]}.parquet"
             pq.write_table(DedupSelector(config).score(table), path)
             features.append(path)
-        out = cluster_pool([(CORPUS, features, None)], config, tmp_path / "scratch")  # type: ignore[arg-type]
+        out = pq.read_table(cluster_pool([(CORPUS, features, None)], config, tmp_path / "scratch"))  # type: ignore[arg-type]
         results.append(out.to_pylist())
     assert results[0] == results[1] == results[2]
     kept = [r["doc_id"] for r in results[0] if r["score"] == 1.0]

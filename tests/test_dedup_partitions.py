@@ -115,7 +115,9 @@ def test_same_clusters_on_1_4_and_16_partitions(tmp_path: Path) -> None:
                 yield result
 
         split = config.model_copy(update={"partitions": partitions})
-        table = cluster_pool(sources, split, tmp_path / f"s{partitions}", recording_map)  # type: ignore[arg-type]
+        table = pq.read_table(
+            cluster_pool(sources, split, tmp_path / f"s{partitions}", recording_map)
+        )  # type: ignore[arg-type]
         results.append(table.to_pylist())
         assert len(recorded) == partitions  # every partition has buckets at this size
         # verification rejects some candidate links, and every partition writes its own file
@@ -141,5 +143,5 @@ def test_partitions_setting_and_default(tmp_path: Path) -> None:
     assert plain.signal_key("set") == split.signal_key("set")
     config = DedupSelector.from_params({"mode": "exact", "partitions": 4}).config
     files = _features(tmp_path, "pool", ["a b", "A, b!", "c"], 0, config, 2)
-    table = cluster_pool([("pool", files, None)], config, tmp_path / "s", serial_map)  # type: ignore[arg-type]
+    table = pq.read_table(cluster_pool([("pool", files, None)], config, tmp_path / "s", serial_map))  # type: ignore[arg-type]
     assert table["duplicate_of"].to_pylist() == [None, 0, None]

@@ -311,6 +311,8 @@ def test_run_recipe_publishes_its_summary_and_logs_its_counts(tmp_path: Path) ->
                 break
             time.sleep(0.5)
     assert artifact.type == "markdown" and "| clean | web | quality |" in artifact.data
+    with get_client(sync_client=True) as client:  # named after what it runs, not `eager-crab`
+        assert client.read_flow_run(flow_run_id).name == "recipe summary-check"
     with get_client(sync_client=True) as client:  # the curate flow published it
         scores = client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["selection-scores-clean"])),

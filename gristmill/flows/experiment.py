@@ -13,6 +13,7 @@ import xxhash
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
 
 from gristmill.flows.heartbeats import stop_joining_heartbeats
 from gristmill.flows.ui import artifact_key, progress_artifacts
@@ -58,7 +59,13 @@ def arm_task(root: str, spec: ExperimentSpec, base: str, arm: str, seed: int) ->
     return result
 
 
-@flow(name="experiment", persist_result=False)
+def _experiment_run_name() -> str:
+    """`experiment quality-vs-random`, from the spec the run was given."""
+    spec = flow_run.parameters["spec"]
+    return f"experiment {spec['name'] if isinstance(spec, dict) else spec.name}"
+
+
+@flow(name="experiment", flow_run_name=_experiment_run_name, persist_result=False)
 def experiment_flow(workspace: str, spec: ExperimentSpec) -> dict[str, Any]:
     """Train and measure every arm; write metrics.json, report.md, a plot and a table artifact."""
     from gristmill.training import experiment as lib  # torch loads only when training

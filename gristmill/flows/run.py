@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
 
 from gristmill.flows.experiment import experiment_flow
 from gristmill.flows.tasks import (
@@ -27,7 +28,17 @@ from gristmill.storage.readers import IngestOptions
 from gristmill.storage.workspace import Workspace
 
 
-@flow(name="run-recipe", persist_result=False)
+def _recipe_run_name() -> str:
+    """`recipe quickstart`, or the recipe file's name for a served run that reads it later."""
+    recipe = flow_run.parameters["recipe"]
+    if isinstance(recipe, Recipe):
+        return f"recipe {recipe.name}"
+    if isinstance(recipe, dict) and "name" in recipe:
+        return f"recipe {recipe['name']}"
+    return f"recipe {Path(str(recipe)).name}"
+
+
+@flow(name="run-recipe", flow_run_name=_recipe_run_name, persist_result=False)
 def run_recipe_flow(
     recipe: Recipe | str,
     workspace: str | None = None,

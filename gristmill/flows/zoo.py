@@ -13,7 +13,7 @@ from gristmill.training.zoo import ZooConfig, build_zoo, zoo_dir
 stop_joining_heartbeats()  # also when this flow runs without flows/tasks.py
 
 
-@flow(name="zoo-build", persist_result=False)
+@flow(name="zoo-build", flow_run_name="zoo {name} from {corpus}", persist_result=False)
 def zoo_build_flow(workspace: str, corpus: str, name: str, config: ZooConfig) -> dict[str, Any]:
     """Build the zoo `name` from `corpus` into <workspace>/zoos/<name> (finished models kept);
     the result also names the selector that takes the zoo."""

@@ -262,5 +262,9 @@ class SetSelector(Selector):
     produces_scores: ClassVar[bool] = False
 
     @abstractmethod
-    def score_set(self, context: SelectorContext, pool: PoolFeatures) -> pa.Table:
-        """Scores for the pool: doc_id and score for each document in `pool` (members if given)."""
+    def score_set(self, context: SelectorContext, pool: PoolFeatures) -> pa.Table | Path:
+        """Scores for the pool: doc_id and score for each document in `pool` (members if given).
+
+        A table, or a Parquet file written under `pool.scratch` when the scores are too many to
+        hold (dedup's clusters at scale go from DuckDB to the file directly).
+        """

@@ -181,7 +181,7 @@ class DedupSelector(SetSelector):
             )
         return [ScoredCorpus(f"against:{other}", other, self) for other in config.against]
 
-    def score_set(self, context: SelectorContext, pool: PoolFeatures) -> pa.Table:
+    def score_set(self, context: SelectorContext, pool: PoolFeatures) -> Path:
         """doc_id, score, cluster, cluster_size, duplicate_of and duplicate_corpus per document."""
         config = self.config
         sources: list[tuple[str, list[Path], Path | None]] = []
@@ -228,15 +228,18 @@ def _partition_of(band_hashes: np.ndarray, partitions: int) -> np.ndarray:
     return ((band_hashes >> np.uint64(32)) * np.uint64(partitions)) >> np.uint64(32)
 
 
-def _connect(memory_limit: str, temp_directory: Path) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection that spills to `temp_directory` beyond `memory_limit`."""
+def _connect(
+    memory_limit: str, temp_directory: Path, database: Path | None = None
+) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection (in memory, or on `database`) spilling to `temp_directory`."""
     try:
         return duckdb.connect(
+            str(database) if database is not None else ":memory:",
             config={
                 "memory_limit": memory_limit,
                 "temp_directory": str(temp_directory),
                 "preserve_insertion_order": False,
-            }
+            },
         )
     except duckdb.Error as error:  # a bad setting, such as memory_limit=lots
         raise InputError(f"dedup memory_limit {memory_limit!r}: {error}") from None
@@ -272,34 +275,43 @@ def _features_sql(sources: list[tuple[str, list[Path], Path | None]], columns: s
     return " union all ".join(parts)
 
 
+SCORES_SCHEMA = pa.schema(
+    [
+        ("doc_id", pa.uint64()),
+        ("score", pa.float64()),
+        ("cluster", pa.uint64()),
+        ("cluster_size", pa.int64()),
+        ("duplicate_of", pa.uint64()),
+        ("duplicate_corpus", pa.string()),
+    ]
+)
+
+
 def cluster_pool(
     sources: list[tuple[str, list[Path], Path | None]],
     config: DedupConfig,
     scratch: Path,
     work_map: WorkMap = serial_map,
-) -> pa.Table:
-    """Cluster every source's features; scores for the last source (the pool), earlier ones win.
+) -> Path:
+    """Cluster every source's features; a Parquet file of scores for the last source (the pool).
 
-    `sources` are (corpus, feature files, members file or None), oldest first. Near edges come
-    from band-hash partitions run through `work_map`; only their edge files meet here.
+    `sources` are (corpus, feature files, members file or None), oldest first; earlier ones
+    win. Near edges come from band-hash partitions run through `work_map`; only their edge
+    files meet here. The tables live in a database file under `scratch`, and its connection
+    is closed while the partition units run, so that this process holds one DuckDB's memory at
+    a time, and the scores go from DuckDB to the file without passing through Python.
     """
     scratch.mkdir(parents=True, exist_ok=True)
-    pool_rank = len(sources) - 1
-    empty = pa.table(
-        {
-            "doc_id": pa.array([], pa.uint64()),
-            "score": pa.array([], pa.float64()),
-            "cluster": pa.array([], pa.uint64()),
-            "cluster_size": pa.array([], pa.int64()),
-            "duplicate_of": pa.array([], pa.uint64()),
-            "duplicate_corpus": pa.array([], pa.string()),
-        }
-    )
+    out = scratch / "scores.parquet"
     if not sources[-1][1]:
-        return empty
-    con = _connect(config.memory_limit, scratch / "duckdb")
-    try:
-        files = [str(f) for _, paths, _ in sources for f in paths]
+        write_parquet_atomic(SCORES_SCHEMA.empty_table(), out)
+        return out
+    database = scratch / "cluster.duckdb"
+    for stale in (database, database.with_name(f"{database.name}.wal")):
+        stale.unlink(missing_ok=True)  # a killed run's tables: rebuilt from the features
+    files = [str(f) for _, paths, _ in sources for f in paths]
+    edge_files = [scratch / "edges" / "exact.parquet"]
+    with _connect(config.memory_limit, scratch / "duckdb", database) as con:
         _register_files(con, files)
         priority = "priority" if config.keep == "priority" else "null::double as priority"
         columns = f"doc_id, source, source_line, n_bytes, content_hash, {priority}"
@@ -309,7 +321,6 @@ def cluster_pool(
             f"from ({_features_sql(sources, columns)}) join feature_files using (filename)"
         )
         # Exact duplicates: an edge from each member to the smallest node of its content hash.
-        edge_files = [scratch / "edges" / "exact.parquet"]
         _copy_atomic(
             con,
             "select node, root from (select node, min(node) over (partition by content_hash) "
@@ -317,7 +328,15 @@ def cluster_pool(
             edge_files[0],
         )
         if config.mode == "near":
-            edge_files += _near_edge_files(con, files, config, scratch, work_map)
+            documents = _count(con, "docs")
+            con.execute(
+                "copy (select file, doc_id, node from docs) to ? "
+                "(format parquet, partition_by (file), overwrite)",
+                [str(scratch / "nodes")],
+            )
+    if config.mode == "near":
+        edge_files += _near_edge_files(files, documents, config, scratch, work_map)
+    with _connect(config.memory_limit, scratch / "duckdb", database) as con:
         con.execute(
             "create table edges as select node, root from read_parquet(?)",
             [[str(p) for p in edge_files]],
@@ -326,7 +345,8 @@ def cluster_pool(
         corpora = [name for name, _, _ in sources]
         con.execute("create table corpus_names (corpus_rank integer, corpus varchar)")
         con.executemany("insert into corpus_names values (?, ?)", list(enumerate(corpora)))
-        table = con.sql(
+        _copy_atomic(
+            con,
             f"""
             with labelled as (
                 select d.node, d.doc_id, coalesce(l.label, d.node) as label, d.corpus_rank
@@ -334,47 +354,37 @@ def cluster_pool(
             ), sizes as (
                 select label, count(*) as cluster_size from labelled group by label
             )
-            select x.doc_id,
+            select x.doc_id::ubigint as doc_id,
                    case when x.label = x.node then 1.0 else 0.0 end::double as score,
-                   case when s.cluster_size > 1 then r.doc_id end as cluster,
+                   (case when s.cluster_size > 1 then r.doc_id end)::ubigint as cluster,
                    s.cluster_size::bigint as cluster_size,
-                   case when x.label <> x.node then r.doc_id end as duplicate_of,
-                   case when x.label <> x.node then c.corpus end as duplicate_corpus
+                   (case when x.label <> x.node then r.doc_id end)::ubigint as duplicate_of,
+                   (case when x.label <> x.node then c.corpus end)::varchar
+                       as duplicate_corpus
             from labelled x
             join sizes s using (label)
             join docs r on r.node = x.label
             join corpus_names c on c.corpus_rank = r.corpus_rank
-            where x.corpus_rank = ?
+            where x.corpus_rank = {len(sources) - 1}
             order by x.doc_id
             """,
-            params=[pool_rank],
-        ).to_arrow_table()
-    finally:
-        con.close()
-    return table.cast(empty.schema)
+            out,
+        )
+    database.unlink(missing_ok=True)
+    return out
 
 
 def _near_edge_files(
-    con: duckdb.DuckDBPyConnection,
-    files: list[str],
-    config: DedupConfig,
-    scratch: Path,
-    work_map: WorkMap,
+    files: list[str], documents: int, config: DedupConfig, scratch: Path, work_map: WorkMap
 ) -> list[Path]:
     """Band-bucket edge files, one per partition: cut bands per file, then edges per partition.
 
-    Both steps are work units, so a flow runs them as tasks on its runner; the node numbers
-    they need are written here, one file per feature file (`nodes/file=<n>/`).
+    Both steps are work units, so a flow runs them as tasks on its runner; they read the node
+    numbers written under `scratch/nodes/file=<n>/`, one folder per feature file.
     """
     bands, _ = banding(config)
-    row = con.execute("select count(*) from docs").fetchone()
-    partitions = config.partitions or default_partitions(row[0] if row else 0, bands)
+    partitions = config.partitions or default_partitions(documents, bands)
     nodes = scratch / "nodes"
-    con.execute(
-        "copy (select file, doc_id, node from docs) to ? "
-        "(format parquet, partition_by (file), overwrite)",
-        [str(nodes)],
-    )
     band_dir = scratch / "bands" / f"of{partitions}"
     cuts = [
         BandUnit(features, str(nodes / f"file={n}" / "*.parquet"), str(band_dir), partitions, n)
@@ -508,9 +518,20 @@ def _edges_title(group: list[EdgeUnit]) -> str:
     return f"dedup edges of partition{plural} {numbers} of {group[0].partitions}"
 
 
+# One partition at a time per process: each holds up to memory_limit in its own DuckDB, and
+# DuckDB already uses every core, so threads sharing a process would multiply the memory and
+# gain little; runners with worker processes (Ray, Dask) still run partitions side by side.
+_PARTITION_IN_PROCESS = threading.Lock()
+
+
 @work_unit("dedup-edges", EdgeFile, _edges_title)
 def edge_unit(unit: EdgeUnit) -> EdgeFile:
     """A partition's bucket-minimum edges, verified by signature when asked, as a file."""
+    with _PARTITION_IN_PROCESS:
+        return _partition_edges(unit)
+
+
+def _partition_edges(unit: EdgeUnit) -> EdgeFile:
     con = _connect(unit.memory_limit, Path(unit.temp_directory))
     try:
         con.execute("create table band_rows as select * from read_parquet(?)", [list(unit.bands)])

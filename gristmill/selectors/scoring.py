@@ -7,6 +7,7 @@ per-shard worker (writes one Parquet file, returns metadata); the rest run in th
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -155,15 +156,22 @@ def score_set(
         scratch.mkdir(parents=True, exist_ok=True)
         files = [workspace.absolute(p) for _, p in sorted(plan.stored.items())]
         scores = selector.score_set(context, PoolFeatures(files, members, scratch))
-        if "doc_id" not in scores.column_names or "score" not in scores.column_names:
-            raise RuntimeError(f"selector {selector.name} returned no doc_id/score columns")
         target = out_dir / f"{SET_SHARD}.parquet"
-        write_parquet_atomic(scores, target)
+        if isinstance(scores, Path):  # written by the selector under scratch: moved, not read
+            columns, rows = pq.read_schema(scores).names, _rows(scores)
+        else:
+            columns, rows = scores.column_names, scores.num_rows
+        if "doc_id" not in columns or "score" not in columns:
+            raise RuntimeError(f"selector {selector.name} returned no doc_id/score columns")
+        if isinstance(scores, Path):
+            os.replace(scores, target)
+        else:
+            write_parquet_atomic(scores, target)
         path = workspace.relative(target)
         shutil.rmtree(scratch, ignore_errors=True)
         with workspace.catalog() as con:
             catalog.record_signal(
-                con, plan.corpus, signal, set_hash, SET_SHARD, path, scores.num_rows,
+                con, plan.corpus, signal, set_hash, SET_SHARD, path, rows,
                 {"features": plan.config_hash, "parent": parent},
             )  # fmt: skip
     return ScoringPlan(plan.corpus, signal, set_hash, [], {SET_SHARD: path})

@@ -515,7 +515,7 @@ def select(
         f"selection [bold]{name}[/]: kept {record['n_selected']:,} of "
         f"{record['n_candidates']:,} documents ({record['bytes_selected']:,} bytes) from "
         f"{corpus} with {selector} [{result['shards_scored']:,} shards scored, "
-        f"{result['shards_reused']:,} reused]",
+        f"{result['shards_reused']:,} reused]" + _unchanged_note(record),
         highlight=False,
     )
     summary = record["summary"]
@@ -591,6 +591,13 @@ _UNIT_NAMES = {"docs": "documents", "bytes": "bytes", "tokens": "tokens"}
 def _amount(value: float) -> str:
     """A budget amount: whole numbers with separators, others to one decimal place."""
     return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.1f}"
+
+
+def _unchanged_note(record: dict[str, Any]) -> str:
+    """` (unchanged since <when>)` for a selection whose inputs had not changed, else ``."""
+    if not record.get("unchanged"):
+        return ""
+    return f" (unchanged since {str(record['created_at'])[:19]}: nothing it depends on changed)"
 
 
 def _budget_used(budget: dict[str, Any]) -> str | None:
@@ -867,7 +874,7 @@ def _run_recipe(
         used = _budget_used(record["summary"]["budget"])
         out.print(
             f"  select {record['name']} ({record['selector']}): kept {record['n_selected']:,} of "
-            f"{record['n_candidates']:,}" + (f"; {used}" if used else ""),
+            f"{record['n_candidates']:,}" + (f"; {used}" if used else "") + _unchanged_note(record),
             highlight=False,
         )
     for item in result["out"]:

@@ -135,3 +135,39 @@ print(json.dumps([report.added["documents"], curation.record["n_selected"],
     documents, selected, prefect_modules = json.loads(done.stdout.strip().splitlines()[-1])
     assert documents > 0 and selected == 10
     assert prefect_modules == []
+
+
+def test_a_selection_whose_inputs_did_not_change_is_kept_not_made_again(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    raw = _raw(tmp_path)
+    pipeline.ingest(ws, [str(raw)], "web", OPTIONS)
+
+    def select(name: str, budget: str, parent: str | None = None) -> dict:
+        curation = pipeline.curate(ws, "web", "quality", budget=budget, name=name, parent=parent)
+        assert curation.record is not None
+        return curation.record
+
+    def version(name: str) -> tuple[int, int]:
+        stat = ws.members_path(name).stat()
+        return stat.st_ino, stat.st_mtime_ns
+
+    first = select("half", "50%")
+    child = select("quarter", "50%", parent="half")
+    assert not first["unchanged"] and not child["unchanged"]
+    before = version("half")
+    again = select("half", "50%")
+    assert again["unchanged"] and version("half") == before  # no query, no rewrite
+    assert again["created_at"] == first["created_at"] and again["n_selected"] == first["n_selected"]
+    assert select("quarter", "50%", parent="half")["unchanged"]
+    # Each input it depends on makes it again: the budget, the parent's members, the corpus,
+    # and members that went missing.
+    assert not select("half", "40%")["unchanged"]
+    assert not select("quarter", "50%", parent="half")["unchanged"]  # its parent changed
+    ws.members_path("quarter").unlink()
+    assert not select("quarter", "50%", parent="half")["unchanged"]
+    write_jsonl(
+        raw / "part-9.jsonl", [{"text": good_text(500 + i), "site": "s0"} for i in range(6)]
+    )
+    pipeline.ingest(ws, [str(raw)], "web", OPTIONS)
+    assert not select("half", "40%")["unchanged"]
+    assert select("half", "40%")["unchanged"]

@@ -311,8 +311,8 @@ def curate_flow(
             name=None if score_only else name, target=target, parent=input_selection,
             options=options, recipe=recipe, work_map=PrefectMap(ws),
         )  # fmt: skip
-    if curation.record is not None:
-        publish_selection(curation.record, ws)
+    if curation.record is not None and not curation.record["unchanged"]:
+        publish_selection(curation.record, ws)  # an unchanged one has its artifact already
     return curation.as_dict()
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import duckdb
 import pyarrow.parquet as pq
+import xxhash
 
 from gristmill import progress
 from gristmill.errors import InputError
@@ -50,7 +51,7 @@ from gristmill.selectors.scoring import (
 )
 from gristmill.selectors.selection import CandidatePool, SelectOptions
 from gristmill.storage import catalog
-from gristmill.storage.files import model_fingerprint, resolve_model_path, sql_files
+from gristmill.storage.files import file_hash, model_fingerprint, resolve_model_path, sql_files
 from gristmill.storage.workspace import Workspace, validate_name
 
 
@@ -423,11 +424,30 @@ def build_selection(
         workspace, corpus, signal_paths, parent, size_files, counts, selector.candidate_columns
     )
     members_path = workspace.members_path(name)
+    parent_members = workspace.members_path(parent) if parent is not None else None
+    inputs = {
+        "query": query,  # the shard, signal and size files: named by their contents
+        "corpus_version": None,
+        "parent_members": file_hash(parent_members) if parent_members else None,
+        "selector": [selector.name, selector.version, selector.config_dict(), plan.config_hash],
+        "budget": budget.text if budget else None,
+        "options": options.model_dump(mode="json", exclude={"memory_limit"}),
+        "code_version": _code_version(),
+        "recipe": recipe,
+    }
+    with workspace.catalog(read_only=True) as con:
+        inputs["corpus_version"] = catalog.corpus_version(con, corpus)
+        previous = catalog.rows(con, "select * from selections where name = ?", [name])
+    inputs_key = xxhash.xxh3_128_hexdigest(json.dumps(inputs, sort_keys=True, default=str).encode())
+    if previous and _unchanged(previous[0], inputs_key, members_path):
+        # Nothing it depends on changed: the stored selection is this one (no query, no write).
+        return {**previous[0], "summary": json.loads(previous[0]["summary"]), "unchanged": True}
     try:
         selected = run_selection(query, members_path, selector, budget, options)
     except ValueError as error:
         raise InputError(f"selection {name!r}: {error}") from None
     summary, units = selected.summary, selected.units
+    summary["inputs_key"] = inputs_key
     report = scoring_report(workspace, signal_paths)
     if report is not None:
         summary["scoring"] = report
@@ -454,11 +474,19 @@ def build_selection(
             "n_candidates": selected.n_candidates,
             "n_selected": selected.n_selected,
             "bytes_selected": selected.bytes_selected,
-            "corpus_version": catalog.corpus_version(con, corpus),
+            "corpus_version": inputs["corpus_version"],
             "code_version": _code_version(),
             "recipe": json.dumps(recipe, default=str) if recipe else None,
             "summary": json.dumps(summary),
             "created_at": datetime.now(UTC).replace(tzinfo=None),
         }
         catalog.record_selection(con, record)
-    return {**record, "summary": summary}
+    return {**record, "summary": summary, "unchanged": False}
+
+
+def _unchanged(record: dict[str, Any], inputs_key: str, members_path: Path) -> bool:
+    """True when a stored selection was made from the same inputs and its members are intact."""
+    summary = json.loads(record["summary"] or "{}")
+    if summary.get("inputs_key") != inputs_key or not members_path.exists():
+        return False
+    return pq.ParquetFile(members_path).metadata.num_rows == record["n_selected"]

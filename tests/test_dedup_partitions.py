@@ -16,6 +16,7 @@ from gristmill.selectors.dedup import (
     DedupSelector,
     EdgeFile,
     banding,
+    check_unit,
     cluster_pool,
     default_partitions,
     edge_unit,
@@ -104,14 +105,17 @@ def test_same_clusters_on_1_4_and_16_partitions(tmp_path: Path) -> None:
     sources = [("older", older, None), ("pool", pool, None)]
     expected = _reference([older, pool], config)
     assert sum(v is not None for v in expected.values()) > 20
-    results, kept_edges = [], {}
+    results, candidates = [], {}
     for partitions in (1, 4, 16):
         recorded: list[EdgeFile] = []
+        checked: list[EdgeFile] = []
 
-        def recording_map(fn, units, _recorded=recorded):
+        def recording_map(fn, units, _recorded=recorded, _checked=checked):
             for result in ThreadMap(2)(fn, units):
                 if fn is edge_unit:
                     _recorded.append(result)
+                if fn is check_unit:
+                    _checked.append(result)
                 yield result
 
         split = config.model_copy(update={"partitions": partitions})
@@ -120,13 +124,20 @@ def test_same_clusters_on_1_4_and_16_partitions(tmp_path: Path) -> None:
         )  # type: ignore[arg-type]
         results.append(table.to_pylist())
         assert len(recorded) == partitions  # every partition has buckets at this size
-        # verification rejects some candidate links, and every partition writes its own file
-        assert sum(r.candidates for r in recorded) > sum(r.edges for r in recorded)
-        assert len({r.path for r in recorded}) == partitions
-        kept_edges[partitions] = sum(r.edges for r in recorded)
+        assert len({r.path for r in recorded}) == partitions  # each writes its own file
+        candidates[partitions] = sum(r.candidates for r in recorded)
+        # verification (per feature file holding roots) sees each distinct pair once, whatever
+        # the partitions, and rejects some
+        assert {r.partition for r in checked} <= set(range(len(older) + len(pool)))
+        assert sum(r.candidates for r in checked) > sum(r.edges for r in checked) > 0
+        verified = sum(r.candidates for r in checked)
+        assert verified <= candidates[partitions]
+        if partitions == 1:
+            first_verified = verified
+        assert verified == first_verified
     assert results[0] == results[1] == results[2]
     assert {r["doc_id"]: r["duplicate_of"] for r in results[0]} == expected
-    assert kept_edges[1] <= kept_edges[4] <= kept_edges[16]  # a pair may link in several parts
+    assert candidates[1] <= candidates[4] <= candidates[16]  # a pair may link in several parts
     older_wins = [r for r in results[0] if r["duplicate_corpus"] == "older"]
     assert older_wins  # the older corpus's copies keep their place as representatives
 

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -78,7 +80,9 @@ class DedupConfig(SelectorConfig):
     against: list[str] = Field(
         default_factory=list, description="earlier corpora whose documents win over this one's"
     )
-    memory_limit: str = Field("2GB", description="DuckDB memory limit while clustering")
+    memory_limit: str = Field(
+        "2GB", description="DuckDB memory limit of a clustering step (one at a time a process)"
+    )
     partitions: int | None = Field(
         None, ge=1, le=MAX_PARTITIONS,
         description="near: band-hash partitions, a task each (default: from the pool size)",
@@ -335,7 +339,13 @@ def cluster_pool(
                 [str(scratch / "nodes")],
             )
     if config.mode == "near":
-        edge_files += _near_edge_files(files, documents, config, scratch, work_map)
+        candidates = _candidate_edge_files(files, documents, config, scratch, work_map)
+        if config.verify:
+            with _connect(config.memory_limit, scratch / "duckdb", database) as con:
+                routed = _route_candidates(con, candidates, scratch / "verify")
+            edge_files += _verified_edge_files(files, routed, config, scratch, work_map)
+        else:
+            edge_files += candidates
     with _connect(config.memory_limit, scratch / "duckdb", database) as con:
         con.execute(
             "create table edges as select node, root from read_parquet(?)",
@@ -374,7 +384,7 @@ def cluster_pool(
     return out
 
 
-def _near_edge_files(
+def _candidate_edge_files(
     files: list[str], documents: int, config: DedupConfig, scratch: Path, work_map: WorkMap
 ) -> list[Path]:
     """Band-bucket edge files, one per partition: cut bands per file, then edges per partition.
@@ -396,16 +406,63 @@ def _near_edge_files(
         for partition, path in zip(cut.partitions, cut.paths, strict=True):
             by_partition.setdefault(partition, []).append(path)
     edge_dir = scratch / "edges" / f"of{partitions}"
-    every_node = str(nodes / "*" / "*.parquet")
     units = []
     for partition, paths in sorted(by_partition.items()):
         out = str(edge_dir / f"p{partition:04d}.parquet")
         spill = str(scratch / f"duckdb-p{partition:04d}")  # DuckDB instances share no spill dir
-        units.append(
-            EdgeUnit(partition, partitions, tuple(paths), tuple(files), every_node, out,
-                     config.threshold, config.num_perm, config.verify, config.memory_limit, spill)
-        )  # fmt: skip
+        units.append(EdgeUnit(partition, partitions, tuple(paths), out, config.memory_limit, spill))
     results = sorted(work_map(edge_unit, units), key=lambda result: result.partition)
+    return [Path(result.path) for result in results]
+
+
+def _route_candidates(
+    con: duckdb.DuckDBPyConnection, candidates: list[Path], folder: Path
+) -> dict[int, str]:
+    """Write each distinct candidate edge under the feature file of its `node`, with the file
+    of its `root`; the folders by file number (a pair found in several bands is verified once).
+    """
+    routed = folder / "by_node"
+    shutil.rmtree(routed, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    con.execute(
+        "copy (select c.node, c.root, r.file as root_file, n.file as node_file "
+        "from (select distinct node, root from read_parquet(?)) c "
+        "join docs n on n.node = c.node join docs r on r.node = c.root) "
+        "to ? (format parquet, partition_by (node_file))",
+        [[str(p) for p in candidates], str(routed)],
+    )
+    found = {}
+    for directory in routed.glob("node_file=*"):
+        found[int(directory.name.split("=", 1)[1])] = str(directory / "*.parquet")
+    return found
+
+
+def _verified_edge_files(
+    files: list[str], routed: dict[int, str], config: DedupConfig, scratch: Path, work_map: WorkMap
+) -> list[Path]:
+    """Candidate edges kept when their signatures agree: a join of two halves, each a work unit
+    per feature file, so that every file's signatures are read twice, whatever the partitions.
+
+    First each edge takes its node's signature in the node's file (written under the root's
+    file); then, in the root's file, the root's signature, and the two are compared.
+    """
+    nodes, verify = scratch / "nodes", scratch / "verify"
+    halves = [
+        HalfUnit(files[n], str(nodes / f"file={n}" / "*.parquet"), edges,
+                 str(verify / "by_root" / f"from{n:05d}"), n)
+        for n, edges in sorted(routed.items())
+    ]  # fmt: skip
+    roots: set[int] = set()
+    for half in work_map(half_unit, halves):
+        roots.update(half.root_files)
+    checks = [
+        CheckUnit(files[g], str(nodes / f"file={g}" / "*.parquet"),
+                  str(verify / "by_root" / "*" / f"root_file={g}" / "*.parquet"),
+                  str(verify / "edges" / f"f{g:05d}.parquet"), g, config.threshold,
+                  config.num_perm)
+        for g in sorted(roots)
+    ]  # fmt: skip
+    results = sorted(work_map(check_unit, checks), key=lambda result: result.partition)
     return [Path(result.path) for result in results]
 
 
@@ -488,17 +545,12 @@ class EdgeFile:
 
 @dataclass(frozen=True)
 class EdgeUnit:
-    """Link every document of a partition's buckets to the bucket's smallest node; verify."""
+    """Link every document of a partition's buckets to the bucket's smallest node."""
 
     partition: int
     partitions: int
     bands: tuple[str, ...]  # the partition's band files
-    features: tuple[str, ...]  # every feature file, by number (signatures, to verify)
-    nodes: str  # every file's node numbers (file, doc_id, node): a glob
     out: str
-    threshold: float
-    num_perm: int
-    verify: bool
     memory_limit: str
     temp_directory: str
 
@@ -542,13 +594,10 @@ def _partition_edges(unit: EdgeUnit) -> EdgeFile:
         )
         con.execute("drop table band_rows")
         candidates = _count(con, "near_edges")
-        if unit.verify:
-            _verify(con, unit)
-        edges = _count(con, "near_edges")
         _copy_atomic(con, "select node, root from near_edges", Path(unit.out))
     finally:
         con.close()
-    return EdgeFile(unit.partition, unit.out, candidates, edges)
+    return EdgeFile(unit.partition, unit.out, candidates, candidates)
 
 
 def _count(con: duckdb.DuckDBPyConnection, table: str) -> int:
@@ -556,41 +605,111 @@ def _count(con: duckdb.DuckDBPyConnection, table: str) -> int:
     return int(row[0]) if row else 0
 
 
-def _verify(con: duckdb.DuckDBPyConnection, unit: EdgeUnit) -> None:
-    """Drop near edges whose signatures agree on fewer than threshold x num_perm positions."""
-    _register_files(con, list(unit.features))
-    con.execute(
-        "create table wanted as select node from near_edges union select root from near_edges"
-    )
-    con.execute(
-        "create table signatures as select n.node, f.signature "
-        "from read_parquet(?, filename=true) f join feature_files using (filename) "
-        "join read_parquet(?, hive_partitioning=true) n "
-        "on n.file = feature_files.file and n.doc_id = f.doc_id "
-        "semi join wanted w on w.node = n.node",
-        [list(unit.features), unit.nodes],
-    )
-    reader = con.sql(
-        "select e.node, e.root, a.signature as a, b.signature as b from near_edges e "
-        "join signatures a on a.node = e.node join signatures b on b.node = e.root"
-    ).to_arrow_reader(65536)
+@dataclass
+class HalfEdges:
+    """One feature file's candidate edges with their node's signature, by the root's file."""
+
+    number: int
+    root_files: list[int]
+    rows: int
+
+
+@dataclass(frozen=True)
+class HalfUnit:
+    """Give each candidate edge whose node lies in a feature file that node's signature."""
+
+    features: str
+    nodes: str  # the file's (doc_id, node): a glob
+    edges: str  # the edges routed to this file (node, root, root_file): a glob
+    out_dir: str  # written as <out_dir>/root_file=<g>/*.parquet
+    number: int
+
+    def outputs_exist(self, result: HalfEdges) -> bool:
+        """True while the unit's folder is still there."""
+        return Path(self.out_dir).is_dir()
+
+    def size_bytes(self) -> int | None:
+        """The feature file's bytes: what the unit reads."""
+        return Path(self.features).stat().st_size
+
+
+def _files_title(verb: str) -> Callable[[list[Any]], str]:
+    def title(group: list[Any]) -> str:
+        plural = "s" if len(group) > 1 else ""
+        return f"{verb} of feature file{plural} {_span([u.number for u in group], 5)}"
+
+    return title
+
+
+@work_unit("dedup-verify-nodes", HalfEdges, _files_title("sign candidate edges"))
+def half_unit(unit: HalfUnit) -> HalfEdges:
+    """The file's candidate edges with their node's signature, one folder per root file."""
+    out = Path(unit.out_dir)
+    staging = out.with_name(f".{out.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with duckdb.connect() as con:
+        rows = con.execute(
+            "copy (select e.node, e.root, e.root_file, f.signature as node_signature "
+            "from read_parquet(?) e join read_parquet(?) m on m.node = e.node "
+            "join read_parquet(?) f on f.doc_id = m.doc_id) "
+            "to ? (format parquet, partition_by (root_file))",
+            [unit.edges, unit.nodes, unit.features, str(staging)],
+        ).fetchone()
+    shutil.rmtree(out, ignore_errors=True)
+    staging.mkdir(parents=True, exist_ok=True)  # no rows: an empty folder
+    os.replace(staging, out)
+    roots = sorted(int(d.name.split("=", 1)[1]) for d in out.glob("root_file=*"))
+    return HalfEdges(unit.number, roots, int(rows[0]) if rows else 0)
+
+
+@dataclass(frozen=True)
+class CheckUnit:
+    """Compare the signatures of the candidate edges whose root lies in a feature file."""
+
+    features: str
+    nodes: str  # the file's (doc_id, node): a glob
+    halves: str  # the edges rooted in this file, with their node's signature: a glob
+    out: str
+    number: int
+    threshold: float
+    num_perm: int
+
+    def outputs_exist(self, result: EdgeFile) -> bool:
+        """True while the verified edge file is still there."""
+        return Path(result.path).exists()
+
+    def size_bytes(self) -> int | None:
+        """The feature file's bytes: what the unit reads besides the edges."""
+        return Path(self.features).stat().st_size
+
+
+@work_unit("dedup-verify-roots", EdgeFile, _files_title("verify candidate edges"))
+def check_unit(unit: CheckUnit) -> EdgeFile:
+    """Keep the edges whose signatures agree on at least threshold x num_perm positions."""
     kept = []
-    for batch in reader:
-        if batch.num_rows == 0:
-            continue
-        left = _signature_matrix(batch.column(2), unit.num_perm)
-        right = _signature_matrix(batch.column(3), unit.num_perm)
-        similar = (left == right).mean(axis=1) >= unit.threshold
-        kept.append(
-            pa.table({"node": batch.column(0), "root": batch.column(1)}).filter(pa.array(similar))
-        )
+    candidates = 0
+    with duckdb.connect() as con:
+        reader = con.sql(
+            "select h.node, h.root, h.node_signature as a, f.signature as b "
+            "from read_parquet(?) h join read_parquet(?) m on m.node = h.root "
+            "join read_parquet(?) f on f.doc_id = m.doc_id",
+            params=[unit.halves, unit.nodes, unit.features],
+        ).to_arrow_reader(65536)
+        for batch in reader:
+            if batch.num_rows == 0:
+                continue
+            candidates += batch.num_rows
+            left = _signature_matrix(batch.column(2), unit.num_perm)
+            right = _signature_matrix(batch.column(3), unit.num_perm)
+            similar = (left == right).mean(axis=1) >= unit.threshold
+            edges = pa.table({"node": batch.column(0), "root": batch.column(1)})
+            kept.append(edges.filter(pa.array(similar)))
     verified = pa.concat_tables(kept) if kept else pa.table(
         {"node": pa.array([], pa.int64()), "root": pa.array([], pa.int64())}
     )  # fmt: skip
-    con.register("verified_edges", verified)
-    con.execute("create or replace table near_edges as select node, root from verified_edges")
-    con.unregister("verified_edges")
-    con.execute("drop table signatures")
+    write_parquet_atomic(verified, Path(unit.out))
+    return EdgeFile(unit.number, unit.out, candidates, verified.num_rows)
 
 
 def _signature_matrix(column: pa.Array, num_perm: int) -> np.ndarray:

@@ -151,26 +151,29 @@ def check_sources(
 ) -> None:
     """Record each source's fingerprint and options; refuse a source that changed since."""
     con.execute("insert into corpora (name) values (?) on conflict do nothing", [corpus])
-    for source, (fingerprint, options_hash) in sources.items():
-        known = con.execute(
-            "select fingerprint, options_hash from sources where corpus = ? and source = ?",
-            [corpus, source],
+    recorded = {
+        source: (fingerprint, options_hash)
+        for source, fingerprint, options_hash in con.execute(
+            "select source, fingerprint, options_hash from sources where corpus = ?", [corpus]
         ).fetchall()
-        if not known:
-            con.execute(
-                "insert into sources values (?, ?, ?, ?)",
-                [corpus, source, fingerprint, options_hash],
-            )
-        elif known[0][0] != fingerprint:
+    }  # one query, not one per source: a re-run of 100 files is a planning step, not 100
+    new = []
+    for source, (fingerprint, options_hash) in sources.items():
+        known = recorded.get(source)
+        if known is None:
+            new.append([corpus, source, fingerprint, options_hash])
+        elif known[0] != fingerprint:
             raise InputError(
                 f"{source}: the file changed since it was ingested into corpus {corpus!r}; "
                 "ingest it into a new corpus (documents keep stable ids per corpus)"
             )
-        elif known[0][1] != options_hash:
+        elif known[1] != options_hash:
             raise InputError(
                 f"{source}: already ingested into corpus {corpus!r} with different options "
                 "(fields, format, limits or chunk size); use the same options or a new corpus"
             )
+    if new:
+        con.executemany("insert into sources values (?, ?, ?, ?)", new)
 
 
 def done_chunks(con: duckdb.DuckDBPyConnection, corpus: str) -> set[str]:

@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from target_common import DATA_DIR, ingest, load_domains, write_corpus
@@ -110,6 +112,12 @@ def main() -> None:
     parser.add_argument("--pile", action="store_true", help="use the 14-domain Pile toy sample")
     parser.add_argument("--minilm", action="store_true", help="add a nudge arm with MiniLM")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--target-draw", type=int, metavar="N",
+        help="targets: N-th seeded random draw of the domain's documents (default: its first "
+        "ones; on the chunked Pile sample a random draw leaves the targets' sibling chunks in "
+        "the pool, which flatters every arm)",
+    )  # fmt: skip
     args = parser.parse_args()
     arms = dict(ARMS)
     if args.minilm:
@@ -122,6 +130,13 @@ def main() -> None:
     domains = pile_domains() if args.pile else load_domains(args.per_domain, args.seed)
     if args.targets == ["all"]:
         args.targets = list(domains)
+    if args.target_draw is not None:  # the drawn documents first: run_target takes the first
+        for target in args.targets:
+            docs = domains[target]
+            rng = np.random.default_rng(100 + args.target_draw)
+            picked = set(rng.choice(len(docs), args.target_size, replace=False).tolist())
+            drawn = [d for i, d in enumerate(docs) if i in picked]
+            domains[target] = drawn + [d for i, d in enumerate(docs) if i not in picked]
     print({d: len(v) for d, v in domains.items()}, flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="gristmill-target-") as scratch:

@@ -552,3 +552,26 @@ def test_shared_tinystories_separator(tmp_path: Path, shared_data: Path) -> None
     assert out.docs.num_rows >= 2316
     assert out.rows()[0]["text"].startswith("One day, a little girl named Lily")
     assert all("<|endoftext|>" not in t for t in out.docs["text"].to_pylist())
+
+
+def test_domain_counts_are_kept_per_corpus_version(tmp_path: Path) -> None:
+    from gristmill import pipeline
+    from gristmill.storage.drop import drop_corpus
+    from gristmill.storage.queries import corpus_stats
+
+    ws = Workspace(tmp_path / "ws")
+    raw = tmp_path / "raw"
+    write_jsonl(raw / "a.jsonl", [{"text": good_text(i), "site": f"s{i % 3}"} for i in range(9)])
+    pipeline.ingest(ws, [str(raw)], "web", IngestOptions(domain_field="site"))
+    first = corpus_stats(ws, "web")
+    (kept,) = ws.stats_dir("web").glob("domains-*.json")
+    kept.write_text(json.dumps({"domains": [], "n_domains": 99}), encoding="utf-8")
+    assert corpus_stats(ws, "web")["n_domains"] == 99  # read back, not scanned again
+    write_jsonl(raw / "b.jsonl", [{"text": good_text(50 + i), "site": "s9"} for i in range(4)])
+    pipeline.ingest(ws, [str(raw)], "web", IngestOptions(domain_field="site"))
+    after = corpus_stats(ws, "web")  # a new corpus version: scanned, the old file gone
+    assert not kept.exists() and len(list(ws.stats_dir("web").glob("domains-*.json"))) == 1
+    assert after["n_domains"] == first["n_domains"] + 1 == 4
+    assert {d["domain"]: d["documents"] for d in after["domains"]}["s9"] == 4
+    drop_corpus(ws, "web")
+    assert not ws.stats_dir("web").exists()

@@ -117,6 +117,7 @@ def drop_corpus(workspace: Workspace, corpus: str, cascade: bool = False) -> Dro
             con.execute("rollback")
             raise
     directories = [workspace.corpus_dir(corpus), workspace.rejects_dir(corpus),
+                   workspace.stats_dir(corpus),
                    workspace.root / "signals" / safe_name("corpus", corpus)]  # fmt: skip
     directories += [workspace.root / "selections" / safe_name("selection", s) for s in selections]
     return Dropped(corpus, selections, signals, _remove(directories))

@@ -14,7 +14,7 @@ import duckdb
 
 from gristmill.errors import InputError
 from gristmill.storage import catalog
-from gristmill.storage.files import sql_files
+from gristmill.storage.files import sql_files, write_json_atomic
 from gristmill.storage.workspace import Workspace
 
 
@@ -68,6 +68,7 @@ def corpus_stats(workspace: Workspace, corpus: str, top_domains: int = 20) -> di
             [corpus],
         )
         shards = catalog.shards(con, corpus)
+        version = catalog.corpus_version(con, corpus)
     totals["shards"] = len(shards)
     totals["text_bytes"] = sum(s["text_bytes"] for s in shards)
     totals["file_bytes"] = sum(s["file_bytes"] for s in shards)
@@ -77,19 +78,37 @@ def corpus_stats(workspace: Workspace, corpus: str, top_domains: int = 20) -> di
     totals["skipped_by_reason"] = {r["reason"]: r["count"] for r in skips}
     totals["domains"] = []
     if shards:
-        files = [workspace.absolute(s["path"]) for s in shards]
-        with duckdb.connect() as con:
-            totals["domains"] = catalog.rows(
+        totals.update(_domain_counts(workspace, corpus, shards, version, top_domains))
+    return {"corpus": corpus, **totals}
+
+
+def _domain_counts(
+    workspace: Workspace, corpus: str, shards: list[dict], version: str, top: int
+) -> dict[str, Any]:
+    """The corpus's top domains and their number: a scan of every shard, kept beside them per
+    corpus version (a re-run of an ingest that added nothing, or `stats` again, reads it)."""
+    folder = workspace.stats_dir(corpus)
+    kept = folder / f"domains-{version}-top{top}.json"
+    if kept.exists():
+        return json.loads(kept.read_text(encoding="utf-8"))
+    files = [workspace.absolute(s["path"]) for s in shards]
+    with duckdb.connect() as con:
+        counts = {
+            "domains": catalog.rows(
                 con,
                 f"select domain, count(*) as documents, sum(n_bytes)::bigint as text_bytes "
                 f"from read_parquet({sql_files(files)}) group by domain "
                 f"order by documents desc, domain limit ?",
-                [top_domains],
-            )
-            totals["n_domains"] = con.sql(
+                [top],
+            ),
+            "n_domains": con.sql(
                 f"select count(distinct domain) from read_parquet({sql_files(files)})"
-            ).fetchall()[0][0]
-    return {"corpus": corpus, **totals}
+            ).fetchall()[0][0],
+        }
+    for stale in folder.glob("domains-*.json"):  # an earlier version's
+        stale.unlink(missing_ok=True)
+    write_json_atomic(kept, counts)
+    return counts
 
 
 def repeated_doc_ids(workspace: Workspace, corpus: str) -> int:

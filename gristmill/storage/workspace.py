@@ -111,6 +111,10 @@ class Workspace:
         """Directory of a corpus's document shards."""
         return self.root / "corpora" / safe_name("corpus", corpus)
 
+    def stats_dir(self, corpus: str) -> Path:
+        """Directory of a corpus's derived statistics (per corpus version)."""
+        return self.root / "stats" / safe_name("corpus", corpus)
+
     def rejects_dir(self, corpus: str) -> Path:
         """Directory of a corpus's rejected records."""
         return self.root / "rejects" / safe_name("corpus", corpus)

@@ -266,14 +266,16 @@ def serve_logs_runs_and_pauses_on_sigterm(api: str, tmp_path: Path, interval: in
         ):
             deployment = client.read_deployment_by_name("run-recipe/scheduled")
             created = client.create_flow_run_from_deployment(deployment.id)
-        ended = re.compile(rf"run {re.escape(created.name)} ended Completed after [0-9.]+ s")
+        # Named after the recipe, told apart by the run's id.
+        run = rf"run recipe scheduled \({str(created.id)[:8]}\)"
+        ended = re.compile(rf"{run} ended Completed after [0-9.]+ s")
         _wait_for(lambda: ended.search(log.read_text()), "no run ended", served, log, 240)
         served.send_signal(signal.SIGTERM)
         assert served.wait(timeout=60) == 0, log.read_text()
     finally:
         _stop(served)
     text = log.read_text()
-    assert f"run {created.name} started" in text
+    assert re.search(rf"{run} started", text), text
     assert "stopping" in text and "schedule of run-recipe/scheduled is paused" in text
     assert "Traceback" not in text, text
     assert httpx.get(f"{api}/deployments/{deployment.id}", timeout=10).json()["paused"]

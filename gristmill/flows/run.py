@@ -29,13 +29,16 @@ from gristmill.storage.workspace import Workspace
 
 
 def _recipe_run_name() -> str:
-    """`recipe quickstart`, or the recipe file's name for a served run that reads it later."""
+    """`recipe quickstart`: the recipe's name (a served run reads its file now), else the file's."""
     recipe = flow_run.parameters["recipe"]
     if isinstance(recipe, Recipe):
         return f"recipe {recipe.name}"
     if isinstance(recipe, dict) and "name" in recipe:
         return f"recipe {recipe['name']}"
-    return f"recipe {Path(str(recipe)).name}"
+    try:
+        return f"recipe {load_recipe(Path(str(recipe))).name}"
+    except Exception:  # the run itself then fails on the file, saying why
+        return f"recipe {Path(str(recipe)).name}"
 
 
 @flow(name="run-recipe", flow_run_name=_recipe_run_name, persist_result=False)

@@ -129,13 +129,15 @@ class RunLog:
         """Log the runs that started or ended since the last poll."""
         for run in reversed(self._runs()):
             state = run.state.type if run.state else None
+            # Runs of a deployment share their name (`recipe web`): the id tells them apart.
+            label = f"{run.name} ({str(run.id)[:8]})"
             if run.id not in self.started and (state is StateType.RUNNING or state in FINAL):
                 self.started[run.id] = run.name
-                self.log(f"run {run.name} started")
+                self.log(f"run {label} started")
             if state in FINAL and run.id not in self.ended:
                 self.ended.add(run.id)
                 name = run.state.name if run.state else str(state)
-                self.log(f"run {run.name} ended {name} after {_duration_s(run):.1f} s")
+                self.log(f"run {label} ended {name} after {_duration_s(run):.1f} s")
 
     def _watch(self) -> None:
         while not self._stop.wait(self.poll_s):

@@ -425,19 +425,20 @@ def build_selection(
     )
     members_path = workspace.members_path(name)
     parent_members = workspace.members_path(parent) if parent is not None else None
+    with workspace.catalog(read_only=True) as con:
+        corpus_version = catalog.corpus_version(con, corpus)
+        previous = catalog.rows(con, "select * from selections where name = ?", [name])
+    code_version = _code_version()  # a git call: once
     inputs = {
         "query": query,  # the shard, signal and size files: named by their contents
-        "corpus_version": None,
+        "corpus_version": corpus_version,
         "parent_members": file_hash(parent_members) if parent_members else None,
         "selector": [selector.name, selector.version, selector.config_dict(), plan.config_hash],
         "budget": budget.text if budget else None,
         "options": options.model_dump(mode="json", exclude={"memory_limit"}),
-        "code_version": _code_version(),
+        "code_version": code_version,
         "recipe": recipe,
     }
-    with workspace.catalog(read_only=True) as con:
-        inputs["corpus_version"] = catalog.corpus_version(con, corpus)
-        previous = catalog.rows(con, "select * from selections where name = ?", [name])
     inputs_key = xxhash.xxh3_128_hexdigest(json.dumps(inputs, sort_keys=True, default=str).encode())
     if previous and _unchanged(previous[0], inputs_key, members_path):
         # Nothing it depends on changed: the stored selection is this one (no query, no write).
@@ -474,8 +475,8 @@ def build_selection(
             "n_candidates": selected.n_candidates,
             "n_selected": selected.n_selected,
             "bytes_selected": selected.bytes_selected,
-            "corpus_version": inputs["corpus_version"],
-            "code_version": _code_version(),
+            "corpus_version": corpus_version,
+            "code_version": code_version,
             "recipe": json.dumps(recipe, default=str) if recipe else None,
             "summary": json.dumps(summary),
             "created_at": datetime.now(UTC).replace(tzinfo=None),

@@ -10,9 +10,11 @@ corpora first, then the policy, then source order, then doc_id), so the smallest
 cluster is its representative. Edges join every document to the smallest member of each
 bucket it falls in (same content hash, or same band hash): O(k) per bucket, never O(k^2).
 Near edges come in stages, each a work unit (a task on the flow's runner): every feature
-file's band rows are cut into band-hash partitions (a bucket lies in one partition), then each
-partition's bucket-minimum edges are found and verified by the signatures' estimated Jaccard
-and written as an edge file. Only the edge files meet in the connected components, found by
+file's band rows are cut into band-hash partitions (a bucket lies in one partition), each
+partition's bucket-minimum candidate edges are written as a file, then the distinct candidates
+are verified by the signatures' estimated Jaccard in two halves per feature file (the node's
+signature in its file, the root's in its own), so every file's signatures are read twice
+whatever the partitions. Only the edge files meet in the connected components, found by
 min-label propagation with pointer jumping over DuckDB tables, so memory stays bounded by
 DuckDB's memory_limit (spilling to the scratch directory) in the flow process and in each task.
 """
@@ -431,10 +433,10 @@ def _route_candidates(
         "to ? (format parquet, partition_by (node_file))",
         [[str(p) for p in candidates], str(routed)],
     )
-    found = {}
-    for directory in routed.glob("node_file=*"):
-        found[int(directory.name.split("=", 1)[1])] = str(directory / "*.parquet")
-    return found
+    return {
+        int(directory.name.split("=", 1)[1]): str(directory / "*.parquet")
+        for directory in routed.glob("node_file=*")
+    }
 
 
 def _verified_edge_files(
@@ -535,7 +537,7 @@ def band_unit(unit: BandUnit) -> BandFiles:
 
 @dataclass
 class EdgeFile:
-    """One partition's near edges (node, root): candidates found and those kept as edges."""
+    """An edge file (node, root) of a partition or a feature file: candidates and edges kept."""
 
     partition: int
     path: str
@@ -578,7 +580,7 @@ _PARTITION_IN_PROCESS = threading.Lock()
 
 @work_unit("dedup-edges", EdgeFile, _edges_title)
 def edge_unit(unit: EdgeUnit) -> EdgeFile:
-    """A partition's bucket-minimum edges, verified by signature when asked, as a file."""
+    """A partition's bucket-minimum candidate edges, as a file (verified afterwards)."""
     with _PARTITION_IN_PROCESS:
         return _partition_edges(unit)
 

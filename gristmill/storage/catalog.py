@@ -236,9 +236,14 @@ def shards(con: duckdb.DuckDBPyConnection, corpus: str) -> list[dict]:
 
 def corpus_version(con: duckdb.DuckDBPyConnection, corpus: str) -> str:
     """A hash naming the exact set of shards a corpus has now."""
+    return shards_version(shards(con, corpus))
+
+
+def shards_version(rows: list[dict]) -> str:
+    """The corpus version of these shard rows (as `shards` returns them)."""
     import xxhash
 
-    hashes = sorted(s["content_hash"] for s in shards(con, corpus))
+    hashes = sorted(s["content_hash"] for s in rows)
     return xxhash.xxh3_64_hexdigest("\n".join(hashes).encode())
 
 

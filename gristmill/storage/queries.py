@@ -68,7 +68,6 @@ def corpus_stats(workspace: Workspace, corpus: str, top_domains: int = 20) -> di
             [corpus],
         )
         shards = catalog.shards(con, corpus)
-        version = catalog.corpus_version(con, corpus)
     totals["shards"] = len(shards)
     totals["text_bytes"] = sum(s["text_bytes"] for s in shards)
     totals["file_bytes"] = sum(s["file_bytes"] for s in shards)
@@ -78,6 +77,7 @@ def corpus_stats(workspace: Workspace, corpus: str, top_domains: int = 20) -> di
     totals["skipped_by_reason"] = {r["reason"]: r["count"] for r in skips}
     totals["domains"] = []
     if shards:
+        version = catalog.shards_version(shards)
         totals.update(_domain_counts(workspace, corpus, shards, version, top_domains))
     return {"corpus": corpus, **totals}
 

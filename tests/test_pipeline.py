@@ -15,6 +15,7 @@ from gristmill import pipeline
 from gristmill.errors import InputError
 from gristmill.pipeline import ThreadMap, serial_map
 from gristmill.selectors.selection import SelectOptions
+from gristmill.storage import catalog, queries
 from gristmill.storage.readers import IngestOptions
 from gristmill.storage.workspace import Workspace
 
@@ -171,3 +172,72 @@ def test_a_selection_whose_inputs_did_not_change_is_kept_not_made_again(tmp_path
     pipeline.ingest(ws, [str(raw)], "web", OPTIONS)
     assert not select("half", "40%")["unchanged"]
     assert select("half", "40%")["unchanged"]
+
+
+def test_up_to_date_checks_answer_only_when_a_step_would_change_nothing(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    raw = _raw(tmp_path)
+    assert pipeline.ingest_if_done(ws, [str(raw)], "web", OPTIONS) is None  # a new corpus
+    assert not ws.catalog_path.exists() or "web" not in _corpora(ws)
+    pipeline.ingest(ws, [str(raw)], "web", OPTIONS)
+    done = pipeline.ingest_if_done(ws, [str(raw)], "web", OPTIONS)
+    assert done is not None
+    assert done.as_dict() == pipeline.ingest(ws, [str(raw)], "web", OPTIONS).as_dict()
+    write_jsonl(
+        raw / "part-9.jsonl", [{"text": good_text(900 + i), "site": "s0"} for i in range(3)]
+    )
+    documents = done.stats["documents"]
+    assert pipeline.ingest_if_done(ws, [str(raw)], "web", OPTIONS) is None
+    assert queries.corpus_stats(ws, "web")["documents"] == documents  # nothing was ingested
+
+    def current(budget: str, selector: str = "quality") -> pipeline.Curation | None:
+        return pipeline.curate_if_current(ws, "web", selector, budget=budget, name="half")
+
+    assert current("50%") is None  # nothing scored yet (and a chunk to ingest)
+    pipeline.ingest(ws, [str(raw)], "web", OPTIONS)
+    assert current("50%") is None  # scored, but no selection yet
+    made = pipeline.curate(ws, "web", "quality", budget="50%", name="half")
+    kept = current("50%")
+    assert kept is not None and kept.record is not None and kept.record["unchanged"]
+    again = pipeline.curate(ws, "web", "quality", budget="50%", name="half")
+    assert kept.as_dict() == again.as_dict()
+    assert kept.record["created_at"] == made.record["created_at"]
+    assert current("40%") is None  # another budget: a new selection, which the check leaves
+    assert _selection(ws, "half")["n_selected"] == made.record["n_selected"]
+    # A set selector's stage is work the check does not do: always None.
+    pipeline.curate(ws, "web", "dedup", name="unique")
+    assert pipeline.curate_if_current(ws, "web", "dedup", name="unique") is None
+
+
+def test_a_catalog_session_opens_the_catalog_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import duckdb
+
+    ws = Workspace(tmp_path / "ws")
+    pipeline.ingest(ws, [str(_raw(tmp_path))], "web", OPTIONS)
+    opened: list[str] = []
+    connect = duckdb.connect
+    monkeypatch.setattr(duckdb, "connect", lambda *a, **k: opened.append(a[0]) or connect(*a, **k))
+    with ws.catalog_session():
+        for read_only in (True, False, True):
+            with ws.catalog(read_only=read_only) as con:
+                assert con.execute("select count(*) from corpora").fetchone() == (1,)
+    assert len(opened) == 1
+    with ws.catalog(read_only=True) as con:  # after the session: its own connection again
+        con.execute("select 1")
+    assert len(opened) == 2
+    other = Workspace(tmp_path / "other")  # a session shares one workspace's catalog only
+    with ws.catalog_session(), other.catalog() as con:
+        con.execute("select 1")
+    assert len(opened) == 4
+
+
+def _corpora(ws: Workspace) -> list[str]:
+    with ws.catalog(read_only=True) as con:
+        return [row[0] for row in con.execute("select name from corpora").fetchall()]
+
+
+def _selection(ws: Workspace, name: str) -> dict:
+    with ws.catalog(read_only=True) as con:
+        return catalog.get_selection(con, name)

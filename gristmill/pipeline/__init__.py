@@ -12,9 +12,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from gristmill.pipeline.curation import Curation, curate
+    from gristmill.pipeline.curation import Curation, curate, curate_if_current
     from gristmill.pipeline.export import materialize
-    from gristmill.pipeline.ingestion import IngestReport, ingest
+    from gristmill.pipeline.ingestion import IngestReport, ingest, ingest_if_done
     from gristmill.pipeline.inspection import corpus_report, inspect_selection
     from gristmill.pipeline.map import ThreadMap, WorkMap, serial_map
     from gristmill.pipeline.transformation import TransformReport, transform, transform_examples
@@ -29,7 +29,9 @@ _MODULE_OF = {
     "WorkMap": "map",
     "corpus_report": "inspection",
     "curate": "curation",
+    "curate_if_current": "curation",
     "ingest": "ingestion",
+    "ingest_if_done": "ingestion",
     "ingest_unit": "units",
     "inspect_selection": "inspection",
     "materialize": "export",
@@ -49,7 +51,9 @@ __all__ = [
     "WorkMap",
     "corpus_report",
     "curate",
+    "curate_if_current",
     "ingest",
+    "ingest_if_done",
     "ingest_unit",
     "inspect_selection",
     "materialize",

@@ -231,6 +231,53 @@ def curate(
     work_map: WorkMap = serial_map,
 ) -> Curation:
     """Score a corpus with a selector (cached) and, given a name, select under a budget."""
+    curation = _curate(
+        workspace, corpus, selector, params, budget, name, target, parent, options, recipe,
+        work_map, current_only=False,
+    )  # fmt: skip
+    assert curation is not None
+    return curation
+
+
+def curate_if_current(
+    workspace: Workspace | str | os.PathLike[str],
+    corpus: str,
+    selector: str,
+    *,
+    params: dict[str, Any] | None = None,
+    budget: str | None = None,
+    name: str | None = None,
+    target: str | None = None,
+    parent: str | None = None,
+    options: SelectOptions | None = None,
+    recipe: dict[str, Any] | None = None,
+) -> Curation | None:
+    """What `curate` would return when it has nothing to score and its selection would be
+    the stored one, or None (nothing is changed: run `curate`). A recipe run skips an
+    up-to-date step's sub-flow with it. Only per-shard selectors whose requirements are
+    settings and corpora are checked (their planning does no work); others give None."""
+    ws = as_workspace(workspace)
+    with ws.write_lock(f"select {name or selector} from {corpus}"), ws.catalog_session():
+        return _curate(
+            ws, corpus, selector, params, budget, name, target, parent, options, recipe,
+            serial_map, current_only=True,
+        )  # fmt: skip
+
+
+def _curate(
+    workspace: Workspace | str | os.PathLike[str],
+    corpus: str,
+    selector: Selector | str,
+    params: dict[str, Any] | None,
+    budget: Budget | str | None,
+    name: str | None,
+    target: str | None,
+    parent: str | None,
+    options: SelectOptions | None,
+    recipe: dict[str, Any] | None,
+    work_map: WorkMap,
+    current_only: bool,
+) -> Curation | None:
     options = options or SelectOptions()
     label = selector if isinstance(selector, str) else selector.name
     if isinstance(selector, str):
@@ -252,14 +299,22 @@ def curate(
         requirements = selector.requirements(context)
         if not isinstance(selector, SetSelector):  # nothing would resolve or key them
             _refuse_set_stage(selector, requirements, "a per-shard selector")
+        if current_only and (
+            isinstance(selector, SetSelector)
+            or not all(isinstance(r, Setting | CorpusRead) for r in requirements)
+        ):
+            return None  # resolving a signal or hashing a model is work
         reports: dict[str, RequirementReport] = {}
         resolve(ws, selector, context, requirements, "shard", work_map, reports)
-        selector.prepare(context)
+        if not current_only:  # its settings and inputs are keyed: unchanged, they passed
+            selector.prepare(context)
         features = plan_scoring(ws, corpus, selector, context)
-        reused = len(features.stored)
-        scored = score_shards(ws, features, selector, f"score {corpus} with {label}", work_map)
         # Token counts first: a set selector's greedy may stop at a token budget.
         counter, sizes = token_plan(ws, corpus, parsed_budget, options)
+        if current_only and (features.todo or (sizes is not None and sizes.todo)):
+            return None
+        reused = len(features.stored)
+        scored = score_shards(ws, features, selector, f"score {corpus} with {label}", work_map)
         sizes_scored = 0
         if counter is not None and sizes is not None:
             sizes_scored = score_shards(ws, sizes, counter, f"count tokens in {corpus}", work_map)
@@ -274,8 +329,10 @@ def curate(
         if name is not None:
             curation.record = build_selection(
                 ws, name, corpus, selector, plan, parsed_budget, options,
-                parent=parent, size_plan=sizes, recipe=recipe,
+                parent=parent, size_plan=sizes, recipe=recipe, unchanged_only=current_only,
             )  # fmt: skip
+            if curation.record is None:
+                return None
     return curation
 
 
@@ -414,8 +471,10 @@ def build_selection(
     parent: str | None = None,
     size_plan: ScoringPlan | None = None,
     recipe: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Select from the scored candidates in DuckDB, write the members and record the selection."""
+    unchanged_only: bool = False,
+) -> dict[str, Any] | None:
+    """Select from the scored candidates in DuckDB, write the members and record the selection
+    (`unchanged_only`: None instead, when the stored selection is not this one)."""
     validate_name("selection", name)
     signal_paths = sorted(plan.stored.values())
     counts = budget.counts if budget else "docs"
@@ -443,6 +502,8 @@ def build_selection(
     if previous and _unchanged(previous[0], inputs_key, members_path):
         # Nothing it depends on changed: the stored selection is this one (no query, no write).
         return {**previous[0], "summary": json.loads(previous[0]["summary"]), "unchanged": True}
+    if unchanged_only:
+        return None
     try:
         selected = run_selection(query, members_path, selector, budget, options)
     except ValueError as error:

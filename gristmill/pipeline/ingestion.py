@@ -54,6 +54,32 @@ def ingest(
     work_map: WorkMap = serial_map,
 ) -> IngestReport:
     """Ingest raw files into a corpus, a unit per chunk: resumable, nothing lost."""
+    report = _ingest(workspace, paths, corpus, options, work_map, done_only=False)
+    assert report is not None
+    return report
+
+
+def ingest_if_done(
+    workspace: Workspace | str | os.PathLike[str],
+    paths: list[str],
+    corpus: str,
+    options: IngestOptions | None = None,
+) -> IngestReport | None:
+    """The report of an ingest with every chunk already done, or None (nothing is changed:
+    run `ingest`). A recipe run skips an up-to-date step's sub-flow with it."""
+    ws = as_workspace(workspace)
+    with ws.write_lock(f"ingest {corpus}"), ws.catalog_session():  # the lock first
+        return _ingest(ws, paths, corpus, options, serial_map, done_only=True)
+
+
+def _ingest(
+    workspace: Workspace | str | os.PathLike[str],
+    paths: list[str],
+    corpus: str,
+    options: IngestOptions | None,
+    work_map: WorkMap,
+    done_only: bool,
+) -> IngestReport | None:
     options = options or IngestOptions()
     validate_name("corpus", corpus)
     ws = as_workspace(workspace)
@@ -68,6 +94,8 @@ def ingest(
             new_corpus = corpus not in catalog.corpus_names(con)
             done = catalog.done_chunks(con, corpus)
         todo = [c for c in chunks if c.key(corpus, options_hash) not in done]
+        if done_only and (todo or new_corpus):
+            return None
         if todo:  # before the corpus or its sources are recorded
             check_first_records(todo[0], options)
         with ws.catalog() as con:

@@ -89,6 +89,8 @@ _held_locks: dict[Path, tuple[int, int]] = {}
 _held_guard = threading.Lock()
 # Catalog files whose schema this process has already ensured (once per process is enough).
 _schema_ready: set[Path] = set()
+# Per thread: the catalog connection a `catalog_session` shares, by catalog path.
+_sessions = threading.local()
 
 
 class Workspace:
@@ -232,6 +234,10 @@ class Workspace:
     @contextlib.contextmanager
     def catalog(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         """Open the catalog briefly; waits while another process has it open, then fails clearly."""
+        shared = getattr(_sessions, "open", {}).get(self.catalog_path)
+        if shared is not None:  # inside this thread's catalog_session
+            yield shared
+            return
         if read_only and not self.exists():
             raise NotFoundError(
                 f"no gristmill workspace at {self.root} (run `gristmill ingest` first, "
@@ -261,3 +267,20 @@ class Workspace:
             yield con
         finally:
             con.close()
+
+    @contextlib.contextmanager
+    def catalog_session(self) -> Iterator[None]:
+        """Share one catalog connection among this thread's `catalog()` uses inside: each open
+        is ~12 ms of DuckDB start-up. For short phases (an up-to-date check) under the write
+        lock: other processes wait for the catalog meanwhile."""
+        if not hasattr(_sessions, "open"):
+            _sessions.open = {}
+        if self.catalog_path in _sessions.open:
+            yield
+            return
+        with self.catalog() as con:
+            _sessions.open[self.catalog_path] = con
+            try:
+                yield
+            finally:
+                del _sessions.open[self.catalog_path]

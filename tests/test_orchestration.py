@@ -185,6 +185,39 @@ def test_run_killed_while_scoring_resumes_only_unfinished_shards(tmp_path: Path)
         assert _members(ws, selection) == _members(clean, selection)
 
 
+def test_a_re_run_gives_up_to_date_steps_no_sub_flow(tmp_path: Path) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    recipe = _recipe(tmp_path, files=2, docs=30, name="again")
+    ws = str(tmp_path / "ws")
+
+    def run() -> tuple[dict, list[str]]:
+        state = run_recipe_flow(load_recipe(recipe), ws, "threads", 1, return_state=True)
+        with get_client(sync_client=True) as client:
+            children = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    parent_flow_run_id=FlowRunFilterParentFlowRunId(
+                        any_=[state.state_details.flow_run_id]
+                    )
+                )
+            )
+        return state.result(), sorted(c.name for c in children)
+
+    first, stages = run()
+    assert stages == ["curate clean (quality)", "curate sample (quality)", "ingest web"]
+    again, stages = run()
+    assert stages == []  # every step up to date: ~0.15 s of API calls each saved
+    for key in ("ingest", "select"):
+        assert len(again[key]) == len(first[key])
+    assert [s["selection"]["unchanged"] for s in again["select"]] == [True, True]
+    assert again["ingest"][0]["stats"] == first["ingest"][0]["stats"]
+    # A changed input makes its step, and only it, a sub-flow again.
+    write_jsonl(tmp_path / "raw" / "part-009.jsonl", [{"text": good_text(990), "site": "s0"}])
+    _, stages = run()
+    assert stages == ["curate clean (quality)", "curate sample (quality)", "ingest web"]
+
+
 def test_artifacts_in_the_prefect_api(tmp_path: Path) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey

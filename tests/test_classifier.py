@@ -14,7 +14,12 @@ from test_target_selectors import DOMAIN_OPTIONS, TOPICS, kept_share, make_works
 from gristmill import pipeline
 from gristmill.errors import InputError
 from gristmill.selectors import fasttext_model
-from gristmill.selectors.classifier import ClassifierSelector, cross_fitted, pu_negatives
+from gristmill.selectors.classifier import (
+    ClassifierSelector,
+    LinearModel,
+    cross_fitted,
+    pu_negatives,
+)
 from gristmill.selectors.fasttext_model import FastTextSettings
 from gristmill.selectors.selection import SelectOptions
 from gristmill.storage.queries import selection_view
@@ -181,3 +186,31 @@ def test_auroc_counts_ties_as_half() -> None:
     assert fasttext_model.auroc(scores, positive) == pytest.approx(5 / 6)
     assert fasttext_model.auroc(scores, np.ones(5, bool)) is None
     assert json.dumps(fasttext_model.one_line("A\nB\t c", lowercase=True)) == '"a b c"'
+
+
+def test_layout_tokens_tell_apart_texts_that_differ_only_in_line_breaks(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(200)]
+
+    def sentences(n: int) -> list[str]:
+        return [" ".join(rng.choice(words, 8)) + "." for _ in range(n)]
+
+    # The same kind of words either way: a task, a blank line and an answer against one line.
+    positives = [f"{a}\n\n{b}" for a, b in zip(sentences(200), sentences(200), strict=True)]
+    negatives = [f"{a} {b}" for a, b in zip(sentences(200), sentences(200), strict=True)]
+    texts, truth = positives + negatives, np.r_[np.ones(200, bool), np.zeros(200, bool)]
+    train = np.r_[0:150, 200:350]
+    test = np.r_[150:200, 350:400]
+    auroc = {}
+    for layout in (False, True):
+        counts = LinearModel.counts(texts, 1 << 12, None, layout)
+        model = LinearModel.fit(counts[train], truth[train], 10.0, layout)
+        auroc[layout] = fasttext_model.auroc(model.counts_log_odds(counts[test]), truth[test])
+    assert auroc[True] == 1.0 and auroc[False] < 0.7
+    # The flag is saved with the model; a version-1 model (no flag) counted words only.
+    model.save(tmp_path / "model.npz")
+    loaded = LinearModel.load(tmp_path / "model.npz")
+    assert loaded.layout is True
+    assert np.allclose(loaded.log_odds(texts[:3], None), model.log_odds(texts[:3], None))
+    np.savez(tmp_path / "v1.npz", idf=model.idf, coef=model.coef, intercept=np.float64(0.0))
+    assert LinearModel.load(tmp_path / "v1.npz").layout is False

@@ -13,6 +13,9 @@ signal, so selecting again at another budget scores nothing.
   (positive-unlabelled learning). Before the final fit, every training document is scored by a
   model trained without it (two folds), and pool documents scoring above the `pu_quantile`
   quantile of the positives' own such scores are dropped from the negatives;
+- the linear backend (the default) also counts layout: line breaks and the document's start
+  and end are tokens of their own (`layout_tokens`), so an instruction's "task, blank line,
+  answer" shape or code's lines weigh beside its words;
 - part of both classes (`heldout_fraction`) is held out: its accuracy and AUROC go into the
   selection's scoring summary.
 
@@ -55,6 +58,9 @@ NEGATIVE = "negative"
 TRAINING_FILE = "training.json"
 MODEL_FILES = {"fasttext": "model.bin", "linear": "model.npz"}
 PU_FOLDS = 2
+# Layout tokens are private-use characters, which real text does not use: the tokenizer keeps
+# each as a punctuation token of its own, so they make unigrams and bigrams like any word.
+LINE_BREAK, DOC_START, DOC_END = " \ue000 ", "\ue001 ", " \ue002"
 # Probabilities are float32 with a floor near 1e-5: clip before the log-odds.
 _EPS = 1e-7
 
@@ -92,6 +98,11 @@ class ClassifierConfig(SelectorConfig):
     )
     num_buckets: int = Field(1 << 18, ge=1024, description="linear: hash buckets of n-grams")
     inverse_regularisation: float = Field(10.0, gt=0, description="linear: C of the regression")
+    layout_tokens: bool = Field(
+        True,
+        description="linear: count line breaks and the document's start and end as tokens "
+        "(layout as well as words); false: words only, as in version 1",
+    )
     model: str | None = Field(
         None, description="a pre-trained fastText model (local .bin path) instead of training"
     )
@@ -134,11 +145,13 @@ class ClassifierConfig(SelectorConfig):
 class LinearModel:
     """Logistic regression on sublinear tf-idf of hashed unigrams+bigrams, L2-normalised rows.
 
-    Saved as plain arrays (npz, read without pickle): idf, coefficients and intercept.
+    Saved as plain arrays (npz, read without pickle): idf, coefficients, intercept and layout.
     """
 
-    def __init__(self, idf: np.ndarray, coef: np.ndarray, intercept: float) -> None:
-        self.idf, self.coef, self.intercept = idf, coef, intercept
+    def __init__(
+        self, idf: np.ndarray, coef: np.ndarray, intercept: float, layout: bool = False
+    ) -> None:
+        self.idf, self.coef, self.intercept, self.layout = idf, coef, intercept, layout
 
     @staticmethod
     def weighted(counts: sp.csr_matrix, idf: np.ndarray) -> sp.csr_matrix:
@@ -150,14 +163,20 @@ class LinearModel:
         return sp.csr_matrix(sp.diags(1.0 / np.maximum(norms, 1e-12)) @ counts)
 
     @staticmethod
-    def counts(texts: list[str], buckets: int, max_chars: int | None) -> sp.csr_matrix:
+    def counts(
+        texts: list[str], buckets: int, max_chars: int | None, layout: bool
+    ) -> sp.csr_matrix:
         """Hashed unigram+bigram counts of the texts (first `max_chars` characters)."""
         if max_chars is not None:
             texts = [(t or "")[:max_chars] for t in texts]
+        if layout:
+            texts = [DOC_START + (t or "").replace("\n", LINE_BREAK) + DOC_END for t in texts]
         return ngram_matrix(texts, buckets)
 
     @classmethod
-    def fit(cls, counts: sp.csr_matrix, positive: np.ndarray, c: float) -> LinearModel:
+    def fit(
+        cls, counts: sp.csr_matrix, positive: np.ndarray, c: float, layout: bool
+    ) -> LinearModel:
         """Fit idf on the training rows and the regression, classes weighted equally."""
         from sklearn.linear_model import LogisticRegression
 
@@ -165,7 +184,8 @@ class LinearModel:
         idf = (np.log((1 + counts.shape[0]) / (1 + present)) + 1.0).astype(np.float32)
         regression = LogisticRegression(C=c, class_weight="balanced", max_iter=1000)
         regression.fit(cls.weighted(counts, idf), positive)
-        return cls(idf, regression.coef_[0].astype(np.float32), float(regression.intercept_[0]))
+        coef = regression.coef_[0].astype(np.float32)
+        return cls(idf, coef, float(regression.intercept_[0]), layout)
 
     def counts_log_odds(self, counts: sp.csr_matrix) -> np.ndarray:
         """The regression's log-odds of the positive class for each row of counts."""
@@ -173,18 +193,21 @@ class LinearModel:
 
     def log_odds(self, texts: list[str], max_chars: int | None) -> np.ndarray:
         """The regression's log-odds of the positive class for each text."""
-        return self.counts_log_odds(self.counts(texts, len(self.idf), max_chars))
+        return self.counts_log_odds(self.counts(texts, len(self.idf), max_chars, self.layout))
 
     def save(self, path: Path) -> None:
         """Write the arrays (npz, no pickle)."""
         with path.open("wb") as handle:
-            np.savez(handle, idf=self.idf, coef=self.coef, intercept=np.float64(self.intercept))
+            np.savez(handle, idf=self.idf, coef=self.coef, intercept=np.float64(self.intercept),
+                     layout=np.bool_(self.layout))  # fmt: skip
 
     @classmethod
     def load(cls, path: str | Path) -> LinearModel:
         """Read a saved model (arrays only)."""
         with np.load(path, allow_pickle=False) as arrays:
-            return cls(arrays["idf"], arrays["coef"], float(arrays["intercept"]))
+            # Models saved by version 1 have no layout flag: they counted words only.
+            layout = bool(arrays["layout"]) if "layout" in arrays.files else False
+            return cls(arrays["idf"], arrays["coef"], float(arrays["intercept"]), layout)
 
 
 @functools.lru_cache(maxsize=2)
@@ -233,7 +256,7 @@ class ClassifierSelector(Selector):
     """Log-odds of a fastText classifier of positives (target-like text) against the pool."""
 
     name: ClassVar[str] = "classifier"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"
     Config = ClassifierConfig
     default_mode = "topk"
 
@@ -462,8 +485,11 @@ class ClassifierSelector(Selector):
         model = fit(chosen)
         report["train_documents"] = len(chosen)
         if cfg.backend == "linear":
-            report["linear"] = {"num_buckets": cfg.num_buckets, "features": "tf-idf of hashed "
-                                "unigrams+bigrams", "C": cfg.inverse_regularisation}  # fmt: skip
+            features = "tf-idf of hashed unigrams+bigrams" + (
+                " with layout tokens" if cfg.layout_tokens else ""
+            )
+            report["linear"] = {"num_buckets": cfg.num_buckets, "features": features,
+                                "C": cfg.inverse_regularisation}  # fmt: skip
         else:
             report["fasttext"] = cfg.fasttext().as_dict()
         test = np.flatnonzero(heldout)
@@ -491,10 +517,10 @@ class ClassifierSelector(Selector):
         """fit(rows) -> model and log_odds(model, rows) over these training texts."""
         cfg = self.config
         if cfg.backend == "linear":
-            counts = LinearModel.counts(texts, cfg.num_buckets, cfg.max_chars)
+            counts = LinearModel.counts(texts, cfg.num_buckets, cfg.max_chars, cfg.layout_tokens)
             return (
                 lambda rows: LinearModel.fit(counts[rows], positive[rows],
-                                             cfg.inverse_regularisation),
+                                             cfg.inverse_regularisation, cfg.layout_tokens),
                 lambda model, rows: model.counts_log_odds(counts[rows]),
             )  # fmt: skip
         settings = cfg.fasttext()

@@ -212,7 +212,7 @@ def test_a_re_run_gives_up_to_date_steps_no_sub_flow(tmp_path: Path) -> None:
         assert len(again[key]) == len(first[key])
     assert [s["selection"]["unchanged"] for s in again["select"]] == [True, True]
     assert again["ingest"][0]["stats"] == first["ingest"][0]["stats"]
-    # A changed input makes its step, and only it, a sub-flow again.
+    # A changed input makes its step, and the steps that read its corpus, sub-flows again.
     write_jsonl(tmp_path / "raw" / "part-009.jsonl", [{"text": good_text(990), "site": "s0"}])
     _, stages = run()
     assert stages == ["curate clean (quality)", "curate sample (quality)", "ingest web"]

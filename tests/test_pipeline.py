@@ -178,7 +178,8 @@ def test_up_to_date_checks_answer_only_when_a_step_would_change_nothing(tmp_path
     ws = Workspace(tmp_path / "ws")
     raw = _raw(tmp_path)
     assert pipeline.ingest_if_done(ws, [str(raw)], "web", OPTIONS) is None  # a new corpus
-    assert not ws.catalog_path.exists() or "web" not in _corpora(ws)
+    assert pipeline.curate_if_current(ws, "web", "quality", budget="50%", name="half") is None
+    assert not ws.catalog_path.exists()  # the checks create nothing, not even the catalog
     pipeline.ingest(ws, [str(raw)], "web", OPTIONS)
     done = pipeline.ingest_if_done(ws, [str(raw)], "web", OPTIONS)
     assert done is not None

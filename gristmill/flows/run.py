@@ -81,7 +81,7 @@ def run_recipe_flow(
         for step in recipe.ingest:
             options = IngestOptions(**step.model_dump(exclude={"corpus", "paths"}))
             # An up-to-date step gets no sub-flow: it would be ~0.15 s of API calls for nothing
-            # (a flow run, its tracking task run and their states), 20% of a cached re-run.
+            # (a flow run, its tracking task run and their states, profiled on the warm runner).
             done = pipeline.ingest_if_done(ws, step.paths, step.corpus, options)
             if done is not None:
                 report = done.as_dict()

@@ -257,6 +257,8 @@ def curate_if_current(
     up-to-date step's sub-flow with it. Only per-shard selectors whose requirements are
     settings and corpora are checked (their planning does no work); others give None."""
     ws = as_workspace(workspace)
+    if not ws.exists():  # `curate` says what is missing; a session would create the catalog
+        return None
     with ws.write_lock(f"select {name or selector} from {corpus}"), ws.catalog_session():
         return _curate(
             ws, corpus, selector, params, budget, name, target, parent, options, recipe,

@@ -68,6 +68,8 @@ def ingest_if_done(
     """The report of an ingest with every chunk already done, or None (nothing is changed:
     run `ingest`). A recipe run skips an up-to-date step's sub-flow with it."""
     ws = as_workspace(workspace)
+    if not ws.exists():  # a session would create the catalog: a new workspace has work to do
+        return None
     with ws.write_lock(f"ingest {corpus}"), ws.catalog_session():  # the lock first
         return _ingest(ws, paths, corpus, options, serial_map, done_only=True)
 
